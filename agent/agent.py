@@ -1,0 +1,164 @@
+"""One agent instance: wires discovery → desired state → sync, and owns the shutdown order.
+
+Nothing here is global, so several agents (one per simulated VM) can share one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from agent.cluster.kube import KubeClient
+from agent.config import Settings
+from agent.discovery.addresses import IPAddress
+from agent.discovery.policy import ListenerDecision
+from agent.discovery.scanner import DiscoveryReport, discover
+from agent.heartbeat import Heartbeat
+from agent.logs import get_logger
+from agent.state import DesiredState, Registration
+from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.reconciler import Reconciler
+from agent.tasks import TaskGroup
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class Agent:
+    def __init__(self, settings: Settings, log: structlog.typing.FilteringBoundLogger | None = None) -> None:
+        self.settings = settings
+        self.log = log or get_logger(vm=settings.vm_name)
+        self.state = DesiredState()
+        self.should_exit = asyncio.Event()
+        self.force_exit = asyncio.Event()
+        self.failure = ""
+        self.report: DiscoveryReport | None = None
+        self._tasks = TaskGroup(self.log, self._fail)
+        self._clients: list[KubeClient] = []
+        self._heartbeat: Heartbeat | None = None
+        self._backend: EndpointSliceBackend | None = None
+        self._reconciler: Reconciler | None = None
+        self._reported: dict[tuple[str, int], str] = {}
+
+    def _fail(self, why: str) -> None:
+        self.failure = self.failure or why
+        self.should_exit.set()
+
+    def request_stop(self) -> None:
+        """What a signal handler calls: the first asks for a graceful stop, a second forces it."""
+        if self.should_exit.is_set():
+            self.force_exit.set()
+        self.should_exit.set()
+
+    async def run(self) -> int:
+        """Start, serve until asked to stop, stop. Returns the process exit code."""
+        try:
+            await self.start()
+            await self.should_exit.wait()
+        finally:
+            await asyncio.shield(self.stop())
+        return EXIT_FAILED if self.failure else EXIT_OK
+
+    async def start(self) -> None:
+        s = self.settings
+        sync_client = await KubeClient.connect(s.cluster)
+        self._clients.append(sync_client)
+        beat_client = await KubeClient.connect(s.cluster)  # own connection: never queued behind bulk syncs
+        self._clients.append(beat_client)
+        self._heartbeat = Heartbeat(
+            beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
+            lease_duration=s.heartbeat.lease_duration, log=self.log,
+            on_new_lease=lambda: self._reconciler.poke() if self._reconciler else None,
+        )
+        self._backend = EndpointSliceBackend(sync_client, s.namespace, s.vm_name, self._heartbeat, self.log)
+        self._reconciler = Reconciler(self._backend, self.state, resync_interval=s.sync.resync_interval,
+                                      log=self.log)
+        self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
+        await self.discover_once()
+        self._tasks.spawn("reconciler", self._reconciler.run())
+        self._tasks.spawn("heartbeat", self._heartbeat.run())
+        if s.discovery.enabled:
+            self._tasks.spawn("discovery", self._discovery_loop())
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.discovery.interval)
+            await self.discover_once()
+
+    async def discover_once(self) -> None:
+        s = self.settings
+        report = await discover(s.discovery.allow if s.discovery.enabled else {}, address=s.address.address,
+                                interface=s.address.interface, cidr=s.address.cidr,
+                                probe_timeout=s.discovery.probe_timeout)
+        if self.report is None or self.report.addresses.address != report.addresses.address:
+            self.log.info("address chosen", address=str(report.addresses.address or ""),
+                          reason=report.addresses.reason,
+                          candidates=[str(c.address) for c in report.addresses.candidates])
+        self.report = report
+        for decision in report.decisions:
+            self._log_decision(decision)
+        registrations = [
+            Registration(d.service, d.listener.port, d.protocol, d.address)
+            for d in report.decisions if d.register and d.address is not None
+        ]
+        registrations += self._static_registrations(report.addresses.address)
+        if self.state.replace(registrations) and self._reconciler:
+            self._reconciler.poke()
+
+    def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
+        if advertised is None:
+            return []
+        return [Registration(svc.name, svc.port, svc.protocol, advertised) for svc in self.settings.service]
+
+    def _log_decision(self, d: ListenerDecision) -> None:
+        key = (d.listener.address, d.listener.port)
+        summary = f"{d.register}:{d.service}:{d.reason}"
+        if self._reported.get(key) == summary:
+            return
+        self._reported[key] = summary
+        log = self.log.bind(service=d.service or None, listener=f"{d.listener.address}:{d.listener.port}",
+                            protocol=d.protocol)
+        if d.register:
+            log.info("service discovered", address=str(d.address), reason=d.reason)
+        else:
+            log.warning("listener skipped", reason=d.reason)
+
+    async def stop(self) -> None:
+        """The shutdown order, in one place, bounded by sync.stop_deadline:
+        stop discovering and syncing → mark endpoints terminating → delete own objects → release the Lease.
+        A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and peers finish it.
+        """
+        await self._tasks.cancel("discovery", "reconciler")
+        cleanup = asyncio.create_task(self._deregister(), name="deregister")
+        forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
+        try:
+            done, _ = await asyncio.wait({cleanup, forced}, timeout=self.settings.sync.stop_deadline,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if cleanup not in done:
+                why = "second signal" if forced in done else f"stop deadline of {self.settings.sync.stop_deadline}s"
+                self.log.warning("clean-up abandoned; the Lease expiry and peers will remove the rest", why=why)
+        finally:
+            for task in (cleanup, forced):
+                task.cancel()
+            await asyncio.gather(cleanup, forced, return_exceptions=True)
+            await self._tasks.cancel()
+            for client in self._clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            self._clients.clear()
+        self.log.info("agent stopped", failure=self.failure or None)
+
+    async def _deregister(self) -> None:
+        if self._backend is None or self._heartbeat is None:
+            return
+        registrations = self.state.registrations
+        try:
+            if registrations:
+                await self._backend.mark_terminating(registrations)
+            await self._backend.remove_all()
+            await self._tasks.cancel("heartbeat")
+            await self._heartbeat.release()
+        except Exception as exc:
+            self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))

@@ -1,0 +1,30 @@
+"""Bounded, jittered, doubling delays between retries (the one retry policy the agent has)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+class Backoff:
+    """`next()` returns base, 2*base, 4*base, ... up to cap, each jittered by ±jitter; `reset()` starts over."""
+
+    def __init__(self, base: float, cap: float, jitter: float = 0.2,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.base, self.cap, self.jitter = base, cap, jitter
+        self._rand = rand
+        self._attempt = 0
+
+    def next(self, cap: float | None = None) -> float:
+        limit = self.cap if cap is None else min(cap, self.cap)
+        delay = min(limit, self.base * 2.0**self._attempt)
+        self._attempt += 1
+        return delay * (1 - self.jitter + 2 * self.jitter * self._rand())
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def jittered(interval: float, fraction: float = 0.1, rand: Callable[[], float] = random.random) -> float:
+    """An interval spread by ±fraction, so that a fleet of agents does not resync in lock-step."""
+    return interval * (1 - fraction + 2 * fraction * rand())

@@ -1,0 +1,185 @@
+"""The one module that imports kubernetes_asyncio.
+
+It speaks JSON dicts in and out, raises only agent.cluster.errors, and never retries: retry policy
+lives with the callers that know what a retry means (the sync loop and the heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any, Literal
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from agent.cluster.errors import (
+    ClusterError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from agent.cluster.resources import Resource
+from agent.config import ClusterSettings
+
+Body = dict[str, Any]
+PatchKind = Literal["merge", "strategic", "json"]
+_PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+}
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+RBAC_HINT = "grant it with the Role in rbac.yaml (packaging/kubernetes/, or /usr/share/doc/vmesh-agent/)"
+
+
+class _TokenFile:
+    """Re-reads a token file when it changes: projected ServiceAccount tokens rotate."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+
+    def refresh(self, configuration: Any) -> None:
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            with open(self.path, encoding="utf-8") as fh:
+                configuration.api_key["BearerToken"] = fh.read().strip()
+            self._stamp = stamp
+
+
+class KubeClient:
+    """A connection to one cluster. Create with `await KubeClient.connect(settings)`; close when done."""
+
+    def __init__(self, api: Any, server: str, timeout: float) -> None:
+        self._api = api
+        self.server = server
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(cls, settings: ClusterSettings) -> KubeClient:
+        configuration = k8s_client.Configuration()
+        if settings.kubeconfig:
+            try:
+                await k8s_config.load_kube_config(
+                    config_file=settings.kubeconfig,
+                    context=settings.context or None,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
+            except Exception as exc:  # the loader raises bare ConfigException/KeyError/yaml errors
+                raise ClusterError(f"cannot use kubeconfig {settings.kubeconfig}: {exc}") from exc
+        else:
+            configuration.host = settings.server
+            configuration.ssl_ca_cert = settings.ca_file or None
+            configuration.api_key_prefix["BearerToken"] = "Bearer"
+            token = _TokenFile(settings.token_file)
+            token.refresh(configuration)
+            configuration.refresh_api_key_hook = token.refresh
+        api = k8s_client.ApiClient(configuration=configuration)
+        return cls(api, str(configuration.host), settings.request_timeout)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> Body:
+        return await self._call("GET", resource, namespace, name, verb="get")
+
+    async def list(self, resource: Resource, namespace: str, label_selector: str = "") -> list[Body]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        result = await self._call("GET", resource, namespace, "", verb="list", query=query)
+        items: list[Body] = result.get("items", [])
+        return items
+
+    async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
+        return await self._call("POST", resource, namespace, "", body=body)
+
+    async def replace(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:
+        return await self._call("PUT", resource, namespace, name, body=body)
+
+    async def patch(self, resource: Resource, namespace: str, name: str, patch: Any,
+                    kind: PatchKind = "merge") -> Body:
+        return await self._call("PATCH", resource, namespace, name, body=patch, content_type=_PATCH_TYPES[kind])
+
+    async def delete(self, resource: Resource, namespace: str, name: str, *,
+                     resource_version: str = "", uid: str = "") -> None:
+        """Delete; with resource_version/uid set, only that exact version of the object."""
+        preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
+        await self._call("DELETE", resource, namespace, name, body=body)
+
+    async def _call(self, method: str, resource: Resource, namespace: str, name: str, *, verb: str = "",
+                    body: Any = None, query: dict[str, str] | None = None,
+                    content_type: str = "application/json") -> Body:
+        verb = verb or _VERBS[method]
+        try:
+            response = await self._api.call_api(
+                resource.path(namespace, name), method,
+                query_params=query, header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+            async with response:
+                status = response.status
+                raw = await response.read()
+                retry_after = response.headers.get("Retry-After")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
+        payload = _decode(raw)
+        if 200 <= status < 300:
+            return payload
+        raise _error(status, payload, verb, resource=resource, namespace=namespace, name=name,
+                     retry_after=retry_after)
+
+
+def _decode(raw: bytes) -> Body:
+    if not raw:
+        return {}
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return {"message": raw[:200].decode("utf-8", "replace")}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _describe_connection_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not trusted ({exc.certificate_error}); check cluster.ca_file"
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
+        return exc.os_error.strerror or str(exc.os_error)
+    return str(exc) or type(exc).__name__
+
+
+def _error(status: int, payload: Body, verb: str, *, resource: Resource, namespace: str, name: str,
+           retry_after: str | None) -> ClusterError:
+    message = str(payload.get("message", "")) or f"HTTP {status}"
+    reason = str(payload.get("reason", ""))
+    what = f"{resource.qualified}/{name}" if name else resource.qualified
+    if status == 404:
+        return NotFound(f"{what} not found in namespace {namespace}", status=status, reason=reason)
+    if status == 409:
+        return Conflict(f"{verb} {what}: {message}", status=status, reason=reason)
+    if status == 403:
+        return Forbidden(
+            f"cannot {verb} {resource.qualified} in namespace {namespace}: {RBAC_HINT} ({message})",
+            status=status, reason=reason,
+        )
+    if status == 401:
+        return Unauthorized(
+            f"the cluster rejected the agent's credentials ({message}); check cluster.token_file or the kubeconfig",
+            status=status, reason=reason,
+        )
+    if status in (400, 422):
+        return Invalid(f"{verb} {what} rejected: {message}", status=status, reason=reason)
+    if status == 429 or status >= 500:
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        return Unavailable(f"{verb} {what}: {message}", status=status, reason=reason, retry_after=seconds)
+    return ClusterError(f"{verb} {what}: HTTP {status}: {message}", status=status, reason=reason)

@@ -1,0 +1,32 @@
+"""The API resources the agent writes: where they live in the REST API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """How RBAC and error messages name it: "endpointslices.discovery.k8s.io", "services"."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def path(self, namespace: str, name: str = "") -> str:
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        collection = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{collection}/{name}" if name else collection
+
+
+SERVICES = Resource("", "v1", "services")
+ENDPOINTS = Resource("", "v1", "endpoints")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")

@@ -1,0 +1,284 @@
+"""The agent's settings: TOML read with tomllib, validated into typed, frozen dataclasses.
+
+Every problem is reported as one ConfigError naming the key path, e.g.
+``heartbeat.interval: "5" is not a duration; write it with a unit, e.g. "500ms", "5s", "1m"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.durations import parse_duration
+
+# RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
+PROTOCOLS = ("mysql", "postgres", "redis", "http", "tcp")
+
+
+class ConfigError(Exception):
+    """A config problem, phrased as one line that names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+
+
+def _duration(default: str) -> Any:
+    return field(default=parse_duration(default), metadata={"duration": True})
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    kubeconfig: str = ""
+    context: str = ""
+    server: str = ""
+    ca_file: str = ""
+    token_file: str = ""
+    request_timeout: float = _duration("10s")
+
+
+@dataclass(frozen=True)
+class AddressSettings:
+    address: str = ""
+    interface: str = ""
+    cidr: str = ""
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    type: str = "tcp"
+    interval: float = _duration("1s")
+    timeout: float = _duration("1s")
+    rise: int = 2
+    fall: int = 2
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    name: str
+    port: int
+    protocol: str = "tcp"
+    check: CheckSettings = field(default_factory=CheckSettings)
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    enabled: bool = True
+    interval: float = _duration("10s")
+    probe_timeout: float = _duration("1s")
+    allow: dict[str, str] = field(default_factory=lambda: {"mysql": "mysqldb"})
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = _duration("5s")
+    lease_duration: float = _duration("15s")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    resync_interval: float = _duration("10s")
+    stop_deadline: float = _duration("10s")
+
+
+@dataclass(frozen=True)
+class ReaperSettings:
+    enabled: bool = True
+    grace: float = _duration("5s")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    socket: str = "/run/vmesh-agent/agent.sock"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    vm_name: str = ""
+    namespace: str = "vm"
+    backend: str = "endpointslice"
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    address: AddressSettings = field(default_factory=AddressSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    service: tuple[ServiceSettings, ...] = ()
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    reaper: ReaperSettings = field(default_factory=ReaperSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a config file; raise ConfigError on the first problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from exc
+    return parse_settings(text, base_dir=Path(path).parent)
+
+
+def parse_settings(text: str, base_dir: Path | None = None) -> Settings:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}") from exc
+    settings = _build(Settings, raw, "")
+    return _validate(settings, base_dir or Path.cwd())
+
+
+def _build(cls: type[Any], raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a table, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(_join(path, key), f"unknown key{hint}")
+    missing = [
+        name for name, f in fields.items()
+        if name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(_join(path, missing[0]), "is required")
+    values = {
+        key: _convert(hints[key], value, _join(path, key), fields[key].metadata.get("duration", False))
+        for key, value in raw.items()
+    }
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:
+    origin = typing.get_origin(hint)
+    if is_duration:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a duration string such as \"5s\", got {_describe(value)}")
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+        if seconds <= 0:
+            raise ConfigError(path, "must be longer than zero")
+        return seconds
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, path)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected an array of tables ([[{path}]]), got {_describe(value)}")
+        return tuple(_convert(item, v, f"{path}[{i}]", False) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(path, f"expected a table of strings, got {_describe(value)}")
+        return dict(value)
+    if hint is bool or hint is str:
+        if not isinstance(value, hint):
+            raise ConfigError(path, f"expected a {hint.__name__}, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(path, f"expected a number, got {_describe(value)}")
+        return float(value)
+    raise TypeError(f"unsupported settings type {hint!r} at {path}")  # a bug in this module
+
+
+def _validate(s: Settings, base_dir: Path) -> Settings:
+    vm_name = s.vm_name or socket.gethostname().split(".")[0].lower()
+    if not _DNS_LABEL.match(vm_name):
+        raise ConfigError(
+            "vm_name",
+            f"{vm_name!r} cannot be part of a Kubernetes object name; use lowercase letters, digits and '-'",
+        )
+    if not _DNS_LABEL.match(s.namespace):
+        raise ConfigError("namespace", f"{s.namespace!r} is not a valid namespace name")
+    if s.backend not in BACKENDS:
+        raise ConfigError("backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")
+    cluster = _validate_cluster(s.cluster, base_dir)
+    if s.address.address:
+        try:
+            ipaddress.ip_address(s.address.address)
+        except ValueError:
+            raise ConfigError("address.address", f"{s.address.address!r} is not an IP address") from None
+    if s.address.cidr:
+        try:
+            ipaddress.ip_network(s.address.cidr, strict=False)
+        except ValueError:
+            raise ConfigError("address.cidr", f"{s.address.cidr!r} is not a CIDR such as 10.0.0.0/24") from None
+    for protocol, name in s.discovery.allow.items():
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"discovery.allow.{protocol}", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
+        if not _DNS_LABEL.match(name):
+            raise ConfigError(f"discovery.allow.{protocol}", f"{name!r} is not a valid Service name")
+    for i, svc in enumerate(s.service):
+        if not _DNS_LABEL.match(svc.name):
+            raise ConfigError(f"service[{i}].name", f"{svc.name!r} is not a valid Service name")
+        if not 1 <= svc.port <= 65535:
+            raise ConfigError(f"service[{i}].port", f"{svc.port} is not a TCP port (1-65535)")
+        if svc.protocol not in PROTOCOLS:
+            raise ConfigError(f"service[{i}].protocol", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
+    if s.heartbeat.lease_duration <= s.heartbeat.interval:
+        raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
+    if s.log.format not in ("auto", "console", "json"):
+        raise ConfigError("log.format", f"{s.log.format!r} is not one of auto, console, json")
+    if s.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log.level", f"{s.log.level!r} is not one of debug, info, warning, error")
+    return dataclasses.replace(s, vm_name=vm_name, cluster=cluster)
+
+
+def _validate_cluster(c: ClusterSettings, base_dir: Path) -> ClusterSettings:
+    def resolve(key: str, value: str) -> str:
+        if not value:
+            return value
+        p = (base_dir / value).resolve() if not Path(value).is_absolute() else Path(value)
+        if not p.is_file():
+            raise ConfigError(f"cluster.{key}", f"file {str(p)!r} does not exist")
+        return str(p)
+
+    if c.kubeconfig and (c.server or c.token_file):
+        raise ConfigError("cluster.kubeconfig", "set either kubeconfig, or server with token_file, not both")
+    if not c.kubeconfig:
+        if not c.server:
+            raise ConfigError("cluster.server", "set cluster.server (https://host:port) or cluster.kubeconfig")
+        if not c.server.startswith("https://"):
+            raise ConfigError("cluster.server", f"{c.server!r} must be an https:// URL")
+        if not c.token_file:
+            raise ConfigError("cluster.token_file", "is required with cluster.server")
+    return dataclasses.replace(
+        c,
+        kubeconfig=resolve("kubeconfig", c.kubeconfig),
+        ca_file=resolve("ca_file", c.ca_file),
+        token_file=resolve("token_file", c.token_file),
+    )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{kind} ({value!r})" if not isinstance(value, dict | list) else kind
+
+

@@ -1,0 +1,52 @@
+"""Which listeners become registrations, and why. Pure: no I/O, so every rule is unit-tested."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.discovery.addresses import IPAddress
+from agent.discovery.listeners import Listener
+
+# Ports probed for each protocol; a probe must confirm the protocol before anything is registered.
+WELL_KNOWN_PORTS = {3306: "mysql", 5432: "postgres", 6379: "redis", 80: "http", 8080: "http"}
+
+
+@dataclass(frozen=True)
+class ListenerDecision:
+    listener: Listener
+    protocol: str  # what the probe found: "mysql", ..., or "unknown"
+    register: bool
+    service: str
+    address: IPAddress | None  # the address to register, when register is True
+    reason: str
+
+
+def decide(
+    listener: Listener, protocol: str, allow: Mapping[str, str], advertised: IPAddress | None
+) -> ListenerDecision:
+    service = allow.get(protocol, "")
+
+    def skip(reason: str) -> ListenerDecision:
+        return ListenerDecision(listener, protocol, False, service, None, reason)
+
+    if protocol == "unknown":
+        return skip("protocol not recognised; declare it as a [[service]] to register it")
+    if not service:
+        return skip(f"{protocol} is not in discovery.allow")
+    if listener.is_loopback:
+        return skip(
+            f"bound to {listener.address} only, unreachable from other hosts; "
+            f"make it listen on 0.0.0.0 or the VM address (MySQL/MariaDB: bind-address = 0.0.0.0)"
+        )
+    if listener.is_wildcard:
+        if advertised is None:
+            return skip("no VM address to advertise")
+        bound_v4 = ipaddress.ip_address(listener.address).version == 4
+        if bound_v4 and advertised.version != 4:
+            return skip(f"bound to IPv4 {listener.address} but the advertised address {advertised} is IPv6")
+        return ListenerDecision(listener, protocol, True, service, advertised,
+                                f"listens on every address; registered at {advertised}")
+    bound = ipaddress.ip_address(listener.address)
+    return ListenerDecision(listener, protocol, True, service, bound, f"listens on {bound} only; registered there")

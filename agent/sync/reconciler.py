@@ -1,0 +1,70 @@
+"""The one loop that makes the cluster match the desired state.
+
+Consul's anti-entropy shape: a collapsing trigger (many pokes, one run) for changes, plus a jittered
+periodic full resync that also repairs edits and deletions made by others. Failures are retried with a
+bounded backoff; a failure is logged once per distinct message, so a missing RBAC grant is one line,
+not a flood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from agent.backoff import Backoff, jittered
+from agent.cluster.errors import ClusterError
+from agent.state import DesiredState
+from agent.sync.backend import Backend
+
+
+class Reconciler:
+    def __init__(self, backend: Backend, state: DesiredState, *, resync_interval: float,
+                 log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None) -> None:
+        self._backend = backend
+        self._state = state
+        self._resync_interval = resync_interval
+        self._log = log
+        self._backoff = backoff or Backoff(base=0.25, cap=10.0)
+        self._trigger = asyncio.Event()
+        self.first_attempt_done = asyncio.Event()
+        self.last_success: float | None = None  # monotonic
+        self.last_error = ""
+        self.runs = 0
+
+    def poke(self) -> None:
+        """Ask for a sync soon; pokes that arrive while one is pending collapse into it."""
+        self._trigger.set()
+
+    async def run(self) -> None:
+        delay = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(delay):
+                    await self._trigger.wait()
+            except TimeoutError:
+                pass
+            self._trigger.clear()
+            delay = await self.sync_once()
+
+    async def sync_once(self) -> float:
+        """One full sync; returns how long to wait before the next one unless poked."""
+        self.runs += 1
+        try:
+            await self._backend.sync(self._state.registrations)
+        except ClusterError as exc:
+            message = str(exc)
+            if message != self.last_error:
+                self._log.error("sync failed", error=message)
+            self.last_error = message
+            # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
+            return self._backoff.next(cap=2.0 if exc.transient else None)
+        finally:
+            self.first_attempt_done.set()
+        if self.last_error:
+            self._log.info("sync recovered", previous_error=self.last_error)
+        self.last_error = ""
+        self.last_success = time.monotonic()
+        self._backoff.reset()
+        return jittered(self._resync_interval)

@@ -1,0 +1,57 @@
+"""Fixtures for the real test bed: control plane (session), a namespace per test, simulated VMs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.cluster import TESTCLUSTER, Cluster
+from tests.testbed.mariadb import make_template
+from tests.testbed.vm import VM
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the integration tests need root (network namespaces, MariaDB per VM); run them as root")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    _need_root()
+    c = Cluster.up()
+    yield c
+    if not os.environ.get("VMESH_KEEP_CLUSTER"):
+        subprocess.run([str(TESTCLUSTER), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def mariadb_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _need_root()
+    return make_template(tmp_path_factory.mktemp("mariadb"))
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = cluster.create_namespace()
+    cluster.apply_rbac(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def make_vm(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[[str], VM]]:
+    made: list[VM] = []
+
+    def make(label: str) -> VM:
+        vm = VM(f"{label}-{uuid.uuid4().hex[:4]}", tmp_path, cluster)
+        made.append(vm)
+        return vm
+
+    yield make
+    for vm in made:
+        vm.destroy()

@@ -1,0 +1,1 @@
+"""Real components for tests: the control plane, simulated VMs (network namespaces), MariaDB."""

@@ -1,0 +1,82 @@
+"""The test control plane (tests/cluster/testcluster) as seen from a test: kubectl with the admin token."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTCLUSTER = ROOT / "tests" / "cluster" / "testcluster"
+RBAC = ROOT / "packaging" / "kubernetes" / "rbac.yaml"
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+
+    @classmethod
+    def up(cls) -> Cluster:
+        subprocess.run([str(TESTCLUSTER), "up"], check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run([str(TESTCLUSTER), "env"], check=True, capture_output=True, text=True).stdout
+        env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return cls(env)
+
+    @property
+    def kubeconfig(self) -> str:
+        return self.env["KUBECONFIG"]
+
+    @property
+    def ca_file(self) -> str:
+        return self.env["CA_FILE"]
+
+    @property
+    def url_from_vms(self) -> str:
+        return self.env["APISERVER_GATEWAY_URL"]
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [f"{self.env['BIN']}/kubectl", "--kubeconfig", self.kubeconfig, *args]
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr or "not found" in result.stderr:
+                return None
+            raise AssertionError(result.stderr)
+        found: dict[str, Any] = json.loads(result.stdout)
+        return found
+
+    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        args = ["get", kind, "-n", namespace, "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        items: list[dict[str, Any]] = json.loads(self.kubectl(*args).stdout)["items"]
+        return items
+
+    def create_namespace(self, prefix: str = "vm") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.kubectl("create", "namespace", name)
+        return name
+
+    def apply_rbac(self, namespace: str, *, bind: bool = True) -> None:
+        """The shipped manifest, moved to `namespace`; without `bind`, everything but the RoleBinding."""
+        text = re.sub(r"^(\s*)(namespace|name): vm$", rf"\1\2: {namespace}", RBAC.read_text(), flags=re.M)
+        docs = [d for d in text.split("\n---\n") if "kind: Namespace" not in d]
+        if not bind:
+            docs = [d for d in docs if "kind: RoleBinding" not in d]
+        self.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
+
+    def bind_rbac(self, namespace: str) -> None:
+        self.apply_rbac(namespace, bind=True)
+
+    def token(self, namespace: str, service_account: str = "vmesh-agent") -> str:
+        """A real bound ServiceAccount token, minted through the TokenRequest API."""
+        return self.kubectl("create", "token", service_account, "-n", namespace, "--duration", "1h").stdout.strip()

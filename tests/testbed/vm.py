@@ -1,0 +1,176 @@
+"""Simulated VMs: a network namespace per VM, its eth0 a veth bridged to the host, its own MariaDB and agent.
+
+All VMs share the bridge vmesh-br0 (the host side holds the gateway address the control plane is reached
+at), like VMs on one LAN. Every address used lives inside 198.18.0.0/15, the benchmarking range, and only
+inside namespaces and links the tests create.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.mariadb import MariaDB
+from tests.testbed.waiting import wait_until
+
+BRIDGE = "vmesh-br0"
+PREFIX_LEN = 16
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = [sys.executable, "-m", "agent"]
+
+_hosts = itertools.count(random.randrange(10, 200) * 256)
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def ensure_bridge(gateway: str) -> None:
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    if gateway not in sh("ip", "-o", "addr", "show", "dev", BRIDGE).stdout:
+        sh("ip", "addr", "add", f"{gateway}/{PREFIX_LEN}", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+
+
+def next_address() -> str:
+    n = next(_hosts) % (254 * 256) + 256  # 198.18.1.0 upwards, skipping the gateway's 198.18.0.x
+    return f"198.18.{n // 256}.{n % 256 or 1}"
+
+
+class VM:
+    """One simulated VM. Use as a context manager, or call destroy()."""
+
+    def __init__(self, name: str, workdir: Path, cluster: Cluster) -> None:
+        self.name = name
+        self.netns = f"vmesh-{name}"
+        self.host_if = f"vh{os.getpid() % 1000}{name[-8:]}"[:15]
+        self.workdir = workdir / name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.address = next_address()
+        self.mariadb: MariaDB | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_log = self.workdir / "agent.log"
+        gateway = cluster.env["GATEWAY"]
+        ensure_bridge(gateway)
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        sh("ip", "link", "set", self.host_if, "master", BRIDGE, "up")
+        self.ip("addr", "add", f"{self.address}/{PREFIX_LEN}", "dev", "eth0")
+        self.ip("link", "set", "eth0", "up")
+        self.ip("link", "set", "lo", "up")
+        self.ip("route", "add", "default", "via", gateway)
+
+    def __enter__(self) -> VM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def ip(self, *args: str) -> str:
+        return sh("ip", "-n", self.netns, *args).stdout
+
+    def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.netns, *args, check=check)
+
+    def hostname_i(self) -> list[str]:
+        return self.exec("hostname", "-I").stdout.split()
+
+    def start_mariadb(self, template: Path, bind: str = "0.0.0.0", port: int = 3306) -> MariaDB:
+        datadir = self.workdir / "mysql"
+        if not datadir.exists():
+            shutil.copytree(template, datadir)
+        self.mariadb = MariaDB(datadir, self.netns, port=port, bind=bind)
+        self.mariadb.start()
+        return self.mariadb
+
+    def write_config(self, namespace: str, token: str, extra: str = "") -> Path:
+        token_file = self.workdir / "token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        config = self.workdir / "config.toml"
+        config.write_text(textwrap.dedent(f"""\
+            vm_name = "{self.name}"
+            namespace = "{namespace}"
+
+            [cluster]
+            server = "{self.cluster.url_from_vms}"
+            ca_file = "{self.cluster.ca_file}"
+            token_file = "{token_file}"
+
+            [discovery]
+            interval = "1s"
+
+            [heartbeat]
+            interval = "1s"
+            lease_duration = "5s"
+
+            [sync]
+            resync_interval = "2s"
+
+            [api]
+            socket = "{self.workdir / 'agent.sock'}"
+
+            [log]
+            format = "json"
+            level = "debug"
+            """) + textwrap.dedent(extra))
+        return config
+
+    def start_agent(self, config: Path) -> subprocess.Popen[bytes]:
+        log = self.agent_log.open("ab")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.agent = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, *AGENT, "run", "--config", str(config)],
+            stdout=log, stderr=log, env=env, cwd=ROOT,
+        )
+        log.close()
+        return self.agent
+
+    def stop_agent(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.agent is not None
+        self.agent.send_signal(sig)
+        code = self.agent.wait(timeout=timeout)
+        self.agent = None
+        return code
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        if not self.agent_log.exists():
+            return []
+        lines = []
+        for raw in self.agent_log.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                lines.append({"event": raw})
+        return lines
+
+    def wait_log(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((line for line in self.log_lines() if predicate(line)), None)
+
+        found: dict[str, Any] = wait_until(find, timeout, f"{self.name} log: {what}")
+        return found
+
+    def destroy(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.kill()
+            self.agent.wait()
+        if self.mariadb is not None:
+            self.mariadb.stop()
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.netns, check=False)
