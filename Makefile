@@ -1,0 +1,18 @@
+# The two commands the README promises. Both bootstrap first (idempotent, needs root).
+.PHONY: demo test lint unit bootstrap
+
+bootstrap:
+	scripts/bootstrap
+
+demo: bootstrap
+	.venv/bin/python scripts/demo.py
+
+lint:
+	.venv/bin/ruff check agent tests scripts bench
+	.venv/bin/mypy
+
+test: bootstrap lint
+	.venv/bin/pytest -q tests
+
+unit:
+	.venv/bin/pytest -q tests/unit
