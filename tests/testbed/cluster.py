@@ -40,7 +40,7 @@ class Cluster:
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [f"{self.env['BIN']}/kubectl", "--kubeconfig", self.kubeconfig, *args]
-        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed: {result.stderr.strip()}")
         return result

@@ -1,3 +1,4 @@
+import datetime
 from ipaddress import ip_address
 
 from agent.cluster.objects import (
@@ -50,8 +51,6 @@ def test_slice_differs_ignores_server_fields_but_sees_edits() -> None:
 
 
 def test_micro_time_has_six_fraction_digits() -> None:
-    import datetime
-
     t = datetime.datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=datetime.UTC)
     assert micro_time(t) == "2026-01-02T03:04:05.000600Z"
 
