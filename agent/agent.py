@@ -14,10 +14,10 @@ from agent.cluster.kube import KubeClient
 from agent.config import Settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
-from agent.discovery.scanner import DiscoveryReport, discover
+from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
-from agent.state import DesiredState, Registration
+from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.endpointslice import EndpointSliceBackend
 from agent.sync.reconciler import Reconciler
 from agent.tasks import TaskGroup
@@ -35,6 +35,8 @@ class Agent:
         self.force_exit = asyncio.Event()
         self.failure = ""
         self.report: DiscoveryReport | None = None
+        self._scanner = Scanner(settings.discovery.probe_timeout)
+        self._vanish = VanishTracker(settings.discovery.remove_after)
         self._tasks = TaskGroup(self.log, self._fail)
         self._clients: list[KubeClient] = []
         self._heartbeat: Heartbeat | None = None
@@ -89,22 +91,33 @@ class Agent:
 
     async def discover_once(self) -> None:
         s = self.settings
-        report = await discover(s.discovery.allow if s.discovery.enabled else {}, address=s.address.address,
-                                interface=s.address.interface, cidr=s.address.cidr,
-                                probe_timeout=s.discovery.probe_timeout)
-        if self.report is None or self.report.addresses.address != report.addresses.address:
-            self.log.info("address chosen", address=str(report.addresses.address or ""),
-                          reason=report.addresses.reason,
-                          candidates=[str(c.address) for c in report.addresses.candidates])
+        report = await self._scanner.discover(s.discovery.allow if s.discovery.enabled else {},
+                                              address=s.address.address, interface=s.address.interface,
+                                              cidr=s.address.cidr)
+        choice = report.addresses
+        if self.report is None or self.report.addresses.address != choice.address:
+            log = self.log.info if choice.address else self.log.error
+            log("address chosen" if choice.address else "no address to advertise; nothing is registered",
+                address=str(choice.address or ""), reason=choice.reason,
+                candidates=[str(c.address) for c in choice.candidates])
+        if self.report is not None:
+            lost = {c.address for c in self.report.addresses.candidates} - {c.address for c in choice.candidates}
+            if lost:
+                self.log.info("addresses removed; reconnecting to the cluster", removed=sorted(map(str, lost)))
+                for client in self._clients:
+                    await client.reconnect()
         self.report = report
         for decision in report.decisions:
-            self._log_decision(decision)
-        registrations = [
+            self._log_decision(decision, report.process_of(decision.listener))
+        listening = {(d.listener.address, d.listener.port) for d in report.decisions}
+        self._reported = {k: v for k, v in self._reported.items() if k in listening}
+        seen = [
             Registration(d.service, d.listener.port, d.protocol, d.address)
             for d in report.decisions if d.register and d.address is not None
         ]
-        registrations += self._static_registrations(report.addresses.address)
-        if self.state.replace(registrations) and self._reconciler:
+        seen += self._static_registrations(choice.address)
+        local = {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
+        if self.state.replace(self._vanish.update(seen, local)) and self._reconciler:
             self._reconciler.poke()
 
     def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
@@ -112,18 +125,20 @@ class Agent:
             return []
         return [Registration(svc.name, svc.port, svc.protocol, advertised) for svc in self.settings.service]
 
-    def _log_decision(self, d: ListenerDecision) -> None:
+    def _log_decision(self, d: ListenerDecision, process: str) -> None:
         key = (d.listener.address, d.listener.port)
         summary = f"{d.register}:{d.service}:{d.reason}"
         if self._reported.get(key) == summary:
             return
         self._reported[key] = summary
         log = self.log.bind(service=d.service or None, listener=f"{d.listener.address}:{d.listener.port}",
-                            protocol=d.protocol)
+                            protocol=d.protocol, process=process or None)
         if d.register:
             log.info("service discovered", address=str(d.address), reason=d.reason)
-        else:
+        elif d.service:  # an allowed protocol that cannot be registered: the admin wants to know why
             log.warning("listener skipped", reason=d.reason)
+        else:
+            log.debug("listener skipped", reason=d.reason)
 
     async def stop(self) -> None:
         """The shutdown order, in one place, bounded by sync.stop_deadline:

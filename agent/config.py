@@ -76,6 +76,8 @@ class DiscoverySettings:
     enabled: bool = True
     interval: float = _duration("10s")
     probe_timeout: float = _duration("1s")
+    # A service that stops listening stays registered, not ready, this long before it is removed.
+    remove_after: float = _duration("1m")
     allow: dict[str, str] = field(default_factory=lambda: {"mysql": "mysqldb"})
 
 
@@ -124,22 +126,25 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate a config file; raise ConfigError on the first problem."""
+def load_settings(path: str | Path, *, require_cluster: bool = True) -> Settings:
+    """Read and validate a config file; raise ConfigError on the first problem.
+
+    `require_cluster=False` is for commands that never talk to the cluster (`discover`).
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from exc
-    return parse_settings(text, base_dir=Path(path).parent)
+    return parse_settings(text, base_dir=Path(path).parent, require_cluster=require_cluster)
 
 
-def parse_settings(text: str, base_dir: Path | None = None) -> Settings:
+def parse_settings(text: str, base_dir: Path | None = None, *, require_cluster: bool = True) -> Settings:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}") from exc
     settings = _build(Settings, raw, "")
-    return _validate(settings, base_dir or Path.cwd())
+    return _validate(settings, base_dir or Path.cwd(), require_cluster)
 
 
 def _build(cls: type[Any], raw: Any, path: str) -> Any:
@@ -203,7 +208,7 @@ def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:
     raise TypeError(f"unsupported settings type {hint!r} at {path}")  # a bug in this module
 
 
-def _validate(s: Settings, base_dir: Path) -> Settings:
+def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Settings:
     vm_name = s.vm_name or socket.gethostname().split(".")[0].lower()
     if not _DNS_LABEL.match(vm_name):
         raise ConfigError(
@@ -214,7 +219,7 @@ def _validate(s: Settings, base_dir: Path) -> Settings:
         raise ConfigError("namespace", f"{s.namespace!r} is not a valid namespace name")
     if s.backend not in BACKENDS:
         raise ConfigError("backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")
-    cluster = _validate_cluster(s.cluster, base_dir)
+    cluster = _validate_cluster(s.cluster, base_dir) if require_cluster else s.cluster
     if s.address.address:
         try:
             ipaddress.ip_address(s.address.address)

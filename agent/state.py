@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from agent.discovery.addresses import IPAddress
@@ -38,3 +40,27 @@ class DesiredState:
         changed = new != self._registrations
         self._registrations = new
         return changed
+
+
+class VanishTracker:
+    """Follows what discovery sees. A registration that vanished (server stopped, port changed) stays,
+    marked not ready, for `grace` seconds before it is dropped, so a restart does not churn the cluster.
+    One whose address left the VM is dropped at once: nothing can be reached there any more.
+    """
+
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._vanished: dict[Registration, float] = {}  # keyed by the ready=True form -> when it vanished
+        self._previous: frozenset[Registration] = frozenset()
+
+    def update(self, seen: Iterable[Registration], local_addresses: Collection[object]) -> list[Registration]:
+        now = self._clock()
+        current = frozenset(seen)
+        for gone in self._previous - current:
+            self._vanished.setdefault(gone, now)
+        for key in list(self._vanished):
+            if key in current or now - self._vanished[key] >= self.grace or key.address not in local_addresses:
+                del self._vanished[key]
+        self._previous = current | self._vanished.keys()
+        return [*current, *(dataclasses.replace(r, ready=False) for r in self._vanished)]

@@ -57,9 +57,10 @@ class _TokenFile:
 class KubeClient:
     """A connection to one cluster. Create with `await KubeClient.connect(settings)`; close when done."""
 
-    def __init__(self, api: Any, server: str, timeout: float) -> None:
-        self._api = api
-        self.server = server
+    def __init__(self, configuration: Any, timeout: float) -> None:
+        self._configuration = configuration
+        self._api = k8s_client.ApiClient(configuration=configuration)
+        self.server = str(configuration.host)
         self._timeout = timeout
 
     @classmethod
@@ -82,11 +83,17 @@ class KubeClient:
             token = _TokenFile(settings.token_file)
             token.refresh(configuration)
             configuration.refresh_api_key_hook = token.refresh
-        api = k8s_client.ApiClient(configuration=configuration)
-        return cls(api, str(configuration.host), settings.request_timeout)
+        return cls(configuration, settings.request_timeout)
 
     async def close(self) -> None:
         await self._api.close()
+
+    async def reconnect(self) -> None:
+        """Drop pooled connections, e.g. after the VM lost the address they were made from: packets
+        from an address that is gone vanish without a reset, so the next request would hang until its
+        timeout."""
+        old, self._api = self._api, k8s_client.ApiClient(configuration=self._configuration)
+        await old.close()
 
     async def get(self, resource: Resource, namespace: str, name: str) -> Body:
         return await self._call("GET", resource, namespace, name, verb="get")

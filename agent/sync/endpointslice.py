@@ -43,12 +43,11 @@ class EndpointSliceBackend:
         self._log = log
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
-        lease = await self._heartbeat.ensure() if registrations else None
+        lease = await self._heartbeat.ensure()  # the VM's heartbeat exists even with nothing to register
         wanted: dict[str, Body] = {}
         for service, group in _by_service(registrations).items():
             svc = await self._ensure_service(service, {(r.protocol, r.port) for r in group})
             for family, regs in itertools.groupby(sorted(group, key=lambda r: r.family), key=lambda r: r.family):
-                assert lease is not None
                 body = build_endpoint_slice(svc, self.vm, self.namespace, list(regs), lease, terminating=terminating)
                 wanted[slice_name(service, self.vm, family)] = body
         current = {s["metadata"]["name"]: s for s in await self._own_slices()}

@@ -17,11 +17,10 @@ from tests.testbed.waiting import wait_until
 REGISTER_TIMEOUT = 20
 
 
-def running_vm(make_vm: Callable[[str], VM], label: str, template: Path, cluster: Cluster, namespace: str,
-               *, extra: str = "") -> VM:
+def running_vm(make_vm: Callable[[str], VM], label: str, template: Path, cluster: Cluster, namespace: str) -> VM:
     vm = make_vm(label)
     vm.start_mariadb(template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), extra))
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
     return vm
 
 

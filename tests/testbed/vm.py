@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +89,15 @@ class VM:
     def hostname_i(self) -> list[str]:
         return self.exec("hostname", "-I").stdout.split()
 
+    def discover(self, config: Path | None = None) -> tuple[int, dict[str, Any]]:
+        """`vmesh-agent discover --json` run inside the VM: (exit code, report)."""
+        args = [*AGENT, "discover", "--json"] + (["--config", str(config)] if config else [])
+        result = self.exec(*args, check=False)
+        if result.returncode not in (0, 3):
+            raise AssertionError(f"discover failed ({result.returncode}): {result.stderr}")
+        report: dict[str, Any] = json.loads(result.stdout)
+        return result.returncode, report
+
     def start_mariadb(self, template: Path, bind: str = "0.0.0.0", port: int = 3306) -> MariaDB:
         datadir = self.workdir / "mysql"
         if not datadir.exists():
@@ -98,37 +106,28 @@ class VM:
         self.mariadb.start()
         return self.mariadb
 
-    def write_config(self, namespace: str, token: str, extra: str = "") -> Path:
+    def write_config(self, namespace: str, token: str, **overrides: dict[str, Any]) -> Path:
+        """The agent's config for this VM: fast test intervals; `overrides` merge into its tables,
+        e.g. write_config(ns, token, discovery={"remove_after": "3s"})."""
         token_file = self.workdir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
+        tables: dict[str, dict[str, Any]] = {
+            "cluster": {"server": self.cluster.url_from_vms, "ca_file": self.cluster.ca_file,
+                        "token_file": str(token_file)},
+            "discovery": {"interval": "1s"},
+            "heartbeat": {"interval": "1s", "lease_duration": "5s"},
+            "sync": {"resync_interval": "2s"},
+            "api": {"socket": str(self.workdir / "agent.sock")},
+            "log": {"format": "json", "level": "debug"},
+        }
+        for table, values in overrides.items():
+            tables.setdefault(table, {}).update(values)
+        lines = [f'vm_name = "{self.name}"', f'namespace = "{namespace}"']
+        for table, values in tables.items():
+            lines += ["", f"[{table}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
         config = self.workdir / "config.toml"
-        config.write_text(textwrap.dedent(f"""\
-            vm_name = "{self.name}"
-            namespace = "{namespace}"
-
-            [cluster]
-            server = "{self.cluster.url_from_vms}"
-            ca_file = "{self.cluster.ca_file}"
-            token_file = "{token_file}"
-
-            [discovery]
-            interval = "1s"
-
-            [heartbeat]
-            interval = "1s"
-            lease_duration = "5s"
-
-            [sync]
-            resync_interval = "2s"
-
-            [api]
-            socket = "{self.workdir / 'agent.sock'}"
-
-            [log]
-            format = "json"
-            level = "debug"
-            """) + textwrap.dedent(extra))
+        config.write_text("\n".join(lines) + "\n")
         return config
 
     def start_agent(self, config: Path) -> subprocess.Popen[bytes]:

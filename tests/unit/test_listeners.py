@@ -1,6 +1,10 @@
+import os
 import socket
+from pathlib import Path
 
-from agent.discovery.listeners import Listener, parse_proc_net_tcp
+import pytest
+
+from agent.discovery.listeners import Listener, _proc_listeners, parse_proc_net_tcp, parse_sock_diag, scan_listeners
 
 # Captured from /proc/net/tcp and /proc/net/tcp6 on a Debian 12 host with MariaDB and sshd.
 TCP = """\
@@ -32,3 +36,43 @@ def test_ipv6_listeners() -> None:
 
 def test_garbage_lines_are_ignored() -> None:
     assert parse_proc_net_tcp("header\nnot a line\n\n", socket.AF_INET) == []
+
+
+# sock_diag dumps captured in a network namespace with listeners on 0.0.0.0:3306 and [::1]:6379.
+DIAG_V4 = bytes.fromhex(
+    "7c0000001400020001000000f2500000020a00000cea000000000000000000000000000000000000000000000000000000000000"
+    "00000000000000000200000000000000000000000000000080000000000000007dbb0000050008000000000008000f0000000000"
+    "0c00150001000000000000000600160052000000"
+)
+DIAG_V6 = bytes.fromhex(
+    "840000001400020001000000f25000000a0a000018eb00000000000000000000000000000000000100000000000000000000000000"
+    "000000000000000300000000000000000000000000000080000000000000007ebb0000050008000000000005000b000100000008"
+    "000f00000000000c00150001000000000000000600160012000000"
+)
+DIAG_DONE = bytes.fromhex("140000000300020001000000f250000000000000")
+
+
+def test_sock_diag_dump() -> None:
+    assert parse_sock_diag(DIAG_V4) == ([Listener("0.0.0.0", 3306, 47997)], False)
+    assert parse_sock_diag(DIAG_V6) == ([Listener("::1", 6379, 47998)], False)
+    assert parse_sock_diag(DIAG_V4 + DIAG_DONE) == ([Listener("0.0.0.0", 3306, 47997)], True)
+
+
+def test_sock_diag_error_message() -> None:
+    error = bytes.fromhex("24000000020000000100000000000000") + (-22).to_bytes(4, "little", signed=True) + bytes(16)
+    with pytest.raises(OSError, match="Invalid argument"):
+        parse_sock_diag(error)
+
+
+def test_scan_matches_proc_net_tcp() -> None:
+    """The netlink scan and the /proc fallback agree on this host."""
+    with socket.socket() as extra:
+        extra.bind(("127.0.0.1", 0))
+        extra.listen()
+        found = scan_listeners()
+        assert Listener("127.0.0.1", extra.getsockname()[1], extra_inode(extra)) in found
+        assert sorted(set(found)) == sorted(set(_proc_listeners(Path("/proc"))))
+
+
+def extra_inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-MAX_GREETING = 512
+from agent.discovery.probes import banner
+
+MAX_GREETING = banner.MAX_BANNER
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,4 @@ def parse_greeting(data: bytes) -> MysqlGreeting | None:
 
 async def probe(host: str, port: int, timeout: float) -> MysqlGreeting | None:
     """Connect, read the greeting (at most MAX_GREETING bytes), and hang up."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                data = await reader.read(MAX_GREETING)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return None
-    return parse_greeting(data)
+    return parse_greeting(await banner.read(host, port, timeout))
