@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
@@ -17,6 +18,7 @@ from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
+from agent.reaper import Reaper
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.endpointslice import EndpointSliceBackend
 from agent.sync.reconciler import Reconciler
@@ -42,6 +44,7 @@ class Agent:
         self._heartbeat: Heartbeat | None = None
         self._backend: EndpointSliceBackend | None = None
         self._reconciler: Reconciler | None = None
+        self.reaper: Reaper | None = None
         self._reported: dict[tuple[str, int], str] = {}
 
     def _fail(self, why: str) -> None:
@@ -72,9 +75,17 @@ class Agent:
         self._heartbeat = Heartbeat(
             beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
             lease_duration=s.heartbeat.lease_duration, log=self.log,
+            wall_clock=lambda: time.time() + s.heartbeat.wall_clock_offset,
             on_new_lease=lambda: self._reconciler.poke() if self._reconciler else None,
         )
-        self._backend = EndpointSliceBackend(sync_client, s.namespace, s.vm_name, self._heartbeat, self.log)
+        heartbeat = self._heartbeat
+
+        def backend_for(vm: str) -> EndpointSliceBackend:
+            return EndpointSliceBackend(sync_client, s.namespace, vm, heartbeat, self.log)
+
+        self._backend = backend_for(s.vm_name)
+        self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
+                             backend_for=backend_for, log=self.log)
         self._reconciler = Reconciler(self._backend, self.state, resync_interval=s.sync.resync_interval,
                                       log=self.log)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
@@ -83,6 +94,8 @@ class Agent:
         self._tasks.spawn("heartbeat", self._heartbeat.run())
         if s.discovery.enabled:
             self._tasks.spawn("discovery", self._discovery_loop())
+        if s.reaper.enabled:
+            self._tasks.spawn("reaper", self.reaper.run())
 
     async def _discovery_loop(self) -> None:
         while True:
@@ -145,7 +158,7 @@ class Agent:
         stop discovering and syncing → mark endpoints terminating → delete own objects → release the Lease.
         A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and peers finish it.
         """
-        await self._tasks.cancel("discovery", "reconciler")
+        await self._tasks.cancel("discovery", "reconciler", "reaper")
         cleanup = asyncio.create_task(self._deregister(), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:

@@ -25,6 +25,7 @@ class Backoff:
         self._attempt = 0
 
 
-def jittered(interval: float, fraction: float = 0.1, rand: Callable[[], float] = random.random) -> float:
-    """An interval spread by ±fraction, so that a fleet of agents does not resync in lock-step."""
-    return interval * (1 - fraction + 2 * fraction * rand())
+def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] = random.random) -> float:
+    """An interval shortened by up to `fraction`, so that a fleet of agents does not resync in lock-step
+    and the configured interval stays an upper bound (an operator's edit is undone within it)."""
+    return interval * (1 - fraction * rand())

@@ -85,6 +85,9 @@ class DiscoverySettings:
 class HeartbeatSettings:
     interval: float = _duration("5s")
     lease_duration: float = _duration("15s")
+    # Seconds added to this VM's wall clock when writing renewTime: only for tests that prove peers never
+    # judge a Lease by comparing its renewTime with their own clock.
+    wall_clock_offset: float = 0.0
 
 
 @dataclass(frozen=True)

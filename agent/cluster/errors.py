@@ -26,6 +26,10 @@ class Conflict(ClusterError):
         return self.reason == "AlreadyExists"
 
 
+class Gone(ClusterError):
+    """410: a watch's resourceVersion is too old; list again."""
+
+
 class Forbidden(ClusterError):
     """403: RBAC does not allow the call. The message is one actionable line."""
 

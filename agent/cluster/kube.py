@@ -7,8 +7,10 @@ lives with the callers that know what a retry means (the sync loop and the heart
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import aiohttp
@@ -19,6 +21,7 @@ from agent.cluster.errors import (
     ClusterError,
     Conflict,
     Forbidden,
+    Gone,
     Invalid,
     NotFound,
     Unauthorized,
@@ -103,6 +106,45 @@ class KubeClient:
         result = await self._call("GET", resource, namespace, "", verb="list", query=query)
         items: list[Body] = result.get("items", [])
         return items
+
+    async def list_with_version(self, resource: Resource, namespace: str,
+                                label_selector: str = "") -> tuple[builtins.list[Body], str]:
+        """The items and the list's resourceVersion, to start a watch from."""
+        query = {"labelSelector": label_selector} if label_selector else None
+        result = await self._call("GET", resource, namespace, "", verb="list", query=query)
+        return result.get("items", []), str(result.get("metadata", {}).get("resourceVersion", ""))
+
+    async def watch(self, resource: Resource, namespace: str, *, label_selector: str = "",
+                    resource_version: str = "", timeout_seconds: int = 60) -> AsyncIterator[tuple[str, Body]]:
+        """Yield (type, object) events until the server ends the watch (after about timeout_seconds).
+
+        A watch that is too old to resume raises Gone: list again and watch from the new version."""
+        query = {"watch": "true", "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        try:
+            response = await self._api.call_api(
+                resource.path(namespace), "GET", query_params=query,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+                _preload_content=False, _request_timeout=aiohttp.ClientTimeout(
+                    connect=self._timeout, sock_read=timeout_seconds + self._timeout),
+            )
+            async with response:
+                if response.status != 200:
+                    raise _error(response.status, _decode(await response.read()), "watch", resource=resource,
+                                 namespace=namespace, name="", retry_after=response.headers.get("Retry-After"))
+                async for line in response.content:
+                    event = _decode(line)
+                    kind, obj = str(event.get("type", "")), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone(f"watch of {resource.qualified} expired: {obj.get('message', '')}", status=410)
+                        raise ClusterError(f"watch of {resource.qualified}: {obj.get('message', '')}")
+                    yield kind, obj
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
 
     async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
         return await self._call("POST", resource, namespace, "", body=body)

@@ -1,0 +1,193 @@
+"""The PostgreSQL, Redis and HTTP probes against the real servers, each on a free loopback port."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.discovery.probes import http, postgres, redis
+from agent.discovery.probes.postgres import PostgresAnswer
+from agent.discovery.probes.redis import RedisReply
+from tests.testbed.waiting import wait_until
+
+LOOPBACK = "127.0.0.1"
+PROBE_TIMEOUT = 2.0
+# A probe sent to a server that waits for more bytes (Redis given an SSLRequest) ends by this timeout.
+FOREIGN_TIMEOUT = 0.5
+START_TIMEOUT = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def accepting(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"{log.stem} exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start(args: list[str], log: Path, *, user: str | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        if user is None:
+            return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                user=user, group=user, extra_groups=[])
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        pytest.fail("PostgreSQL is not installed; run scripts/bootstrap")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="module")
+def postgres_port() -> Iterator[int]:
+    """A throw-away cluster; postgres refuses to run as root, so it runs as the `postgres` user."""
+    if os.geteuid() != 0:
+        pytest.fail("these tests need root (to run PostgreSQL as the postgres user)")
+    bindir = postgres_bin()
+    # Not under tmp_path: pytest's base temp dir is private to root, and the postgres user must reach its files.
+    base = Path(tempfile.mkdtemp(prefix="vmesh-probe-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    subprocess.run([str(bindir / "initdb"), "--no-sync", "--auth=trust", "-U", "postgres", "-D", str(data)],
+                   check=True, capture_output=True, cwd=base, user="postgres", group="postgres", extra_groups=[])
+    port = free_port()
+    proc = start([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(base),
+                  "-c", f"listen_addresses={LOOPBACK}"], base / "postgres.log", user="postgres", cwd=base)
+    try:
+        wait_until(lambda: accepting(proc, port, base / "postgres.log"), START_TIMEOUT, f"postgres on {port}")
+        yield port
+    finally:
+        stop(proc, signal.SIGINT)  # fast shutdown
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_redis(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed; run scripts/bootstrap")
+    port = free_port()
+    log = tmp / f"redis-{port}.log"
+    proc = start(["redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+                  "--dir", str(tmp), *extra], log)
+    try:
+        wait_until(lambda: accepting(proc, port, log), START_TIMEOUT, f"redis on {port}")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, port
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    proc, port = run_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def redis_with_password_port(tmp_path: Path) -> Iterator[int]:
+    proc, port = run_redis(tmp_path, "--requirepass", "probe-test-password")
+    try:
+        yield port
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+async def http_port() -> AsyncIterator[int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, LOOPBACK, 0)
+        await site.start()
+        port: int = runner.addresses[0][1]
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    return free_port()
+
+
+async def test_postgres_probe_identifies_postgres(postgres_port: int) -> None:
+    assert await postgres.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) == PostgresAnswer(ssl=False)
+
+
+async def test_redis_probe_identifies_redis(redis_port: int) -> None:
+    assert await redis.probe(LOOPBACK, redis_port, PROBE_TIMEOUT) == RedisReply()
+
+
+async def test_redis_probe_identifies_redis_behind_a_password(redis_with_password_port: int) -> None:
+    reply = await redis.probe(LOOPBACK, redis_with_password_port, PROBE_TIMEOUT)
+    assert reply == RedisReply(error="NOAUTH Authentication required.")
+
+
+async def test_http_probe_identifies_aiohttp(http_port: int) -> None:
+    reply = await http.probe(LOOPBACK, http_port, PROBE_TIMEOUT)
+    assert reply is not None
+    assert reply.status == 200
+    assert "aiohttp/" in reply.server
+
+
+async def test_postgres_probe_rejects_redis_http_and_a_closed_port(
+    redis_port: int, http_port: int, closed_port: int
+) -> None:
+    assert await postgres.probe(LOOPBACK, redis_port, FOREIGN_TIMEOUT) is None  # Redis waits for a newline
+    assert await postgres.probe(LOOPBACK, http_port, PROBE_TIMEOUT) is None  # 400 Bad Request
+    assert await postgres.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
+
+
+async def test_redis_probe_rejects_postgres_http_and_a_closed_port(
+    postgres_port: int, http_port: int, closed_port: int
+) -> None:
+    assert await redis.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) is None  # invalid startup packet: hangs up
+    assert await redis.probe(LOOPBACK, http_port, PROBE_TIMEOUT) is None  # 400 Bad Request
+    assert await redis.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
+
+
+async def test_http_probe_rejects_postgres_redis_and_a_closed_port(
+    postgres_port: int, redis_port: int, closed_port: int
+) -> None:
+    assert await http.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) is None
+    assert await http.probe(LOOPBACK, redis_port, PROBE_TIMEOUT) is None  # Redis hangs up on "Host:"
+    assert await http.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
+

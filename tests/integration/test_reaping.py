@@ -1,0 +1,65 @@
+"""Peer reaping and the garbage collector, against the real control plane."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
+
+DEFAULT_TIMING = {"heartbeat": {"interval": "5s", "lease_duration": "15s"}, "reaper": {"grace": "5s"}}
+
+
+def own_objects(cluster: Cluster, namespace: str, vm: VM) -> list[str]:
+    slices = cluster.list("endpointslice", namespace, f"vmesh.dev/vm={vm.name}")
+    lease = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+    return [s["metadata"]["name"] for s in slices] + ([f"lease/vmesh-{vm.name}"] if lease else [])
+
+
+def test_a_killed_vm_is_reaped_by_its_peer_and_skewed_clocks_never_are(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vms = {label: make_vm(label) for label in ("a", "b", "c")}
+    offsets = {"a": 0, "b": 30, "c": -30}  # B's wall clock runs 30 s ahead, C's 30 s behind
+    for label, vm in vms.items():
+        vm.start_mariadb(mariadb_template)
+        vm.start_agent(vm.write_config(namespace, cluster.token(namespace),
+                                       heartbeat={**DEFAULT_TIMING["heartbeat"], "wall_clock_offset": offsets[label]},
+                                       reaper=DEFAULT_TIMING["reaper"]))
+    for vm in vms.values():
+        wait_until(lambda vm=vm: len(own_objects(cluster, namespace, vm)) == 2, 20, f"{vm.name} registered")
+
+    killed_at = time.monotonic()
+    vms["a"].stop_agent(signal.SIGKILL)
+    wait_until(lambda: own_objects(cluster, namespace, vms["a"]) == [], 25, "A's objects reaped")
+    reaped_after = time.monotonic() - killed_at
+    print(f"A reaped {reaped_after:.1f}s after SIGKILL")
+    assert reaped_after <= 20.5, f"A's objects took {reaped_after:.1f}s to go"
+
+    # Keep watching for one more lease period: the skewed VMs stay, however their renewTime looks.
+    deadline = time.monotonic() + 16
+    while time.monotonic() < deadline:
+        for label in ("b", "c"):
+            assert len(own_objects(cluster, namespace, vms[label])) == 2, f"{label} must never be reaped"
+        time.sleep(1)
+    reapers = [line for label in ("b", "c") for line in vms[label].log_lines()
+               if line.get("event") == "reaped a dead VM"]
+    assert [line["dead_vm"] for line in reapers] == [vms["a"].name] * len(reapers)
+    assert 1 <= len(reapers) <= 2
+
+
+def test_deleting_a_lease_removes_the_vm_slices_through_the_garbage_collector(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    wait_until(lambda: len(own_objects(cluster, namespace, vm)) == 2, 20, "registration")
+    # Freeze the agent, so only Kubernetes' garbage collector can act (no agent runs in this namespace).
+    vm.stop_agent(signal.SIGKILL)
+    cluster.kubectl("delete", "lease", f"vmesh-{vm.name}", "-n", namespace)
+    wait_until(lambda: own_objects(cluster, namespace, vm) == [], 20, "the slice removed by the garbage collector")
