@@ -1,4 +1,4 @@
-"""Server-speaks-first protocols: connect, read what the server says unprompted (bounded), hang up."""
+"""The one way probes talk to a socket: connect, optionally say something, read a bounded reply, hang up."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ import asyncio
 MAX_BANNER = 512
 
 
-async def read(host: str, port: int, timeout: float) -> bytes:
-    """The first bytes the server sends, or b"" on timeout, refusal or silence. Never raises."""
+async def exchange(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> bytes:
+    """Send `request` (nothing for server-speaks-first protocols) and return at most `limit` bytes of the
+    reply, or b"" on timeout, refusal or silence. Never raises."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                return await reader.read(MAX_BANNER)
+                if request:
+                    writer.write(request)
+                    await writer.drain()
+                return await reader.read(limit)
             finally:
                 writer.close()
     except (OSError, TimeoutError):
         return b""
+
+
+async def read(host: str, port: int, timeout: float) -> bytes:
+    """What a server-speaks-first protocol (MySQL, SSH) says unprompted."""
+    return await exchange(host, port, timeout)
 
 
 def is_ssh(data: bytes) -> bool:

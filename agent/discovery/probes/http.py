@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
+
+from agent.discovery.probes import banner
 
 MAX_RESPONSE = 512
 REQUEST = b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: vmesh-agent-probe\r\n\r\n"
@@ -37,15 +38,4 @@ def parse_response(data: bytes) -> HttpReply | None:
 
 async def probe(host: str, port: int, timeout: float) -> HttpReply | None:
     """Connect, send GET /, read the start of the response (at most MAX_RESPONSE bytes), and hang up."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(REQUEST)
-                await writer.drain()
-                data = await reader.read(MAX_RESPONSE)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return None
-    return parse_response(data)
+    return parse_response(await banner.exchange(host, port, timeout, REQUEST, MAX_RESPONSE))

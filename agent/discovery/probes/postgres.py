@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
+
+from agent.discovery.probes import banner
 
 MAX_ANSWER = 512
 # int32 length 8, int32 code 80877103 (1234.5679), big-endian: asks the server whether it speaks TLS.
@@ -79,15 +80,4 @@ def _error_v2(data: bytes) -> PostgresAnswer | None:
 
 async def probe(host: str, port: int, timeout: float) -> PostgresAnswer | None:
     """Connect, send an SSLRequest, read the answer (at most MAX_ANSWER bytes), and hang up."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(SSL_REQUEST)
-                await writer.drain()
-                data = await reader.read(MAX_ANSWER)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return None
-    return parse_ssl_response(data)
+    return parse_ssl_response(await banner.exchange(host, port, timeout, SSL_REQUEST, MAX_ANSWER))

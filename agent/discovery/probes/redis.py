@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
+
+from agent.discovery.probes import banner
 
 MAX_REPLY = 256
 PING = b"PING\r\n"
@@ -38,15 +39,4 @@ def parse_ping_reply(data: bytes) -> RedisReply | None:
 
 async def probe(host: str, port: int, timeout: float) -> RedisReply | None:
     """Connect, send PING, read the reply (at most MAX_REPLY bytes), and hang up."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(PING)
-                await writer.drain()
-                data = await reader.read(MAX_REPLY)
-            finally:
-                writer.close()
-    except (OSError, TimeoutError):
-        return None
-    return parse_ping_reply(data)
+    return parse_ping_reply(await banner.exchange(host, port, timeout, PING, MAX_REPLY))
