@@ -26,6 +26,13 @@ class Cluster:
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         return cls(env)
 
+    def stop(self, component: str) -> None:
+        """Stop etcd, kube-apiserver or kube-controller-manager (outage tests); start() brings it back."""
+        subprocess.run([str(TESTCLUSTER), "stop", component], check=True, stderr=subprocess.DEVNULL)
+
+    def start(self, component: str) -> None:
+        subprocess.run([str(TESTCLUSTER), "start", component], check=True, stderr=subprocess.DEVNULL)
+
     @property
     def kubeconfig(self) -> str:
         return self.env["KUBECONFIG"]
