@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 
 import structlog
 
 from agent.cluster.kube import KubeClient
-from agent.config import Settings
+from agent.config import CheckSettings, Settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
+from agent.health.supervisor import HealthSupervisor
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.reaper import Reaper
@@ -39,6 +41,8 @@ class Agent:
         self.report: DiscoveryReport | None = None
         self._scanner = Scanner(settings.discovery.probe_timeout)
         self._vanish = VanishTracker(settings.discovery.remove_after)
+        self._tracked: list[Registration] = []  # what discovery and the config say, before health
+        self.health = HealthSupervisor(self._check_settings, self._refresh_state, self.log)
         self._tasks = TaskGroup(self.log, self._fail)
         self._clients: list[KubeClient] = []
         self._heartbeat: Heartbeat | None = None
@@ -130,8 +134,20 @@ class Agent:
         ]
         seen += self._static_registrations(choice.address)
         local = {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
-        if self.state.replace(self._vanish.update(seen, local)) and self._reconciler:
+        self._tracked = self._vanish.update(seen, local)
+        await self.health.follow(seen)
+        self._refresh_state()
+
+    def _refresh_state(self) -> None:
+        """Desired state = what is tracked, ready only while present and healthy. Sync if it changed."""
+        desired = [dataclasses.replace(r, ready=r.ready and self.health.is_ready(r)) for r in self._tracked]
+        if self.state.replace(desired) and self._reconciler:
             self._reconciler.poke()
+
+    def _check_settings(self, registration: Registration) -> CheckSettings:
+        declared = next((svc for svc in self.settings.service
+                         if svc.name == registration.service and svc.port == registration.port), None)
+        return declared.check if declared else self.settings.discovery.check
 
     def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
         if advertised is None:
@@ -159,6 +175,7 @@ class Agent:
         A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and peers finish it.
         """
         await self._tasks.cancel("discovery", "reconciler", "reaper")
+        await self.health.close()
         cleanup = asyncio.create_task(self._deregister(), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:
@@ -172,6 +189,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(cleanup, forced, return_exceptions=True)
             await self._tasks.cancel()
+            await self.health.close()
             for client in self._clients:
                 with contextlib.suppress(Exception):
                     await client.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.durations import parse_duration
+from agent.health.credentials import load_credentials
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -56,11 +57,19 @@ class AddressSettings:
 
 @dataclass(frozen=True)
 class CheckSettings:
-    type: str = "tcp"
+    type: str = "auto"  # auto: by protocol (mysql -> mysql, http -> http, others -> tcp)
     interval: float = _duration("1s")
     timeout: float = _duration("1s")
     rise: int = 2
     fall: int = 2
+    path: str = "/"  # http
+    command: tuple[str, ...] = ()  # exec: program and arguments, no shell
+    credentials_file: str = ""  # mysql: TOML with user and password, not readable by others
+
+    def kind_for(self, protocol: str) -> str:
+        if self.type != "auto":
+            return self.type
+        return {"mysql": "mysql", "http": "http"}.get(protocol, "tcp")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class DiscoverySettings:
     probe_timeout: float = _duration("1s")
     # A service that stops listening stays registered, not ready, this long before it is removed.
     remove_after: float = _duration("1m")
+    check: CheckSettings = field(default_factory=CheckSettings)  # for discovered services
     allow: dict[str, str] = field(default_factory=lambda: {"mysql": "mysqldb"})
 
 
@@ -187,6 +197,10 @@ def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:
         return seconds
     if dataclasses.is_dataclass(hint):
         return _build(typing.cast(type[Any], hint), value, path)
+    if origin is tuple and typing.get_args(hint)[0] is str:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, f"expected an array of strings, got {_describe(value)}")
+        return tuple(value)
     if origin is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list):
@@ -245,13 +259,43 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
             raise ConfigError(f"service[{i}].port", f"{svc.port} is not a TCP port (1-65535)")
         if svc.protocol not in PROTOCOLS:
             raise ConfigError(f"service[{i}].protocol", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
+    discovery = dataclasses.replace(s.discovery, check=_validate_check("discovery.check", s.discovery.check, base_dir))
+    services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check, base_dir))
+                     for i, svc in enumerate(s.service))
     if s.heartbeat.lease_duration <= s.heartbeat.interval:
         raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
     if s.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"{s.log.format!r} is not one of auto, console, json")
     if s.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log.level", f"{s.log.level!r} is not one of debug, info, warning, error")
-    return dataclasses.replace(s, vm_name=vm_name, cluster=cluster)
+    return dataclasses.replace(s, vm_name=vm_name, cluster=cluster, discovery=discovery, service=services)
+
+
+CHECK_KINDS = ("auto", "tcp", "mysql", "http", "exec")
+
+
+def _validate_check(key: str, c: CheckSettings, base_dir: Path) -> CheckSettings:
+    """Check one check's settings; returns them with credentials_file made absolute."""
+    if c.type not in CHECK_KINDS:
+        raise ConfigError(f"{key}.type", f"{c.type!r} is not one of {', '.join(CHECK_KINDS)}")
+    if c.rise < 1 or c.fall < 1:
+        raise ConfigError(f"{key}.{'rise' if c.rise < 1 else 'fall'}", "must be at least 1")
+    if c.type == "exec" and not c.command:
+        raise ConfigError(f"{key}.command", "is required for an exec check (program and arguments)")
+    if c.command and c.type != "exec":
+        raise ConfigError(f"{key}.command", "only applies to type = \"exec\"")
+    if not c.path.startswith("/"):
+        raise ConfigError(f"{key}.path", f"{c.path!r} must start with '/'")
+    if c.credentials_file:
+        if c.type not in ("mysql", "auto"):
+            raise ConfigError(f"{key}.credentials_file", "only applies to mysql checks")
+        path = c.credentials_file if Path(c.credentials_file).is_absolute() else str(base_dir / c.credentials_file)
+        try:
+            load_credentials(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{key}.credentials_file", str(exc)) from None
+        return dataclasses.replace(c, credentials_file=path)
+    return c
 
 
 def _validate_cluster(c: ClusterSettings, base_dir: Path) -> ClusterSettings:

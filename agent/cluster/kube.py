@@ -186,6 +186,27 @@ class KubeClient:
         raise _error(status, payload, verb, resource=resource, namespace=namespace, name=name,
                      retry_after=retry_after)
 
+    async def replace_status(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:
+        """PUT the status subresource: only .status is written; body's resourceVersion is checked."""
+        return await self._call_status("PUT", resource, namespace, name, body=body,
+                                       content_type="application/json")
+
+    async def patch_status(self, resource: Resource, namespace: str, name: str, patch: Any,
+                           kind: PatchKind = "merge") -> Body:
+        """PATCH the status subresource; a metadata.resourceVersion in the patch makes it conditional."""
+        return await self._call_status("PATCH", resource, namespace, name, body=patch,
+                                       content_type=_PATCH_TYPES[kind])
+
+    async def _call_status(self, method: str, resource: Resource, namespace: str, name: str, *, body: Any,
+                           content_type: str) -> Body:
+        try:
+            return await self._call(method, resource, namespace, f"{name}/status", body=body,
+                                    content_type=content_type)
+        except Forbidden as exc:
+            # RBAC grants a subresource on its own ("workloadentries/status"): name it, so the fix is plain.
+            message = str(exc).replace(f" {resource.qualified} ", f" {resource.qualified}/status ", 1)
+            raise Forbidden(message, status=exc.status, reason=exc.reason) from exc
+
 
 def _decode(raw: bytes) -> Body:
     if not raw:

@@ -175,3 +175,208 @@ def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.da
             "renewTime": stamp,
         },
     }
+
+
+# --- The other backends: legacy Endpoints, Istio WorkloadEntry, Linkerd ExternalWorkload ----------------------
+
+LABEL_APP = "app"
+# Istio reads the Kubernetes service accounts allowed to serve a Service from here (comma-separated).
+ANNOTATION_ISTIO_SERVICE_ACCOUNTS = "alpha.istio.io/kubernetes-serviceaccounts"
+# Without it Istio ignores a WorkloadEntry's Healthy condition and treats the entry as always healthy.
+ANNOTATION_ISTIO_HEALTH_CHECKS = "proxy.istio.io/health-checks-enabled"
+CONDITION_HEALTHY = "Healthy"  # Istio WorkloadEntry
+CONDITION_READY = "Ready"  # Linkerd ExternalWorkload
+REASON_PASSING = "HealthCheckPassing"
+REASON_FAILING = "HealthCheckFailing"
+REASON_TERMINATING = "Terminating"
+
+
+def own_objects_selector(vm: str) -> str:
+    """The objects one VM owns alone (WorkloadEntries, ExternalWorkloads)."""
+    return f"{LABEL_VM}={vm},{LABEL_MANAGED_BY}={MANAGER}"
+
+
+def workload_name(service: str, vm: str, family: int) -> str:
+    """Named like the VM's slices: `<service>-<vm>`, `-v6` for the second family."""
+    return slice_name(service, vm, family)
+
+
+def lease_owner_reference(lease: Body) -> Body:
+    """Deleting the VM's Lease (shutdown, or a peer reaping a dead VM) garbage-collects what points here."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "name": lease["metadata"]["name"],
+        "uid": lease["metadata"]["uid"],
+    }
+
+
+def build_service_with(name: str, namespace: str, vm: str, ports: Iterable[tuple[str, int]], *,
+                       selector: dict[str, str] | None = None, service_account: str = "") -> Body:
+    """build_service, plus a selector (mesh backends) or Istio's service-account annotation (endpoints)."""
+    body = build_service(name, namespace, vm, ports)
+    if selector:
+        body["spec"]["selector"] = dict(selector)
+    if service_account:
+        body["metadata"]["annotations"][ANNOTATION_ISTIO_SERVICE_ACCOUNTS] = service_account
+    return body
+
+
+def extend_service(service: Body, ports: Iterable[tuple[str, int]], *, selector: dict[str, str] | None = None,
+                   service_account: str = "") -> tuple[Body, list[str]]:
+    """A copy of a shared Service with what this VM needs added, and the names of the additions (none: leave it).
+
+    Only ever adds: missing ports, this VM's service account to Istio's list, and the selector, the latter only
+    to a selector-less Service that vmesh-agent created (someone else's selector is theirs to choose).
+    """
+    updated: Body = json.loads(json.dumps(service))
+    spec = updated.setdefault("spec", {})
+    metadata = updated.setdefault("metadata", {})
+    changes: list[str] = []
+    missing = missing_service_ports(service, ports)
+    if missing:
+        spec["ports"] = [*(spec.get("ports") or []), *missing]
+        changes.append("ports " + ",".join(p["name"] for p in missing))
+    if service_account:
+        annotations = metadata.get("annotations") or {}
+        accounts = [a.strip() for a in str(annotations.get(ANNOTATION_ISTIO_SERVICE_ACCOUNTS, "")).split(",")]
+        accounts = [a for a in accounts if a]
+        if service_account not in accounts:
+            annotations[ANNOTATION_ISTIO_SERVICE_ACCOUNTS] = ",".join([*accounts, service_account])
+            metadata["annotations"] = annotations
+            changes.append(f"service account {service_account}")
+    if selector and not spec.get("selector") and (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER:
+        spec["selector"] = dict(selector)
+        changes.append("selector " + ",".join(f"{k}={v}" for k, v in sorted(selector.items())))
+    return updated, changes
+
+
+def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
+    """{name, port, protocol, appProtocol} per port, named as the Service names it: consumers match a Service
+    port to an endpoint's port by name (Endpoints, Istio's WorkloadEntry port map)."""
+    names_by_port = {p.get("port"): p.get("name") or "" for p in service.get("spec", {}).get("ports") or []}
+    result: list[Body] = []
+    seen: set[int] = set()
+    for protocol, port in sorted(set(ports), key=lambda p: (p[1], p[0])):
+        if port in seen:
+            continue
+        seen.add(port)
+        entry: Body = {
+            "name": names_by_port[port] if port in names_by_port else port_name(protocol, port),
+            "port": port,
+            "protocol": "TCP",
+        }
+        if protocol in _APP_PROTOCOL:
+            entry["appProtocol"] = _APP_PROTOCOL[protocol]
+        result.append(entry)
+    return result
+
+
+def _one_address(registrations: Collection[Registration]) -> tuple[str, list[Registration]]:
+    """WorkloadEntry and ExternalWorkload carry one address per family: the lowest, when a service listens on
+    several addresses of one family (rare: listeners bound to specific addresses)."""
+    address = min((r.address for r in registrations), key=lambda a: (a.version, int(a)))
+    return str(address), [r for r in registrations if r.address == address]
+
+
+def build_workload_entry(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
+                         lease: Body, *, service_account: str = "", network: str = "") -> Body:
+    """Istio WorkloadEntry of one VM, service and family; the Service selects it by spec.labels `app`."""
+    first = min(registrations)
+    address, regs = _one_address(registrations)
+    labels = {LABEL_APP: first.service, LABEL_VM: vm}
+    spec: Body = {
+        "address": address,
+        "ports": {p["name"]: p["port"] for p in named_ports(service, {(r.protocol, r.port) for r in regs})},
+        "labels": labels,
+    }
+    if service_account:
+        spec["serviceAccount"] = service_account
+    if network:
+        spec["network"] = network
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": workload_name(first.service, vm, first.family),
+            "namespace": namespace,
+            "labels": {**labels, LABEL_MANAGED_BY: MANAGER},
+            "annotations": {ANNOTATION_ISTIO_HEALTH_CHECKS: "true"},
+            "ownerReferences": [lease_owner_reference(lease)],
+        },
+        "spec": spec,
+    }
+
+
+def build_external_workload(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
+                            lease: Body, *, identity: str, server_name: str) -> Body:
+    """Linkerd ExternalWorkload of one VM, service and family (Linkerd takes one workload IP); the Service
+    selects it by the metadata label `app`."""
+    first = min(registrations)
+    address, regs = _one_address(registrations)
+    return {
+        "apiVersion": "workload.linkerd.io/v1beta1",
+        "kind": "ExternalWorkload",
+        "metadata": {
+            "name": workload_name(first.service, vm, first.family),
+            "namespace": namespace,
+            "labels": {LABEL_APP: first.service, LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER},
+            "ownerReferences": [lease_owner_reference(lease)],
+        },
+        "spec": {
+            "meshTLS": {"identity": identity, "serverName": server_name},
+            "ports": [{"name": p["name"], "port": p["port"], "protocol": "TCP"}
+                      for p in named_ports(service, {(r.protocol, r.port) for r in regs})],
+            "workloadIPs": [{"ip": address}],
+        },
+    }
+
+
+def workload_differs(current: Body, desired: Body) -> bool:
+    """True when what the agent owns differs: its labels and annotations, the owner, the whole spec."""
+    cur_meta, want_meta = current.get("metadata", {}), desired["metadata"]
+    for key in ("labels", "annotations"):
+        have = cur_meta.get(key) or {}
+        if any(have.get(k) != v for k, v in (want_meta.get(key) or {}).items()):
+            return True
+    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or []]
+    if cur_owners != [o["uid"] for o in want_meta["ownerReferences"]]:
+        return True
+    return bool(current.get("spec") != desired["spec"])
+
+
+def health_of(registrations: Collection[Registration], vm: str, *, terminating: bool = False) -> tuple[bool, str, str]:
+    """(healthy, reason, message) of one VM's workload, for a status condition."""
+    if terminating:
+        return False, REASON_TERMINATING, f"vmesh-agent on {vm} is deregistering it"
+    failing = sorted({(r.port, r.protocol) for r in registrations if not r.ready})
+    if not failing:
+        return True, REASON_PASSING, f"health checks pass on {vm}"
+    return False, REASON_FAILING, f"health checks fail on {vm}: " + ", ".join(f"{p}/{proto}" for p, proto in failing)
+
+
+def condition_time(moment: datetime.datetime) -> str:
+    """metav1.Time: RFC 3339, seconds, UTC."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[Body] | None, kind: str, *, healthy: bool, reason: str, message: str,
+                  now: datetime.datetime) -> list[Body] | None:
+    """`conditions` with the one of type `kind` set, or None when it already says exactly this. Other types are
+    kept; lastTransitionTime moves only when the status flips."""
+    status = "True" if healthy else "False"
+    existing = [dict(c) for c in conditions or []]
+    current = next((c for c in existing if c.get("type") == kind), None)
+    if current and (current.get("status"), current.get("reason"), current.get("message")) == (status, reason, message):
+        return None
+    same_status = current is not None and current.get("status") == status and current.get("lastTransitionTime")
+    condition = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": current["lastTransitionTime"] if current and same_status else condition_time(now),
+    }
+    if current is None:
+        return [*existing, condition]
+    return [condition if c is current else c for c in existing]

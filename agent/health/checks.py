@@ -1,0 +1,266 @@
+"""Health checks: each is an async callable that returns a CheckResult, bounded by its timeout, and never raises.
+
+A failure of any kind (refused, timed out, wrong answer, even a bug in a check) is a failing result with a
+short human `output`, so that the monitor only ever deals with results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+import pymysql
+
+from agent.discovery.probes import banner
+from agent.discovery.probes.mysql import parse_greeting
+from agent.health.credentials import Credentials
+
+MAX_OUTPUT = 200
+# An exec check keeps only this much of what the command prints; its last line is the output.
+_EXEC_TAIL = 4096
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    output: str  # short and human: "connection refused", "MariaDB 10.11.19 greeting", "HTTP 503"
+    duration: float  # seconds
+
+
+class Check(Protocol):
+    kind: str
+
+    async def __call__(self) -> CheckResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+def short(text: str, limit: int = MAX_OUTPUT) -> str:
+    """One line of at most `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def describe_os_error(exc: OSError) -> str:
+    # asyncio words a refusal "Connect call failed ('127.0.0.1', 3306)"; the errno name is what people know.
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def describe_server(version: str) -> str:
+    """ "5.5.5-10.11.19-MariaDB-0+deb12u1" -> "MariaDB 10.11.19"; "8.0.36-0ubuntu0.22.04.1" -> "MySQL 8.0.36"."""
+    # MariaDB before 11 prefixes its version with "5.5.5-" so that old replicas accept it.
+    bare = version.removeprefix("5.5.5-")
+    number = bare.split("-", 1)[0]
+    return f"{'MariaDB' if 'mariadb' in bare.lower() else 'MySQL'} {number}"
+
+
+def last_line(output: bytes) -> str:
+    lines = [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+async def timed(timeout: float, body: Callable[[], Awaitable[tuple[bool, str]]],
+                on_timeout: str = "") -> CheckResult:
+    """Run `body` under `timeout` and turn whatever happens into a CheckResult."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            ok, output = await body()
+    except TimeoutError:
+        ok, output = False, on_timeout or f"timed out after {timeout:g}s"
+    except OSError as exc:
+        ok, output = False, describe_os_error(exc)
+    except aiohttp.ClientError as exc:
+        ok, output = False, str(exc) or type(exc).__name__
+    except Exception as exc:
+        # A check must never take its monitor down; a bug shows up as a failing check with its type.
+        ok, output = False, f"{type(exc).__name__}: {exc}"
+    return CheckResult(ok=ok, output=short(output), duration=time.monotonic() - started)
+
+
+class TcpCheck:
+    kind = "tcp"
+
+    def __init__(self, host: str, port: int, *, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+
+    async def __call__(self) -> CheckResult:
+        return await timed(self.timeout, self._connect)
+
+    async def _connect(self) -> tuple[bool, str]:
+        _, writer = await asyncio.open_connection(self.host, self.port)
+        writer.close()
+        with contextlib.suppress(OSError):  # a reset while hanging up does not undo the connect
+            await writer.wait_closed()
+        return True, "connected"
+
+    async def aclose(self) -> None:
+        pass
+
+
+class MysqlCheck:
+    """Without credentials: the server's greeting. With credentials: a real login and `SELECT 1`.
+
+    A greeting-only check hangs up before authenticating. MariaDB 10.11 does not count that towards
+    max_connect_errors (no host blocking), but at its default log_warnings=2 it logs one "Aborted connection
+    ... closed normally without authentication" warning per check. A login check quits cleanly and logs nothing.
+    """
+
+    kind = "mysql"
+
+    def __init__(self, host: str, port: int, *, timeout: float, credentials: Credentials | None = None) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._credentials = credentials
+
+    def __repr__(self) -> str:
+        return f"MysqlCheck({self.host!r}, {self.port}, timeout={self.timeout}, credentials={self._credentials!r})"
+
+    async def __call__(self) -> CheckResult:
+        if self._credentials is None:
+            return await timed(self.timeout, self._greeting)
+        result = await timed(self.timeout, self._login)
+        password = self._credentials.password
+        if password and password in result.output:
+            # No known server message echoes the password; this keeps it that way for unknown ones.
+            result = CheckResult(result.ok, result.output.replace(password, "***"), result.duration)
+        return result
+
+    async def _greeting(self) -> tuple[bool, str]:
+        # banner.read has its own timeout; ours (entered first, so earlier) always fires before it. An empty
+        # answer therefore means the connection was refused or closed, never that it timed out.
+        data = await banner.read(self.host, self.port, self.timeout + 1)
+        if not data:
+            return False, "no greeting: connection refused or closed"
+        greeting = parse_greeting(data)
+        if greeting is None:
+            return False, "not a MySQL greeting"
+        if greeting.error:  # "1040: Too many connections", "1130: Host ... is not allowed ..."
+            return False, greeting.error
+        return True, f"{describe_server(greeting.version)} greeting"
+
+    async def _login(self) -> tuple[bool, str]:
+        # pymysql blocks: it runs in a thread. Should our timeout fire first, the thread still ends by itself
+        # within the socket timeouts given to pymysql, and closes its connection.
+        return await asyncio.to_thread(self._select_one)
+
+    def _select_one(self) -> tuple[bool, str]:
+        assert self._credentials is not None
+        try:
+            conn = pymysql.connect(
+                host=self.host, port=self.port, user=self._credentials.user, password=self._credentials.password,
+                connect_timeout=self.timeout, read_timeout=self.timeout, write_timeout=self.timeout,
+            )
+        except pymysql.err.MySQLError as exc:
+            return False, _mysql_error(exc)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+            version = str(getattr(conn, "server_version", ""))  # set by the handshake; missing from the stubs
+            return True, f"{describe_server(version)} SELECT 1"
+        except pymysql.err.MySQLError as exc:
+            return False, _mysql_error(exc)
+        finally:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):  # the server may be gone already
+                conn.close()
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _mysql_error(exc: pymysql.err.MySQLError) -> str:
+    """pymysql errors carry (code, message): "1045: Access denied for user 'ratings'@'127.0.0.1' (...)"."""
+    if len(exc.args) == 2 and isinstance(exc.args[0], int):
+        return f"{exc.args[0]}: {exc.args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+class HttpCheck:
+    """GET http://host:port/path; 2xx and 3xx pass (redirects are not followed: the server answered)."""
+
+    kind = "http"
+
+    def __init__(self, host: str, port: int, *, timeout: float, path: str = "/") -> None:
+        self.host, self.port, self.timeout, self.path = host, port, timeout, path
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.url = f"http://{netloc}{path}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self) -> CheckResult:
+        return await timed(self.timeout, self._get)
+
+    async def _get(self) -> tuple[bool, str]:
+        if self._session is None:
+            # force_close: every check opens a new connection, as a new client would; a kept-alive one can
+            # outlive a server that no longer accepts. trust_env stays off: a check never goes through a proxy.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": "vmesh-agent health check"},
+            )
+        async with self._session.get(self.url, allow_redirects=False) as response:
+            return 200 <= response.status < 400, f"HTTP {response.status}"
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class ExecCheck:
+    """Run a command (no shell); exit 0 passes. The output is the last line it printed (stdout and stderr)."""
+
+    kind = "exec"
+
+    def __init__(self, command: Sequence[str], *, timeout: float) -> None:
+        self.command = tuple(command)
+        self.timeout = timeout
+
+    async def __call__(self) -> CheckResult:
+        return await timed(self.timeout, self._run, on_timeout=f"timed out after {self.timeout:g}s; killed")
+
+    async def _run(self) -> tuple[bool, str]:
+        try:
+            # A session of its own: on timeout the whole process group is killed, children included.
+            proc = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as exc:
+            return False, f"cannot run {self.command[0]}: {describe_os_error(exc)}"
+        assert proc.stdout is not None
+        tail = b""
+        finished = False
+        try:
+            while chunk := await proc.stdout.read(_EXEC_TAIL):
+                tail = (tail + chunk)[-_EXEC_TAIL:]
+            code = await proc.wait()
+            finished = True
+        finally:
+            # Timed out or cancelled. The command itself may have exited already while a child of it still
+            # holds the output pipe open: kill the group either way (gone already: ProcessLookupError).
+            if not finished:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                # Read to the end, so that the pipe transport sees EOF and closes.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1):
+                        await proc.stdout.read()
+        line = last_line(tail)
+        if code == 0:
+            return True, line or "exit 0"
+        return False, line or (f"killed by signal {-code}" if code < 0 else f"exit status {code}")
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,70 @@
+"""The service meshes' real CRDs, installed into the test control plane.
+
+Istio's come from the istio.io/api Go module (pinned; fetched once into the normal Go module cache); Linkerd's
+ExternalWorkload CRD is data in ../shared/crds beside the repository. Only the CRDs the tests use are applied:
+Istio's file holds fifteen, about 1 MB of schema with CEL rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tests.testbed.cluster import ROOT, Cluster
+
+ISTIO_API_VERSION = "v1.32.0"
+ISTIO_CRD_FILE = "kubernetes/customresourcedefinitions.gen.yaml"
+WORKLOAD_ENTRY_CRD = "workloadentries.networking.istio.io"
+EXTERNAL_WORKLOAD_CRD = "externalworkloads.workload.linkerd.io"
+SHARED_CRDS = ROOT.parent / "shared" / "crds"
+_NAME = re.compile(r"^metadata:\n(?:  .*\n)*?  name: (\S+)$", re.M)
+
+
+def istio_crds(version: str = ISTIO_API_VERSION) -> Path:
+    """Path of Istio's CRD file in the module cache, downloading the module if it is not there yet."""
+    with tempfile.TemporaryDirectory() as scratch:  # `go mod download` wants a module to run in
+        subprocess.run(["go", "mod", "init", "vmesh-crds"], cwd=scratch, check=True, capture_output=True)
+        result = subprocess.run(["go", "mod", "download", "-json", f"istio.io/api@{version}"], cwd=scratch,
+                                capture_output=True, text=True, timeout=300, check=False)
+    info = json.loads(result.stdout or "{}")
+    if result.returncode != 0 or "Dir" not in info:
+        raise AssertionError(f"go mod download istio.io/api@{version} failed: {info.get('Error') or result.stderr}")
+    path = Path(info["Dir"]) / ISTIO_CRD_FILE
+    if not path.is_file():
+        raise AssertionError(f"istio.io/api@{version} has no {ISTIO_CRD_FILE}")
+    return path
+
+
+def linkerd_crds() -> Path:
+    path = SHARED_CRDS / "linkerd-externalworkloads.yaml"
+    if not path.is_file():
+        raise AssertionError(f"{path} is missing: shared/crds must sit beside the repository")
+    return path
+
+
+def crd_documents(path: Path, names: Iterable[str]) -> str:
+    """The CRDs called `names` out of a multi-document YAML file."""
+    wanted = set(names)
+    docs = [d for d in re.split(r"^---\s*$", path.read_text(), flags=re.M)
+            if (m := _NAME.search(d)) and m.group(1) in wanted]
+    found = {m.group(1) for d in docs if (m := _NAME.search(d))}
+    if found != wanted:
+        raise AssertionError(f"{path} lacks {sorted(wanted - found)}")
+    return "\n---\n".join(docs)
+
+
+def install(cluster: Cluster, path: Path, names: Iterable[str]) -> None:
+    """Server-side apply (big CRDs exceed the client-side last-applied annotation), then wait until Established."""
+    names = list(names)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "vmesh-tests", "-f", "-",
+                    input=crd_documents(path, names))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+
+
+def install_mesh_crds(cluster: Cluster) -> None:
+    install(cluster, istio_crds(), [WORKLOAD_ENTRY_CRD])
+    install(cluster, linkerd_crds(), [EXTERNAL_WORKLOAD_CRD])
