@@ -1,4 +1,4 @@
-"""One agent instance: wires discovery → desired state → sync, and owns the shutdown order.
+"""One agent instance: wires discovery → desired state → sync → report, and owns the shutdown order.
 
 Nothing here is global, so several agents (one per simulated VM) can share one event loop.
 """
@@ -12,54 +12,77 @@ import time
 
 import structlog
 
+from agent.api.server import ApiServer
 from agent.cluster.kube import KubeClient
-from agent.config import CheckSettings, Settings
+from agent.config import CheckSettings, ConfigError, Settings, load_settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.health.supervisor import HealthSupervisor
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
+from agent.maintenance import MaintenanceStore
 from agent.reaper import Reaper
+from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
+from agent.sync.backend import Backend
 from agent.sync.endpointslice import EndpointSliceBackend
 from agent.sync.reconciler import Reconciler
 from agent.tasks import TaskGroup
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# Settings that define the agent's identity in the cluster; changing them needs a restart.
+RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir")
 
 
 class Agent:
-    def __init__(self, settings: Settings, log: structlog.typing.FilteringBoundLogger | None = None) -> None:
+    def __init__(self, settings: Settings, *, config_path: str = "",
+                 log: structlog.typing.FilteringBoundLogger | None = None, notifier: Notifier | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.log = log or get_logger(vm=settings.vm_name)
+        self.notifier = notifier or Notifier({})
+        self.started_at = time.monotonic()
         self.state = DesiredState()
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
+        self.reload_requested = asyncio.Event()
         self.failure = ""
         self.report: DiscoveryReport | None = None
+        self.maintenance = MaintenanceStore(settings.state_dir)
+        self.tracked: list[Registration] = []  # what discovery and the config say, before health
+        self.present: list[Registration] = []  # of those, what is listening right now
+        self.health = HealthSupervisor(self.check_settings, self._refresh_state, self.log)
+        self.tasks = TaskGroup(self.log, self._fail)
+        self.api = ApiServer(self, settings.api.socket)
+        self.server = settings.cluster.server or settings.cluster.kubeconfig
+        self.heartbeat: Heartbeat | None = None
+        self.backend: Backend | None = None
+        self.reconciler: Reconciler | None = None
+        self.reaper: Reaper | None = None
         self._scanner = Scanner(settings.discovery.probe_timeout)
         self._vanish = VanishTracker(settings.discovery.remove_after)
-        self._tracked: list[Registration] = []  # what discovery and the config say, before health
-        self.health = HealthSupervisor(self._check_settings, self._refresh_state, self.log)
-        self._tasks = TaskGroup(self.log, self._fail)
         self._clients: list[KubeClient] = []
-        self._heartbeat: Heartbeat | None = None
-        self._backend: EndpointSliceBackend | None = None
-        self._reconciler: Reconciler | None = None
-        self.reaper: Reaper | None = None
         self._reported: dict[tuple[str, int], str] = {}
+        self._last_status = ""
 
     def _fail(self, why: str) -> None:
         self.failure = self.failure or why
         self.should_exit.set()
 
+    # -- what signal handlers call: they only set flags ------------------------------------------------
+
     def request_stop(self) -> None:
-        """What a signal handler calls: the first asks for a graceful stop, a second forces it."""
+        """The first call asks for a graceful stop, a second forces it."""
         if self.should_exit.is_set():
             self.force_exit.set()
         self.should_exit.set()
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Start, serve until asked to stop, stop. Returns the process exit code."""
@@ -72,39 +95,54 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        self.notifier.notify("STATUS=starting")
+        await self.api.start()
         sync_client = await KubeClient.connect(s.cluster)
         self._clients.append(sync_client)
         beat_client = await KubeClient.connect(s.cluster)  # own connection: never queued behind bulk syncs
         self._clients.append(beat_client)
-        self._heartbeat = Heartbeat(
+        self.server = sync_client.server
+        self.heartbeat = heartbeat = Heartbeat(
             beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
             lease_duration=s.heartbeat.lease_duration, log=self.log,
-            wall_clock=lambda: time.time() + s.heartbeat.wall_clock_offset,
-            on_new_lease=lambda: self._reconciler.poke() if self._reconciler else None,
+            wall_clock=lambda: time.time() + self.settings.heartbeat.wall_clock_offset,
+            on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None,
         )
-        heartbeat = self._heartbeat
 
-        def backend_for(vm: str) -> EndpointSliceBackend:
+        def backend_for(vm: str) -> Backend:
             return EndpointSliceBackend(sync_client, s.namespace, vm, heartbeat, self.log)
 
-        self._backend = backend_for(s.vm_name)
+        self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
                              backend_for=backend_for, log=self.log)
-        self._reconciler = Reconciler(self._backend, self.state, resync_interval=s.sync.resync_interval,
-                                      log=self.log)
+        self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
+                                     log=self.log, on_done=self._report_status)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
         await self.discover_once()
-        self._tasks.spawn("reconciler", self._reconciler.run())
-        self._tasks.spawn("heartbeat", self._heartbeat.run())
-        if s.discovery.enabled:
-            self._tasks.spawn("discovery", self._discovery_loop())
+        self.tasks.spawn("reconciler", self.reconciler.run())
+        self.tasks.spawn("heartbeat", heartbeat.run())
+        self.tasks.spawn("discovery", self._discovery_loop())
+        self.tasks.spawn("reload", self._reload_loop())
         if s.reaper.enabled:
-            self._tasks.spawn("reaper", self.reaper.run())
+            self.tasks.spawn("reaper", self.reaper.run())
+        if self.notifier.watchdog_interval:
+            self.tasks.spawn("watchdog", self._watchdog_loop(self.notifier.watchdog_interval))
+        await self.reconciler.first_attempt_done.wait()
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def _discovery_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.discovery.interval)
             await self.discover_once()
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 only while every root task is alive: a wedged or dead loop gets the unit restarted."""
+        while True:
+            if self.tasks.alive():
+                self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # -- discovery → desired state ---------------------------------------------------------------------
 
     async def discover_once(self) -> None:
         s = self.settings
@@ -134,20 +172,30 @@ class Agent:
         ]
         seen += self._static_registrations(choice.address)
         local = {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
-        self._tracked = self._vanish.update(seen, local)
+        self.present = seen
+        self.tracked = self._vanish.update(seen, local)
         await self.health.follow(seen)
         self._refresh_state()
 
     def _refresh_state(self) -> None:
-        """Desired state = what is tracked, ready only while present and healthy. Sync if it changed."""
-        desired = [dataclasses.replace(r, ready=r.ready and self.health.is_ready(r)) for r in self._tracked]
-        if self.state.replace(desired) and self._reconciler:
-            self._reconciler.poke()
+        """Desired state = what is tracked; ready only while present, healthy and not in maintenance."""
+        paused = self.maintenance.reasons
+        desired = [
+            dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
+            for r in self.tracked
+        ]
+        if self.state.replace(desired) and self.reconciler:
+            self.reconciler.poke()
 
-    def _check_settings(self, registration: Registration) -> CheckSettings:
+    def check_settings(self, registration: Registration) -> CheckSettings:
         declared = next((svc for svc in self.settings.service
                          if svc.name == registration.service and svc.port == registration.port), None)
         return declared.check if declared else self.settings.discovery.check
+
+    def set_maintenance(self, service: str, enabled: bool, reason: str) -> None:
+        self.maintenance.set(service, enabled, reason)
+        self.log.warning("maintenance " + ("on" if enabled else "off"), service=service, reason=reason or None)
+        self._refresh_state()
 
     def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
         if advertised is None:
@@ -169,12 +217,71 @@ class Agent:
         else:
             log.debug("listener skipped", reason=d.reason)
 
+    # -- reporting -------------------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
+        rec = self.reconciler
+        if rec is not None and rec.last_error:
+            return f"waiting for cluster: {rec.last_error}"[:200]
+        if self.report is not None and self.report.addresses.address is None:
+            return f"no VM address: {self.report.addresses.reason}"
+        ready = sorted({r.service for r in self.state.registrations if r.ready})
+        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready))
+        if not ready and not waiting:
+            return "running; nothing to register"
+        address = self.report.addresses.address if self.report else ""
+        parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
+        parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
+        return "; ".join(parts)
+
+    def _report_status(self) -> None:
+        line = self.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.notify(f"STATUS={line}")
+
+    # -- reload ----------------------------------------------------------------------------------------
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.reload_requested.wait()
+            self.reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the config. Invalid → keep the old one. Unchanged registrations stay untouched."""
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = load_settings(self.config_path)
+            except ConfigError as exc:
+                self.log.error("reload rejected; keeping the running config", error=str(exc))
+                return False
+            kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.settings, key)]
+            if kept:
+                self.log.warning("these settings change only on restart; kept the running values", keys=kept)
+                new = dataclasses.replace(new, **{key: getattr(self.settings, key) for key in kept})
+            self.settings = new
+            self._scanner.probe_timeout = new.discovery.probe_timeout
+            self._vanish.grace = new.discovery.remove_after
+            await self.health.restart_changed()
+            await self.discover_once()
+            self.log.info("config reloaded", path=self.config_path)
+            return True
+        finally:
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    # -- shutdown --------------------------------------------------------------------------------------
+
     async def stop(self) -> None:
         """The shutdown order, in one place, bounded by sync.stop_deadline:
-        stop discovering and syncing → mark endpoints terminating → delete own objects → release the Lease.
-        A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and peers finish it.
+        stop discovering and syncing → mark endpoints terminating → delete own objects → release the Lease
+        → close the API. A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and
+        peers finish it.
         """
-        await self._tasks.cancel("discovery", "reconciler", "reaper")
+        self.notifier.notify("STOPPING=1", "STATUS=deregistering")
+        await self.tasks.cancel("discovery", "reconciler", "reaper", "reload")
         await self.health.close()
         cleanup = asyncio.create_task(self._deregister(), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
@@ -188,8 +295,8 @@ class Agent:
             for task in (cleanup, forced):
                 task.cancel()
             await asyncio.gather(cleanup, forced, return_exceptions=True)
-            await self._tasks.cancel()
-            await self.health.close()
+            await self.tasks.cancel()
+            await self.api.stop()
             for client in self._clients:
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -197,14 +304,15 @@ class Agent:
         self.log.info("agent stopped", failure=self.failure or None)
 
     async def _deregister(self) -> None:
-        if self._backend is None or self._heartbeat is None:
+        if self.backend is None or self.heartbeat is None:
             return
         registrations = self.state.registrations
         try:
             if registrations:
-                await self._backend.mark_terminating(registrations)
-            await self._backend.remove_all()
-            await self._tasks.cancel("heartbeat")
-            await self._heartbeat.release()
+                await self.backend.mark_terminating(registrations)
+            await self.backend.remove_all()
+            await self.tasks.cancel("heartbeat")
+            await self.heartbeat.release()
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
+

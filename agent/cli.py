@@ -1,4 +1,14 @@
-"""The `vmesh-agent` command."""
+"""The `vmesh-agent` command: the daemon (`run`) and the tools an admin uses around it.
+
+Exit codes (stable, for scripts):
+  0   success; for `status`, the agent is passing
+  1   `status`: the agent reports warning or critical; otherwise a failure (the message says which)
+  2   wrong usage
+  3   `discover`: the VM has no address to advertise
+  69  the agent is not running (nothing answers on its socket)
+  77  the socket cannot be opened: not in group vmesh-agent, or a write needs root
+  78  the config is invalid (one line names the key)
+"""
 
 from __future__ import annotations
 
@@ -8,70 +18,204 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.agent import Agent
+from agent.client import EXIT_NOPERM, ClientError, call
 from agent.config import ConfigError, Settings, load_settings, parse_settings
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
+from agent.sdnotify import Notifier
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
+DEFAULT_SOCKET = "/run/vmesh-agent/agent.sock"
+EXIT_FAILED = 1
+EXIT_NO_ADDRESS = 3
 EXIT_CONFIG = 78  # EX_CONFIG; the unit's RestartPreventExitStatus
-EXIT_NO_ADDRESS = 3  # discover: no address to advertise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmesh-agent", description="Registers this VM's services into Kubernetes.",
+                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vmesh-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, *, config: bool = True, socket: bool = False,
+                as_json: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        if config:
+            p.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
+        if socket:
+            p.add_argument("--socket", help=f"the agent's socket (default: the config's api.socket, {DEFAULT_SOCKET})")
+        if as_json:
+            p.add_argument("--json", action="store_true", help="JSON output, for scripts")
+        return p
+
+    command("run", "run the agent (what the systemd unit starts)", as_json=False)
+    check = command("check-config", "validate a config file and exit", config=False, as_json=False)
+    check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
+    command("discover", "show what this VM would register, and why (no cluster needed)")
+    command("status", "the running agent: address, cluster, last sync and heartbeat, health", socket=True)
+    services = command("services", "the running agent's services, registrations and checks", socket=True)
+    services.add_argument("name", nargs="?", help="one service")
+    maint = command("maintenance", "mark a service not ready (kept across restarts), or end it", socket=True)
+    maint.add_argument("service")
+    maint.add_argument("state", choices=["on", "off"])
+    maint.add_argument("--reason", default="", help="shown in status and logs")
+    command("deregister", "remove this VM's objects from the cluster now (decommissioning; stop the agent first)")
+    command("reap", "one pass of peer reaping: watch the Leases for a lease period, remove the dead VMs'")
+    command("version", "print the version", config=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmesh-agent", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"vmesh-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the agent (what the systemd unit starts)")
-    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
-    disc = sub.add_parser("discover", help="show what this VM would register, and why (no cluster needed)")
-    disc.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} when it exists)")
-    disc.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-    sub.add_parser("version", help="print the version")
-    args = parser.parse_args(argv)
-
-    if args.command == "version":
-        print(f"vmesh-agent {__version__}")
-        return 0
-    if args.command == "discover":
-        return _discover(args.config, args.json)
+    args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        if args.command == "version":
+            print(json.dumps({"version": __version__}) if args.json else f"vmesh-agent {__version__}")
+            return 0
+        if args.command == "check-config":
+            settings = _settings(args.path, require_cluster=True)
+            print(f"{args.path}: ok (vm {settings.vm_name}, namespace {settings.namespace}, "
+                  f"backend {settings.backend})")
+            return 0
+        if args.command == "run":
+            path = args.config or DEFAULT_CONFIG
+            settings = _settings(path, require_cluster=True)
+            configure(settings.log.format, settings.log.level)
+            return asyncio.run(_run(settings, path))
+        if args.command == "discover":
+            return _discover(args)
+        if args.command in ("status", "services", "maintenance"):
+            return _local_api(args)
+        if args.command in ("deregister", "reap"):
+            settings = _settings(args.config or DEFAULT_CONFIG, require_cluster=True)
+            return asyncio.run(_cluster_command(args.command, settings, args.json))
     except ConfigError as exc:
-        print(f"vmesh-agent: config {args.config}: {exc}", file=sys.stderr)
+        print(f"vmesh-agent: config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "check-config":
-        print(f"{args.config}: ok (vm {settings.vm_name}, namespace {settings.namespace}, backend {settings.backend})")
-        return 0
-    configure(settings.log.format, settings.log.level)
-    return asyncio.run(_run(settings))
+    except ClientError as exc:
+        print(f"vmesh-agent: {exc}", file=sys.stderr)
+        return exc.exit_code
+    raise AssertionError(args.command)
 
 
-def _discover(config: str | None, as_json: bool) -> int:
+def _settings(path: str, *, require_cluster: bool) -> Settings:
     try:
-        if config is None and not Path(DEFAULT_CONFIG).exists():
-            settings = parse_settings("", require_cluster=False)
-        else:
-            settings = load_settings(config or DEFAULT_CONFIG, require_cluster=False)
+        return load_settings(path, require_cluster=require_cluster)
     except ConfigError as exc:
-        print(f"vmesh-agent: config {config or DEFAULT_CONFIG}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise ConfigError(exc.key, f"{path}: {exc}" if not exc.key else str(exc)) from None
+
+
+async def _run(settings: Settings, config_path: str) -> int:
+    agent = Agent(settings, config_path=config_path, notifier=Notifier())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)  # handlers only set flags
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    return await agent.run()
+
+
+def _discover(args: argparse.Namespace) -> int:
+    if args.config is None and not Path(DEFAULT_CONFIG).exists():
+        settings = parse_settings("", require_cluster=False)
+    else:
+        settings = _settings(args.config or DEFAULT_CONFIG, require_cluster=False)
     s = settings
     report = asyncio.run(Scanner(s.discovery.probe_timeout).discover(
         s.discovery.allow if s.discovery.enabled else {}, address=s.address.address,
         interface=s.address.interface, cidr=s.address.cidr))
-    print(json.dumps(report_json(report), indent=2) if as_json else report_table(report))
+    print(json.dumps(report_json(report), indent=2) if args.json else report_table(report))
     return 0 if report.addresses.address else EXIT_NO_ADDRESS
 
 
-async def _run(settings: Settings) -> int:
-    agent = Agent(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.request_stop)  # handlers only set flags
-    return await agent.run()
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    path = args.config or DEFAULT_CONFIG
+    try:
+        return load_settings(path, require_cluster=False).api.socket
+    except ConfigError:
+        if args.config:
+            raise
+        return DEFAULT_SOCKET  # no readable default config: the packaged default socket
+
+
+def _local_api(args: argparse.Namespace) -> int:
+    sock = _socket_path(args)
+    if args.command == "maintenance":
+        status, body = call(sock, "PUT", f"/v1/services/{args.service}/maintenance",
+                            {"enable": args.state == "on", "reason": args.reason})
+        if status == 403:
+            raise ClientError(f"{body.get('error')}; run it with sudo", EXIT_NOPERM)
+        if status != 200:
+            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}", file=sys.stderr)
+            return EXIT_FAILED
+        print(json.dumps(body) if args.json else
+              f"{args.service}: maintenance {args.state}" + (f" ({args.reason})" if args.reason else ""))
+        return 0
+    if args.command == "services":
+        path = f"/v1/services/{args.name}" if args.name else "/v1/services"
+        status, body = call(sock, "GET", path)
+        if status != 200:
+            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}", file=sys.stderr)
+            return EXIT_FAILED
+        services = [body] if args.name else body
+        print(json.dumps(body, indent=2) if args.json else _services_text(services))
+        return 0
+    _, body = call(sock, "GET", "/v1/status")
+    _, health = call(sock, "GET", "/v1/health")
+    body["health_reasons"] = health.get("reasons", [])
+    print(json.dumps(body, indent=2) if args.json else _status_text(body))
+    return 0 if body.get("health") == "passing" else EXIT_FAILED
+
+
+def _ago(value: Any) -> str:
+    return "never" if value is None else f"{value:.1f}s ago"
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    addr, cluster = s["address"], s["cluster"]
+    lines = [
+        f"vmesh-agent {s['version']} on {s['vm']} (namespace {s['namespace']}, backend {s['backend']}): {s['health']}",
+        f"address    {addr['advertised'] or 'none'} ({addr['reason']})",
+        f"cluster    {cluster['server']} " + ("reachable" if cluster["reachable"] else
+                                              f"UNREACHABLE: {cluster['last_error'] or 'no sync yet'}"),
+        f"last sync  {_ago(s['last_sync']['seconds_ago'])}; heartbeat {_ago(s['last_heartbeat']['seconds_ago'])}"
+        f" (lease {s['last_heartbeat']['lease']})",
+        f"reaper     {'on' if s['reaper']['enabled'] else 'off'}, {s['reaper']['reaped']} dead VM(s) reaped",
+    ]
+    lines += [f"  ! {reason}" for reason in s.get("health_reasons", [])]
+    return "\n".join(lines)
+
+
+def _services_text(services: list[dict[str, Any]]) -> str:
+    if not services:
+        return "no services"
+    lines = []
+    for svc in services:
+        head = svc["name"] + (f"  [maintenance: {svc['maintenance']}]" if svc.get("maintenance") else "")
+        lines.append(head)
+        for reg in svc["registrations"]:
+            check = reg.get("check") or {}
+            state = "ready" if reg["ready"] else "NOT READY"
+            detail = f"{check.get('type')} check {check.get('status') or 'pending'}: {check.get('output') or '-'}" \
+                if check else "not listening"
+            lines.append(f"  {reg['address']}:{reg['port']} {reg['protocol']:<8} {state:<9} {detail}")
+    return "\n".join(lines)
+
+
+async def _cluster_command(command: str, settings: Settings, as_json: bool) -> int:
+    from agent.oneshot import deregister, reap_once  # noqa: PLC0415  (cluster code only for these commands)
+
+    if command == "deregister":
+        removed = await deregister(settings)
+        print(json.dumps({"removed": removed}) if as_json else
+              ("removed " + ", ".join(removed)) if removed else "nothing registered for this VM")
+        return 0
+    reaped = await reap_once(settings)
+    print(json.dumps({"reaped": reaped}) if as_json else
+          ("reaped " + ", ".join(reaped)) if reaped else "no dead VMs")
+    return 0

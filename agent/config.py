@@ -128,6 +128,7 @@ class Settings:
     vm_name: str = ""
     namespace: str = "vm"
     backend: str = "endpointslice"
+    state_dir: str = "/var/lib/vmesh-agent"
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     address: AddressSettings = field(default_factory=AddressSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)

@@ -45,6 +45,8 @@ class Heartbeat:
         self._last_error = ""
         self.last_renewal: float | None = None  # monotonic time of the last successful write
         self.consecutive_failures = 0
+        self.renewals = 0  # successful writes, for metrics
+        self.failures = 0
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
@@ -111,12 +113,14 @@ class Heartbeat:
                 await self.renew()
             except ClusterError as exc:
                 self.consecutive_failures += 1
+                self.failures += 1
                 delay = backoff.next()
                 if str(exc) != self._last_error:
                     self._log.warning("lease renewal failed", error=str(exc), failures=self.consecutive_failures,
                                       retry_in=round(delay, 2))
                 self._last_error = str(exc)
                 continue
+            self.renewals += 1
             if self.consecutive_failures:
                 self._log.info("lease renewal recovered", after_failures=self.consecutive_failures)
             self.consecutive_failures = 0

@@ -85,7 +85,7 @@ class Reaper:
         self._backend_for = backend_for
         self._log = log
         self.reaped = 0
-        self._synced = asyncio.Event()
+        self.synced = asyncio.Event()
 
     async def run(self) -> None:
         """Watch Leases (list, then watch from its version; list again when the watch expires) and reap."""
@@ -109,7 +109,7 @@ class Reaper:
         items, version = await self._kube.list_with_version(LEASES, self.namespace,
                                                             f"{LABEL_MANAGED_BY}={MANAGER}")
         self.observer.replace_all(items)
-        self._synced.set()
+        self.synced.set()
         selector = f"{LABEL_MANAGED_BY}={MANAGER}"
         async for kind, lease in self._kube.watch(LEASES, self.namespace, label_selector=selector,
                                                   resource_version=version):
@@ -121,7 +121,7 @@ class Reaper:
     async def _check_loop(self) -> None:
         while True:
             await asyncio.sleep(CHECK_EVERY)
-            if self._synced.is_set():
+            if self.synced.is_set():
                 await self.reap_expired()
 
     async def reap_expired(self) -> int:

@@ -16,6 +16,7 @@ from agent.state import Registration
 
 @dataclass
 class _Watched:
+    settings: CheckSettings
     check: Check
     monitor: HealthMonitor
     task: asyncio.Task[None]
@@ -70,7 +71,7 @@ class HealthSupervisor:
         monitor = HealthMonitor(checked, interval=settings.interval, rise=settings.rise, fall=settings.fall,
                                 on_change=changed)
         task = asyncio.create_task(monitor.run(), name=f"health:{key.service}:{key.address}:{key.port}")
-        self._watched[key] = _Watched(check, monitor, task)
+        self._watched[key] = _Watched(settings, check, monitor, task)
 
     async def _stop(self, key: Registration) -> None:
         watched = self._watched.pop(key)
@@ -78,6 +79,13 @@ class HealthSupervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await watched.task
         await watched.check.aclose()
+
+    async def restart_changed(self) -> None:
+        """After a reload: restart the monitors whose check settings changed; the others keep their history."""
+        for key, watched in list(self._watched.items()):
+            if self._settings_for(key) != watched.settings:
+                await self._stop(key)
+                self._start(key)
 
     async def close(self) -> None:
         for key in list(self._watched):

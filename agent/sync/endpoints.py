@@ -229,7 +229,7 @@ class EndpointsBackend:
                       forget: set[Owner]) -> None:
         """Read-modify-write one Endpoints; on 409 (or a concurrent create/delete) re-read and merge again."""
         log = self._log.bind(service=name, object=f"endpoints/{name}")
-        backoff = Backoff(base=0.02, cap=1.0)
+        backoff = Backoff(base=0.05, cap=2.0, jitter=1.0)
         for attempt in range(self._attempts):
             if attempt:
                 await asyncio.sleep(backoff.next())
@@ -265,8 +265,9 @@ class EndpointsBackend:
                 if gone:
                     log.info("addresses of VMs whose Lease is gone removed", leases=sorted(n for n, _ in gone))
                 return
-            except (Conflict, NotFound):
-                continue  # changed, created or deleted meanwhile: re-read and merge again
+            except (Conflict, NotFound) as exc:
+                # Changed, created or deleted meanwhile: re-read and merge again.
+                log.debug("endpoints changed meanwhile; merging again", attempt=attempt + 1, error=str(exc))
         raise Conflict(f"endpoints {name} kept changing under us ({self._attempts} attempts); will retry")
 
     async def _get(self, name: str) -> Body | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -21,7 +22,8 @@ from agent.sync.backend import Backend
 
 class Reconciler:
     def __init__(self, backend: Backend, state: DesiredState, *, resync_interval: float,
-                 log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None) -> None:
+                 log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None,
+                 on_done: Callable[[], None] = lambda: None) -> None:
         self._backend = backend
         self._state = state
         self._resync_interval = resync_interval
@@ -32,6 +34,8 @@ class Reconciler:
         self.last_success: float | None = None  # monotonic
         self.last_error = ""
         self.runs = 0
+        self.errors = 0
+        self._on_done = on_done
 
     def poke(self) -> None:
         """Ask for a sync soon; pokes that arrive while one is pending collapse into it."""
@@ -54,6 +58,7 @@ class Reconciler:
         try:
             await self._backend.sync(self._state.registrations)
         except ClusterError as exc:
+            self.errors += 1
             message = str(exc)
             if message != self.last_error:
                 self._log.error("sync failed", error=message)
@@ -62,6 +67,7 @@ class Reconciler:
             return self._backoff.next(cap=2.0 if exc.transient else None)
         finally:
             self.first_attempt_done.set()
+            self._on_done()
         if self.last_error:
             self._log.info("sync recovered", previous_error=self.last_error)
         self.last_error = ""

@@ -123,7 +123,8 @@ class VM:
         }
         for table, values in overrides.items():
             tables.setdefault(table, {}).update(values)
-        lines = [f'vm_name = "{self.name}"', f'namespace = "{namespace}"']
+        lines = [f'vm_name = "{self.name}"', f'namespace = "{namespace}"',
+                 f'state_dir = "{self.workdir / "state"}"']
         for table, values in tables.items():
             lines += ["", f"[{table}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
         config = self.workdir / "config.toml"

@@ -1,0 +1,1 @@
+"""The local API on a unix socket: health, status, services, maintenance, metrics."""

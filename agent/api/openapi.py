@@ -1,0 +1,99 @@
+"""The local API described as OpenAPI 3.0; served at /v1/openapi.json and used to fuzz the API in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "vmesh-agent local API", "version": __version__,
+             "description": "Served on the agent's unix socket (/run/vmesh-agent/agent.sock)."},
+    "paths": {
+        "/v1/health": {"get": {
+            "summary": "Overall health, Consul's convention: 200 passing, 429 warning, 503 critical.",
+            "parameters": [{"name": "format", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["json", "text"]}}],
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/Health"}, "passing"),
+                "429": _json({"$ref": "#/components/schemas/Health"}, "warning"),
+                "503": _json({"$ref": "#/components/schemas/Health"}, "critical"),
+                "400": _json(_ERROR, "bad format"),
+            },
+        }},
+        "/v1/status": {"get": {
+            "summary": "VM name, advertised address and why, cluster reachability, last sync and heartbeat.",
+            "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "status")},
+        }},
+        "/v1/services": {"get": {
+            "summary": "Every service of this VM with its registrations and checks.",
+            "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Service"}},
+                                       "services")},
+        }},
+        "/v1/services/{name}": {"get": {
+            "summary": "One service.",
+            "parameters": [_NAME],
+            "responses": {"200": _json({"$ref": "#/components/schemas/Service"}, "the service"),
+                          "404": _json(_ERROR, "no such service")},
+        }},
+        "/v1/services/{name}/maintenance": {"put": {
+            "summary": "Mark a service not ready for maintenance (kept across restarts), or end it.",
+            "parameters": [_NAME],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["enable"], "additionalProperties": False,
+                "properties": {"enable": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 256}},
+            }}}},
+            "responses": {
+                "200": _json({"type": "object", "required": ["service", "maintenance"], "properties": {
+                    "service": {"type": "string"}, "maintenance": {"type": "string", "nullable": True}}}, "done"),
+                "400": _json(_ERROR, "malformed request"),
+                "403": _json(_ERROR, "not root or the agent's user"),
+                "404": _json(_ERROR, "no such service"),
+            },
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (text format 0.0.4).",
+            "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/v1/openapi.json": {"get": {
+            "summary": "This document.",
+            "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+        }},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Health": {"type": "object", "required": ["status", "reasons"], "properties": {
+            "status": {"type": "string", "enum": ["passing", "warning", "critical"]},
+            "reasons": {"type": "array", "items": {"type": "string"}}}},
+        "Status": {"type": "object", "required": ["vm", "namespace", "backend", "version", "address", "cluster"],
+                   "properties": {
+                       "vm": {"type": "string"}, "namespace": {"type": "string"}, "backend": {"type": "string"},
+                       "version": {"type": "string"}, "health": {"type": "string"},
+                       "address": {"type": "object", "properties": {
+                           "advertised": {"type": "string", "nullable": True}, "reason": {"type": "string"},
+                           "candidates": {"type": "array", "items": {"type": "string"}}}},
+                       "cluster": {"type": "object", "properties": {
+                           "server": {"type": "string"}, "reachable": {"type": "boolean"},
+                           "last_error": {"type": "string", "nullable": True}}},
+                   }},
+        "Service": {"type": "object", "required": ["name", "registrations"], "properties": {
+            "name": {"type": "string"},
+            "maintenance": {"type": "string", "nullable": True},
+            "registered": {"type": "boolean"},
+            "registrations": {"type": "array", "items": {"type": "object", "properties": {
+                "port": {"type": "integer"}, "protocol": {"type": "string"}, "address": {"type": "string"},
+                "present": {"type": "boolean"}, "ready": {"type": "boolean"},
+                "maintenance": {"type": "string", "nullable": True},
+                "check": {"type": "object", "nullable": True}}}}}},
+    }},
+}

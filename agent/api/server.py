@@ -1,0 +1,174 @@
+"""The local API: aiohttp on a unix socket (mode 0660, group vmesh-agent).
+
+Reads are open to whoever may connect (the socket's group); writes only to root and the agent's own
+user, as the kernel reports the peer (SO_PEERCRED). Every error is a JSON body with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from agent.api import views
+from agent.api.openapi import OPENAPI
+from agent.metrics import Histogram, render
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+SOCKET_GROUP = "vmesh-agent"
+SOCKET_MODE = 0o660
+HEALTH_STATUS = {views.PASSING: 200, views.WARNING: 429, views.CRITICAL: 503}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(body, indent=2) + "\n", status=status, content_type="application/json")
+
+
+def peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class ApiServer:
+    def __init__(self, agent: Agent, path: str) -> None:
+        self.agent = agent
+        self.path = path
+        self.latency = Histogram()
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._errors_and_timing], client_max_size=64 * 1024)
+        self.app.router.add_get("/v1/health", self.get_health)
+        self.app.router.add_get("/v1/status", self.get_status)
+        self.app.router.add_get("/v1/services", self.get_services)
+        self.app.router.add_get("/v1/services/{name}", self.get_service)
+        self.app.router.add_put("/v1/services/{name}/maintenance", self.put_maintenance)
+        self.app.router.add_get("/metrics", self.get_metrics)
+        self.app.router.add_get("/v1/openapi.json", self.get_openapi)
+
+    async def start(self) -> None:
+        _clear_stale_socket(self.path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, self.path)
+        await site.start()
+        os.chmod(self.path, SOCKET_MODE)
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(self.path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    @web.middleware
+    async def _errors_and_timing(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = json_response({"error": str(exc)}, exc.status)
+        except web.HTTPException as exc:  # aiohttp's own 404/405/413...: same JSON shape
+            response = json_response({"error": exc.reason}, exc.status)
+        except Exception as exc:  # a bug: still JSON, and logged
+            self.agent.log.error("api handler failed", path=request.path, error=repr(exc))
+            response = json_response({"error": "internal error; see the agent's log"}, 500)
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        self.latency.observe(time.perf_counter() - started, method=request.method, route=route,
+                             status=str(response.status))
+        return response
+
+    async def get_health(self, request: web.Request) -> web.Response:
+        body = views.health(self.agent)
+        code = HEALTH_STATUS[body["status"]]
+        fmt = request.query.get("format", "json")
+        if fmt == "text":
+            return web.Response(text="\n".join([body["status"], *body["reasons"]]) + "\n", status=code)
+        if fmt != "json":
+            raise ApiError(400, f"format must be json or text, not {fmt!r}")
+        return json_response(body, code)
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        return json_response(views.status(self.agent))
+
+    async def get_services(self, _: web.Request) -> web.Response:
+        return json_response(views.services(self.agent))
+
+    async def get_service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = next((s for s in views.services(self.agent) if s["name"] == name), None)
+        if found is None:
+            raise ApiError(404, f"no service {name!r} on this VM")
+        return json_response(found)
+
+    async def put_maintenance(self, request: web.Request) -> web.Response:
+        uid = peer_uid(request)
+        if uid is None or uid not in (0, os.getuid()):
+            raise ApiError(403, "only root or the agent's own user may change maintenance mode")
+        name = request.match_info["name"]
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "body must be JSON: {\"enable\": true, \"reason\": \"...\"}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("enable"), bool):
+            raise ApiError(400, "body must be a JSON object with a boolean \"enable\"")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 256:
+            raise ApiError(400, "\"reason\" must be a string of at most 256 characters")
+        unknown = set(body) - {"enable", "reason"}
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        if body["enable"] and name not in {r.service for r in self.agent.tracked}:
+            raise ApiError(404, f"no service {name!r} on this VM")
+        self.agent.set_maintenance(name, body["enable"], reason)
+        return json_response({"service": name, "maintenance": self.agent.maintenance.reasons.get(name)})
+
+    async def get_metrics(self, _: web.Request) -> web.Response:
+        families = [*views.metric_families(self.agent),
+                    self.latency.family("vmesh_api_request_duration_seconds", "Local API request latencies.")]
+        return web.Response(text=render(families), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def get_openapi(self, _: web.Request) -> web.Response:
+        return json_response(OPENAPI)
+
+
+def _clear_stale_socket(path: str) -> None:
+    """A socket file left by a crash is replaced; one that still answers means another agent runs."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; remove it or set api.socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listening: stale
+            return
+    raise OSError(f"another agent is already serving {path}")

@@ -1,0 +1,157 @@
+"""What the local API says about an agent, as plain JSON-ready dicts. Pure reads of the agent's state."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.metrics import Family
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
+HEARTBEAT_CRITICAL_FAILURES = 3
+
+
+def _ago(monotonic: float | None) -> float | None:
+    return None if monotonic is None else round(time.monotonic() - monotonic, 3)
+
+
+def _wall(monotonic: float | None) -> str | None:
+    if monotonic is None:
+        return None
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=time.monotonic() - monotonic)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def health(agent: Agent) -> dict[str, Any]:
+    """Consul's convention: passing / warning / critical, with the reasons."""
+    critical: list[str] = []
+    warning: list[str] = []
+    if not agent.tasks.alive():
+        critical.append(f"agent loops not running: {agent.failure or 'stopping'}")
+    if agent.report is not None and agent.report.addresses.address is None:
+        critical.append(f"no VM address: {agent.report.addresses.reason}")
+    beat = agent.heartbeat
+    if beat is not None and beat.consecutive_failures:
+        (critical if beat.consecutive_failures >= HEARTBEAT_CRITICAL_FAILURES else warning).append(
+            f"heartbeat failing ({beat.consecutive_failures} in a row)")
+    if agent.reconciler is not None and agent.reconciler.last_error:
+        warning.append(f"last sync failed: {agent.reconciler.last_error}")
+    for svc in services(agent):
+        for reg in svc["registrations"]:
+            where = f"{svc['name']} {reg['address']}:{reg['port']}"
+            if reg["maintenance"]:
+                warning.append(f"{where} in maintenance: {reg['maintenance']}")
+            elif reg["check"] and reg["check"]["status"] == CRITICAL:
+                warning.append(f"{where} check failing: {reg['check']['output']}")
+            elif not reg["present"]:
+                warning.append(f"{where} not listening any more")
+    status = CRITICAL if critical else WARNING if warning else PASSING
+    return {"status": status, "reasons": critical + warning}
+
+
+def status(agent: Agent) -> dict[str, Any]:
+    s = agent.settings
+    report = agent.report
+    rec, beat = agent.reconciler, agent.heartbeat
+    return {
+        "vm": s.vm_name,
+        "namespace": s.namespace,
+        "backend": s.backend,
+        "version": __version__,
+        "health": health(agent)["status"],
+        "address": {
+            "advertised": str(report.addresses.address) if report and report.addresses.address else None,
+            "reason": report.addresses.reason if report else "discovery has not run yet",
+            "candidates": [str(c.address) for c in report.addresses.candidates] if report else [],
+        },
+        "cluster": {
+            "server": agent.server,
+            "reachable": bool(rec and rec.last_success is not None and not rec.last_error),
+            "last_error": rec.last_error if rec and rec.last_error else None,
+        },
+        "last_sync": {"at": _wall(rec.last_success if rec else None),
+                      "seconds_ago": _ago(rec.last_success if rec else None)},
+        "last_heartbeat": {"at": _wall(beat.last_renewal if beat else None),
+                           "seconds_ago": _ago(beat.last_renewal if beat else None),
+                           "lease": beat.name if beat else None},
+        "reaper": {"enabled": s.reaper.enabled, "reaped": agent.reaper.reaped if agent.reaper else 0},
+        "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
+    }
+
+
+def services(agent: Agent) -> list[dict[str, Any]]:
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    present = {(r.service, r.port, r.address) for r in agent.present}
+    desired = {(r.service, r.port, r.address): r.ready for r in agent.state.registrations}
+    for reg in sorted(agent.tracked):
+        monitor = agent.health.monitor(reg)
+        result = monitor.last_result if monitor else None
+        check = None
+        if monitor is not None:
+            check = {
+                "type": agent.check_settings(reg).kind_for(reg.protocol),
+                "status": monitor.status if result else None,
+                "output": result.output if result else None,
+                "duration_ms": round(result.duration * 1000, 2) if result else None,
+                "checks": monitor.checks,
+                "failures": monitor.failures,
+                "since_seconds": _ago(monitor.last_change),
+            }
+        by_name.setdefault(reg.service, []).append({
+            "port": reg.port,
+            "protocol": reg.protocol,
+            "address": str(reg.address),
+            "present": (reg.service, reg.port, reg.address) in present,
+            "ready": desired.get((reg.service, reg.port, reg.address), False),
+            "maintenance": agent.maintenance.reasons.get(reg.service),
+            "check": check,
+        })
+    for name in agent.maintenance.reasons.keys() - by_name.keys():
+        by_name[name] = []
+    return [
+        {"name": name, "maintenance": agent.maintenance.reasons.get(name), "registrations": regs,
+         "registered": agent.reconciler is not None and agent.reconciler.last_success is not None
+         and not agent.reconciler.last_error}
+        for name, regs in sorted(by_name.items())
+    ]
+
+
+def metric_families(agent: Agent) -> list[Family]:
+    s = agent.settings
+    regs = Family("vmesh_registrations", "gauge", "Registrations of this VM by service and state.")
+    counts: dict[tuple[str, str], int] = {}
+    for r in agent.state.registrations:
+        key = (r.service, "ready" if r.ready else "not_ready")
+        counts[key] = counts.get(key, 0) + 1
+    for (service, state), n in sorted(counts.items()):
+        regs.add(n, service=service, state=state)
+    checks = Family("vmesh_checks_total", "counter", "Health check results by service and result.")
+    latency = Family("vmesh_check_duration_seconds", "gauge", "Duration of the last health check.")
+    for reg in sorted(agent.tracked):
+        monitor = agent.health.monitor(reg)
+        if monitor is None:
+            continue
+        labels = {"service": reg.service, "port": str(reg.port)}
+        checks.add(monitor.checks - monitor.failures, **labels, result="pass")
+        checks.add(monitor.failures, **labels, result="fail")
+        if monitor.last_result is not None:
+            latency.add(monitor.last_result.duration, **labels)
+    beat = agent.heartbeat
+    beats = Family("vmesh_heartbeats_total", "counter", "Lease renewals by result.")
+    beats.add(beat.renewals if beat else 0, result="success").add(beat.failures if beat else 0, result="failure")
+    age = Family("vmesh_heartbeat_age_seconds", "gauge", "Seconds since the Lease was last renewed.")
+    if beat is not None and beat.last_renewal is not None:
+        age.add(time.monotonic() - beat.last_renewal)
+    rec = agent.reconciler
+    syncs = Family("vmesh_sync_runs_total", "counter", "Sync runs against the cluster.").add(rec.runs if rec else 0)
+    errors = Family("vmesh_sync_errors_total", "counter", "Sync runs that failed.").add(rec.errors if rec else 0)
+    reaped = Family("vmesh_reaped_vms_total", "counter", "Dead VMs this agent cleaned up after.")
+    reaped.add(agent.reaper.reaped if agent.reaper else 0)
+    info = Family("vmesh_build_info", "gauge", "Version and settings of this agent.")
+    info.add(1, version=__version__, vm=s.vm_name, namespace=s.namespace, backend=s.backend)
+    return [regs, checks, latency, beats, age, syncs, errors, reaped, info]

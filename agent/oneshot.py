@@ -1,0 +1,62 @@
+"""One-shot cluster commands for admins: deregister this VM, or one pass of peer reaping."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.cluster.errors import NotFound
+from agent.cluster.kube import KubeClient
+from agent.cluster.objects import own_slices_selector
+from agent.cluster.resources import ENDPOINT_SLICES, LEASES
+from agent.config import Settings
+from agent.heartbeat import Heartbeat
+from agent.logs import get_logger
+from agent.reaper import Reaper
+from agent.sync.endpointslice import EndpointSliceBackend
+
+
+async def deregister(settings: Settings) -> list[str]:
+    """Delete this VM's EndpointSlices and Lease; the shared Service stays."""
+    kube = await KubeClient.connect(settings.cluster)
+    removed: list[str] = []
+    try:
+        for s in await kube.list(ENDPOINT_SLICES, settings.namespace, own_slices_selector(settings.vm_name)):
+            name = s["metadata"]["name"]
+            await kube.delete(ENDPOINT_SLICES, settings.namespace, name)
+            removed.append(f"endpointslice/{name}")
+        lease = f"vmesh-{settings.vm_name}"
+        try:
+            await kube.delete(LEASES, settings.namespace, lease)
+            removed.append(f"lease/{lease}")
+        except NotFound:
+            pass
+    finally:
+        await kube.close()
+    return removed
+
+
+async def reap_once(settings: Settings) -> list[str]:
+    """Watch the Leases for the longest lease period + grace, then remove the VMs that did not renew."""
+    kube = await KubeClient.connect(settings.cluster)
+    log = get_logger(vm=settings.vm_name)
+    heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
+                          lease_duration=settings.heartbeat.lease_duration, log=log)
+    reaped: list[str] = []
+
+    def backend_for(vm: str) -> EndpointSliceBackend:
+        reaped.append(vm)
+        return EndpointSliceBackend(kube, settings.namespace, vm, heartbeat, log)
+
+    reaper = Reaper(kube, settings.namespace, heartbeat.name, grace=settings.reaper.grace,
+                    backend_for=backend_for, log=log)
+    watcher = asyncio.create_task(reaper.run())
+    try:
+        await asyncio.wait_for(reaper.synced.wait(), settings.cluster.request_timeout)
+        longest = max((o.duration for o in reaper.observer.leases.values()), default=0.0)
+        await asyncio.sleep(longest + settings.reaper.grace + 1)
+        await reaper.reap_expired()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await kube.close()
+    return reaped
