@@ -157,8 +157,40 @@ def parse_settings(text: str, base_dir: Path | None = None, *, require_cluster: 
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}") from exc
-    settings = _build(Settings, raw, "")
-    return _validate(settings, base_dir or Path.cwd(), require_cluster)
+    try:
+        settings = _build(Settings, raw, "")
+        return _validate(settings, base_dir or Path.cwd(), require_cluster)
+    except ConfigError as exc:
+        line = line_of(text, exc.key)
+        if line:
+            raise ConfigError(exc.key, f"{exc.args[0].split(': ', 1)[-1]} (line {line})") from None
+        raise
+
+
+def line_of(text: str, key: str) -> int | None:
+    """The line where a key path such as "heartbeat.interval" or "service[1].check.type" is set, if found."""
+    if not key:
+        return None
+    parts = [p for p in re.split(r"[.\[\]]", key) if p and not p.isdigit()]
+    index = int(m.group(1)) if (m := re.search(r"\[(\d+)\]", key)) else 0
+    table: list[str] = []
+    seen_arrays: dict[str, int] = {}
+    best: int | None = None
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.split("#", 1)[0].strip()
+        if header := re.fullmatch(r"\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?", line):
+            table = header.group(1).split(".")
+            if line.startswith("[["):
+                seen_arrays[header.group(1)] = seen_arrays.get(header.group(1), -1) + 1
+            continue
+        if "=" not in line:
+            continue
+        name = line.split("=", 1)[0].strip().strip('"')
+        full = [*table, *name.split(".")]
+        in_right_item = not table or table[0] not in seen_arrays or seen_arrays[table[0]] == index
+        if full == parts[: len(full)] and in_right_item:
+            best = number  # the key itself, or the inline table that holds it
+    return best
 
 
 def _build(cls: type[Any], raw: Any, path: str) -> Any:

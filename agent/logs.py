@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import TextIO
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
+
+SENSITIVE_KEYS = ("token", "password", "authorization", "secret", "credentials")
+# Bearer tokens and JWTs (ServiceAccount tokens) wherever they appear in a message.
+_SECRET_PATTERNS = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9._-]+")
+
+
+def redact(_: object, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Secrets never reach a log line: sensitive keys are masked, tokens inside strings are cut out."""
+    for key, value in list(event.items()):
+        if any(word in key.lower() for word in SENSITIVE_KEYS) and not key.endswith("_file"):
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = _SECRET_PATTERNS.sub(lambda m: (m.group(1) or "") + "[redacted]", value)
+    return event
 
 
 def configure(format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -21,6 +37,7 @@ def configure(format: str = "auto", level: str = "info", stream: TextIO | None =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -62,11 +62,16 @@ class ExternalWorkloadBackend:
         self.server_name = server_name
         self._wall_clock = wall_clock
         self._services = SharedServices(kube, namespace, vm, log)
+        self.mesh_tls("service")  # a broken template fails here, at start-up, not in every sync
 
     def mesh_tls(self, service: str) -> tuple[str, str]:
         """(identity, serverName) with the templates filled in."""
         values = {"vm": self.vm, "namespace": self.namespace, "service": service}
-        return self.identity.format(**values), self.server_name.format(**values)
+        try:
+            return self.identity.format(**values), self.server_name.format(**values)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"externalworkload identity {self.identity!r} / server_name {self.server_name!r}: "
+                             f"only {{vm}}, {{namespace}} and {{service}} can be filled in ({exc!r})") from exc
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()

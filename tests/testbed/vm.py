@@ -131,9 +131,9 @@ class VM:
         config.write_text("\n".join(lines) + "\n")
         return config
 
-    def start_agent(self, config: Path) -> subprocess.Popen[bytes]:
+    def start_agent(self, config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = self.agent_log.open("ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
         self.agent = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, *AGENT, "run", "--config", str(config)],
             stdout=log, stderr=log, env=env, cwd=ROOT,
@@ -147,6 +147,10 @@ class VM:
         code = self.agent.wait(timeout=timeout)
         self.agent = None
         return code
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """`vmesh-agent ARGS` inside the VM, against this VM's config (and so its socket)."""
+        return self.exec(*AGENT, *args, "--config", str(self.workdir / "config.toml"), check=check)
 
     def log_lines(self) -> list[dict[str, Any]]:
         if not self.agent_log.exists():

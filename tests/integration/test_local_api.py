@@ -1,0 +1,217 @@
+"""The local API and the CLI on top of it, against a running agent over its real unix socket."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.vm import AGENT, VM
+from tests.testbed.waiting import wait_until
+
+
+@pytest.fixture
+def vm(cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path) -> VM:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent passing")
+    return vm
+
+
+def curl(sock: Path, method: str, path: str, body: str | None = None, user: str | None = None
+         ) -> tuple[int, str]:
+    args = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", str(sock), "-X", method,
+            f"http://agent{path}"]
+    if body is not None:
+        args += ["-H", "Content-Type: application/json", "--data-binary", body]
+    if user:
+        args = ["runuser", "-u", user, "--", *args]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=20, check=False)
+    text, _, code = result.stdout.rpartition("\n")
+    return int(code or 0), text
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+def test_status_and_services_human_and_json(vm: VM) -> None:
+    status = as_json(vm.cli("status", "--json"))
+    assert status["vm"] == vm.name
+    assert status["health"] == "passing"
+    assert status["address"]["advertised"] == vm.address
+    assert status["cluster"]["reachable"] is True
+    assert status["last_sync"]["seconds_ago"] < 5
+    assert status["last_heartbeat"]["lease"] == f"vmesh-{vm.name}"
+
+    human = vm.cli("status")
+    assert human.returncode == 0
+    assert f"on {vm.name}" in human.stdout and "passing" in human.stdout
+    assert f"address    {vm.address}" in human.stdout
+
+    services = as_json(vm.cli("services", "--json"))
+    assert [s["name"] for s in services] == ["mysqldb"]
+    reg = services[0]["registrations"][0]
+    assert (reg["address"], reg["port"], reg["ready"]) == (vm.address, 3306, True)
+    assert reg["check"]["type"] == "mysql" and reg["check"]["status"] == "passing"
+    assert "MariaDB" in reg["check"]["output"]
+    one = as_json(vm.cli("services", "mysqldb", "--json"))
+    assert one["name"] == "mysqldb"
+    assert "ready" in vm.cli("services").stdout
+    missing = vm.cli("services", "nope")
+    assert missing.returncode == 1 and "no service 'nope'" in missing.stderr
+
+
+def test_health_levels_and_text_format(vm: VM) -> None:
+    sock = vm.workdir / "agent.sock"
+    code, body = curl(sock, "GET", "/v1/health")
+    assert (code, json.loads(body)["status"]) == (200, "passing")
+    code, text = curl(sock, "GET", "/v1/health?format=text")
+    assert (code, text.strip()) == (200, "passing")
+    assert vm.mariadb is not None
+    vm.mariadb.stop(signal.SIGKILL)
+    wait_until(lambda: curl(sock, "GET", "/v1/health")[0] == 429, 5, "warning while MariaDB is down")
+    body = json.loads(curl(sock, "GET", "/v1/health")[1])
+    assert body["status"] == "warning"
+    assert any("check failing" in r or "not listening" in r for r in body["reasons"]), body
+    assert vm.cli("status").returncode == 1
+    code, _ = curl(sock, "GET", "/v1/health?format=yaml")
+    assert code == 400
+
+
+def test_maintenance_marks_not_ready_and_survives_a_restart(cluster: Cluster, namespace: str, vm: VM) -> None:
+    def ready() -> list[bool]:
+        s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+        return [e["conditions"]["ready"] for e in (s or {}).get("endpoints") or []]
+
+    result = vm.cli("maintenance", "mysqldb", "on", "--reason", "upgrading MariaDB")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: ready() == [False], 5, "not ready in maintenance")
+    assert as_json(vm.cli("services", "mysqldb", "--json"))["maintenance"] == "upgrading MariaDB"
+    health = curl(vm.workdir / "agent.sock", "GET", "/v1/health")
+    assert health[0] == 429 and "upgrading MariaDB" in health[1]
+
+    assert vm.stop_agent() == 0
+    vm.start_agent(vm.workdir / "config.toml")
+    wait_until(lambda: vm.cli("services", "--json").returncode == 0, 20, "the agent back")
+    assert as_json(vm.cli("services", "mysqldb", "--json"))["maintenance"] == "upgrading MariaDB"
+    wait_until(lambda: ready() == [False], 10, "still not ready after the restart")
+
+    assert vm.cli("maintenance", "mysqldb", "off").returncode == 0
+    wait_until(lambda: ready() == [True], 5, "ready again")
+
+
+def test_metrics_and_openapi(vm: VM) -> None:
+    sock = vm.workdir / "agent.sock"
+    curl(sock, "GET", "/v1/status")
+    code, text = curl(sock, "GET", "/metrics")
+    assert code == 200
+    for needle in ('vmesh_registrations{service="mysqldb",state="ready"} 1', "vmesh_checks_total{",
+                   'vmesh_heartbeats_total{result="success"}', "vmesh_heartbeat_age_seconds ",
+                   "vmesh_sync_runs_total ", "vmesh_sync_errors_total 0", "vmesh_reaped_vms_total 0",
+                   'vmesh_build_info{backend="endpointslice"',
+                   'vmesh_api_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/status",status="200"}'):
+        assert needle in text, needle
+    code, body = curl(sock, "GET", "/v1/openapi.json")
+    paths = json.loads(body)["paths"]
+    assert set(paths) == {"/v1/health", "/v1/status", "/v1/services", "/v1/services/{name}",
+                          "/v1/services/{name}/maintenance", "/metrics", "/v1/openapi.json"}
+
+
+def test_malformed_requests_get_json_4xx(vm: VM) -> None:
+    sock = vm.workdir / "agent.sock"
+    for method, path, body, expected in [
+        ("PUT", "/v1/services/mysqldb/maintenance", "{not json", 400),
+        ("PUT", "/v1/services/mysqldb/maintenance", '{"enable": "yes"}', 400),
+        ("PUT", "/v1/services/mysqldb/maintenance", '{"enable": true, "extra": 1}', 400),
+        ("PUT", "/v1/services/mysqldb/maintenance", "x" * 70000, 413),
+        ("PUT", "/v1/services/nope/maintenance", '{"enable": true}', 404),
+        ("GET", "/v2/nothing", None, 404),
+        ("DELETE", "/v1/health", None, 405),
+    ]:
+        code, text = curl(sock, method, path, body)
+        assert code == expected, (method, path, code, text)
+        assert isinstance(json.loads(text)["error"], str)
+
+
+@pytest.fixture
+def users() -> Iterator[dict[str, str]]:
+    """A user in group vmesh-agent and one outside it."""
+    created = []
+    if subprocess.run(["getent", "group", "vmesh-agent"], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["groupadd", "--system", "vmesh-agent"], check=True)
+    suffix = uuid.uuid4().hex[:6]
+    names = {"member": f"vmt-in-{suffix}", "outsider": f"vmt-out-{suffix}"}
+    subprocess.run(["useradd", "--system", "-G", "vmesh-agent", names["member"]], check=True)
+    subprocess.run(["useradd", "--system", names["outsider"]], check=True)
+    created = list(names.values())
+    yield names
+    for name in created:
+        subprocess.run(["userdel", name], check=False)
+
+
+def test_only_the_group_reads_and_only_root_writes(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, users: dict[str, str]
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    run_dir = Path(f"/run/vmesh-test-{vm.name}")
+    run_dir.mkdir(mode=0o755, exist_ok=True)
+    try:
+        sock = run_dir / "agent.sock"
+        vm.start_agent(vm.write_config(namespace, cluster.token(namespace), api={"socket": str(sock)}))
+        wait_until(sock.exists, 20, "the socket")
+        st = os.stat(sock)
+        assert oct(st.st_mode & 0o777) == "0o660"
+        assert grp.getgrgid(st.st_gid).gr_name == "vmesh-agent"
+
+        code, _ = curl(sock, "GET", "/v1/health", user=users["outsider"])
+        assert code == 0, "a user outside group vmesh-agent cannot even connect"
+        code, body = curl(sock, "GET", "/v1/status", user=users["member"])
+        assert code == 200 and json.loads(body)["vm"] == vm.name
+        code, body = curl(sock, "PUT", "/v1/services/mysqldb/maintenance", '{"enable": true}', user=users["member"])
+        assert code == 403 and "only root" in json.loads(body)["error"]
+        code, _ = curl(sock, "PUT", "/v1/services/mysqldb/maintenance", '{"enable": false}')
+        assert code == 200
+    finally:
+        if vm.agent is not None:
+            vm.stop_agent()
+        subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+
+
+def test_cli_when_the_agent_is_not_running(make_vm: Callable[[str], VM], tmp_path: Path) -> None:
+    vm = make_vm("a")
+    result = vm.exec(*AGENT, "status",
+                     "--socket", str(tmp_path / "none.sock"), check=False)
+    assert result.returncode == 69
+    assert "vmesh-agent is not running" in result.stderr and "systemctl start vmesh-agent" in result.stderr
+
+
+def test_stale_socket_from_a_crash_is_replaced(vm: VM) -> None:
+    assert vm.agent is not None
+    vm.stop_agent(signal.SIGKILL)
+    assert (vm.workdir / "agent.sock").exists()
+    vm.start_agent(vm.workdir / "config.toml")
+    wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent serving again")
+
+
+def test_deregister_and_reap_commands(cluster: Cluster, namespace: str, vm: VM) -> None:
+    vm.stop_agent(signal.SIGKILL)  # a dead agent left its objects behind
+    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is not None
+    result = vm.cli("deregister", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(as_json(result)["removed"]) == [f"endpointslice/mysqldb-{vm.name}", f"lease/vmesh-{vm.name}"]
+    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is None
+    assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
+    again = vm.cli("deregister")
+    assert (again.returncode, again.stdout.strip()) == (0, "nothing registered for this VM")
