@@ -26,8 +26,8 @@ from agent.reaper import Reaper
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.backend import Backend
-from agent.sync.endpointslice import EndpointSliceBackend
 from agent.sync.reconciler import Reconciler
+from agent.sync.registry import make_backend
 from agent.tasks import TaskGroup
 
 EXIT_OK = 0
@@ -110,7 +110,7 @@ class Agent:
         )
 
         def backend_for(vm: str) -> Backend:
-            return EndpointSliceBackend(sync_client, s.namespace, vm, heartbeat, self.log)
+            return make_backend(s, sync_client, vm, heartbeat, self.log)
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,

@@ -113,6 +113,23 @@ class ReaperSettings:
 
 
 @dataclass(frozen=True)
+class EndpointsSettings:
+    service_account: str = ""  # annotation alpha.istio.io/kubernetes-serviceaccounts on the Service
+
+
+@dataclass(frozen=True)
+class WorkloadEntrySettings:
+    service_account: str = ""
+    network: str = ""
+
+
+@dataclass(frozen=True)
+class ExternalWorkloadSettings:
+    identity: str = "spiffe://root.linkerd.cluster.local/{vm}"
+    server_name: str = "{vm}.cluster.local"
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     socket: str = "/run/vmesh-agent/agent.sock"
 
@@ -136,6 +153,9 @@ class Settings:
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     reaper: ReaperSettings = field(default_factory=ReaperSettings)
+    endpoints: EndpointsSettings = field(default_factory=EndpointsSettings)
+    workloadentry: WorkloadEntrySettings = field(default_factory=WorkloadEntrySettings)
+    externalworkload: ExternalWorkloadSettings = field(default_factory=ExternalWorkloadSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
@@ -297,6 +317,13 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
                      for i, svc in enumerate(s.service))
     if s.heartbeat.lease_duration <= s.heartbeat.interval:
         raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
+    for key in ("identity", "server_name"):
+        template = getattr(s.externalworkload, key)
+        try:
+            template.format(vm=vm_name, namespace=s.namespace, service="svc")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"externalworkload.{key}", f"{template!r} is not a valid template "
+                              f"({exc}); use {{vm}}, {{namespace}}, {{service}}") from None
     if s.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"{s.log.format!r} is not one of auto, console, json")
     if s.log.level not in ("debug", "info", "warning", "error"):

@@ -12,18 +12,27 @@ from agent.config import Settings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.reaper import Reaper
-from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.backend import Backend
+from agent.sync.registry import make_backend
 
 
 async def deregister(settings: Settings) -> list[str]:
-    """Delete this VM's EndpointSlices and Lease; the shared Service stays."""
+    """Delete this VM's objects (its slices, or its entries in the backend's objects) and its Lease; the
+    shared Service stays."""
     kube = await KubeClient.connect(settings.cluster)
     removed: list[str] = []
     try:
-        for s in await kube.list(ENDPOINT_SLICES, settings.namespace, own_slices_selector(settings.vm_name)):
-            name = s["metadata"]["name"]
-            await kube.delete(ENDPOINT_SLICES, settings.namespace, name)
-            removed.append(f"endpointslice/{name}")
+        if settings.backend == "endpointslice":
+            for s in await kube.list(ENDPOINT_SLICES, settings.namespace, own_slices_selector(settings.vm_name)):
+                name = s["metadata"]["name"]
+                await kube.delete(ENDPOINT_SLICES, settings.namespace, name)
+                removed.append(f"endpointslice/{name}")
+        else:
+            log = get_logger(vm=settings.vm_name)
+            heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
+                                  lease_duration=settings.heartbeat.lease_duration, log=log)
+            await make_backend(settings, kube, settings.vm_name, heartbeat, log).remove_all()
+            removed.append(f"{settings.backend} entries of {settings.vm_name}")
         lease = f"vmesh-{settings.vm_name}"
         try:
             await kube.delete(LEASES, settings.namespace, lease)
@@ -43,9 +52,9 @@ async def reap_once(settings: Settings) -> list[str]:
                           lease_duration=settings.heartbeat.lease_duration, log=log)
     reaped: list[str] = []
 
-    def backend_for(vm: str) -> EndpointSliceBackend:
+    def backend_for(vm: str) -> Backend:
         reaped.append(vm)
-        return EndpointSliceBackend(kube, settings.namespace, vm, heartbeat, log)
+        return make_backend(settings, kube, vm, heartbeat, log)
 
     reaper = Reaper(kube, settings.namespace, heartbeat.name, grace=settings.reaper.grace,
                     backend_for=backend_for, log=log)

@@ -17,3 +17,4 @@ class Backend(Protocol):
 
     async def remove_all(self) -> None:
         """Remove every object this VM owns; shared objects (the Service) stay."""
+

@@ -1,0 +1,31 @@
+"""The backends, in one table: which class writes the cluster for `backend = "..."`."""
+
+from __future__ import annotations
+
+import structlog
+
+from agent.cluster.kube import KubeClient
+from agent.config import Settings
+from agent.heartbeat import Heartbeat
+from agent.sync.backend import Backend
+from agent.sync.endpoints import EndpointsBackend
+from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.externalworkload import ExternalWorkloadBackend
+from agent.sync.workloadentry import WorkloadEntryBackend
+
+
+def make_backend(settings: Settings, kube: KubeClient, vm: str, heartbeat: Heartbeat,
+                 log: structlog.typing.FilteringBoundLogger) -> Backend:
+    """The backend the config names, for `vm` (this VM, or a dead peer being reaped)."""
+    ns = settings.namespace
+    if settings.backend == "endpoints":
+        return EndpointsBackend(kube, ns, vm, heartbeat, log, service_account=settings.endpoints.service_account,
+                                reap=settings.reaper.enabled)
+    if settings.backend == "workloadentry":
+        return WorkloadEntryBackend(kube, ns, vm, heartbeat, log,
+                                    service_account=settings.workloadentry.service_account,
+                                    network=settings.workloadentry.network)
+    if settings.backend == "externalworkload":
+        return ExternalWorkloadBackend(kube, ns, vm, heartbeat, log, identity=settings.externalworkload.identity,
+                                       server_name=settings.externalworkload.server_name)
+    return EndpointSliceBackend(kube, ns, vm, heartbeat, log)
