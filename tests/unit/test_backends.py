@@ -1,4 +1,5 @@
-"""Pure parts of the endpoints, workloadentry and externalworkload backends: shapes, merges, conditions."""
+"""The endpoints, workloadentry and externalworkload backends without a cluster: shapes, merges, conditions,
+and (with a fake API) the bounded retry."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import datetime
 from ipaddress import ip_address
 from typing import Any
 
+import pytest
+
+from agent.cluster.errors import Conflict
 from agent.cluster.objects import (
     ANNOTATION_ISTIO_HEALTH_CHECKS,
     ANNOTATION_ISTIO_SERVICE_ACCOUNTS,
@@ -19,8 +23,10 @@ from agent.cluster.objects import (
     set_condition,
     workload_differs,
 )
+from agent.logs import get_logger
 from agent.state import Registration
 from agent.sync.endpoints import (
+    EndpointsBackend,
     WantedAddress,
     canonical_subsets,
     lease_owners,
@@ -241,6 +247,8 @@ def test_external_workload_shape_and_mesh_tls_templates() -> None:
     custom = ExternalWorkloadBackend(None, "ns1", "a", None, None,  # type: ignore[arg-type]
                                      identity="spiffe://example.org/{namespace}/{service}/{vm}")
     assert custom.mesh_tls("db")[0] == "spiffe://example.org/ns1/db/a"
+    with pytest.raises(ValueError, match=r"only \{vm\}, \{namespace\} and \{service\}"):
+        ExternalWorkloadBackend(None, "ns1", "a", None, None, server_name="{host}.local")  # type: ignore[arg-type]
 
 
 def test_workload_differs_ignores_server_fields_and_foreign_labels_but_sees_edits() -> None:
@@ -278,3 +286,32 @@ def test_condition_transition_time_moves_only_when_the_status_flips() -> None:
     assert terminating is not None
     assert terminating[1]["reason"] == "Terminating"
     assert terminating[1]["lastTransitionTime"] == "2026-03-04T05:07:07Z", "same status: the transition stays"
+
+
+# --- endpoints: the retry bound, sequenced with a fake API ---------------------------------------------------------
+
+class AlwaysModified:
+    """An Endpoints that somebody else changes between every read and write."""
+
+    def __init__(self) -> None:
+        self.replaces = 0
+        self.body = {"metadata": {"name": "mysqldb", "resourceVersion": "1"},
+                     "subsets": [{"ports": MYSQL, "addresses": [{"ip": "198.18.1.1", "targetRef": ref("a")}]}]}
+
+    async def list(self, resource: object, namespace: str, label_selector: str = "") -> list[Body]:
+        return [self.body]
+
+    async def get(self, resource: object, namespace: str, name: str) -> Body:
+        return self.body
+
+    async def replace(self, resource: object, namespace: str, name: str, body: Body) -> Body:
+        self.replaces += 1
+        raise Conflict("the object has been modified", status=409, reason="Conflict")
+
+
+async def test_endpoints_retry_a_bounded_number_of_times_then_say_so() -> None:
+    kube = AlwaysModified()
+    backend = EndpointsBackend(kube, "vm", "a", None, get_logger(), attempts=3)  # type: ignore[arg-type]
+    with pytest.raises(Conflict, match="kept changing under us"):
+        await backend.remove_all()
+    assert kube.replaces == 3
