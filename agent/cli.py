@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = _settings(args.config or DEFAULT_CONFIG, require_cluster=True)
             return asyncio.run(_cluster_command(args.command, settings, args.json))
     except ConfigError as exc:
-        print(f"vmesh-agent: config: {exc}", file=sys.stderr)
+        print(f"vmesh-agent: config {exc.path}: {exc}" if exc.path else f"vmesh-agent: config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ClientError as exc:
         print(f"vmesh-agent: {exc}", file=sys.stderr)
@@ -106,7 +106,8 @@ def _settings(path: str, *, require_cluster: bool) -> Settings:
     try:
         return load_settings(path, require_cluster=require_cluster)
     except ConfigError as exc:
-        raise ConfigError(exc.key, f"{path}: {exc}" if not exc.key else str(exc)) from None
+        exc.path = path
+        raise
 
 
 async def _run(settings: Settings, config_path: str) -> int:

@@ -32,6 +32,7 @@ class ConfigError(Exception):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"{key}: {problem}" if key else problem)
         self.key = key
+        self.path = ""  # the file, when the error came from one
 
 
 def _duration(default: str) -> Any:
@@ -210,7 +211,27 @@ def line_of(text: str, key: str) -> int | None:
         in_right_item = not table or table[0] not in seen_arrays or seen_arrays[table[0]] == index
         if full == parts[: len(full)] and in_right_item:
             best = number  # the key itself, or the inline table that holds it
+    if best is None:  # a table's own name, or a key missing from it: point at the table's header
+        best = header_line(text, parts, index)
     return best
+
+
+def header_line(text: str, parts: list[str], index: int) -> int | None:
+    """The line of the [table] (or the index-th [[array]] item) that the key path is in, if any."""
+    found: int | None = None
+    seen: dict[str, int] = {}
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        header = re.fullmatch(r"(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?", raw_line.split("#", 1)[0].strip())
+        if not header:
+            continue
+        names = header.group(2).split(".")
+        if header.group(1) == "[[":
+            seen[header.group(2)] = seen.get(header.group(2), -1) + 1
+            if seen[header.group(2)] != index:
+                continue
+        if names == parts[: len(names)]:
+            found = number
+    return found
 
 
 def _build(cls: type[Any], raw: Any, path: str) -> Any:
