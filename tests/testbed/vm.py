@@ -50,6 +50,13 @@ def next_address() -> str:
     return f"198.18.{n // 256}.{n % 256 or 1}"
 
 
+def _toml(value: Any) -> str:
+    """A TOML value: JSON's scalars and arrays are TOML too; tables become inline tables."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 class VM:
     """One simulated VM. Use as a context manager, or call destroy()."""
 
@@ -126,7 +133,7 @@ class VM:
         lines = [f'vm_name = "{self.name}"', f'namespace = "{namespace}"',
                  f'state_dir = "{self.workdir / "state"}"']
         for table, values in tables.items():
-            lines += ["", f"[{table}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
+            lines += ["", f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
         config = self.workdir / "config.toml"
         config.write_text("\n".join(lines) + "\n")
         return config

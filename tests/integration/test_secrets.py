@@ -1,0 +1,32 @@
+"""Tokens and passwords never appear in the agent's logs, even at debug level and on errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.mariadb import RATINGS_USER
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
+
+
+def test_no_token_or_password_in_logs(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    creds = vm.workdir / "mysql.toml"
+    creds.write_text(f'user = "{RATINGS_USER[0]}"\npassword = "{RATINGS_USER[1]}"\n')
+    creds.chmod(0o600)
+    token = cluster.token(namespace)
+    config = vm.write_config(namespace, token, discovery={"check": {"type": "mysql", "credentials_file": str(creds)}})
+    vm.start_agent(config)
+    wait_until(lambda: cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace), 20, "registration")
+    # An expired/garbage token: the cluster answers 401 and the agent says so, without echoing it.
+    (vm.workdir / "token").write_text(token[:-10] + "AAAAAAAAAA")
+    vm.wait_log(lambda line: "credentials" in str(line.get("error", "")), 20, "the 401 reported")
+    assert vm.stop_agent() in (0, 1)
+    text = vm.agent_log.read_text()
+    assert token not in text and token.split(".")[1] not in text
+    assert RATINGS_USER[1] not in text
