@@ -66,6 +66,7 @@ class Agent:
         self._clients: list[KubeClient] = []
         self._reported: dict[tuple[str, int], str] = {}
         self._last_status = ""
+        self._stopped = False
 
     def _fail(self, why: str) -> None:
         self.failure = self.failure or why
@@ -280,6 +281,9 @@ class Agent:
         → close the API. A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and
         peers finish it.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         self.notifier.notify("STOPPING=1", "STATUS=deregistering")
         await self.tasks.cancel("discovery", "reconciler", "reaper", "reload")
         await self.health.close()

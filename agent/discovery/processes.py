@@ -17,13 +17,15 @@ def process_names(inodes: Collection[int], proc: Path = Path("/proc")) -> dict[i
     if not wanted:
         return names
     try:
-        pids = [e.name for e in os.scandir(proc) if e.name.isdigit()]
+        with os.scandir(proc) as entries:
+            pids = [e.name for e in entries if e.name.isdigit()]
     except OSError:
         return names
     for pid in pids:
         fd_dir = proc / pid / "fd"
         try:
-            links = [os.readlink(e.path) for e in os.scandir(fd_dir)]
+            with os.scandir(fd_dir) as fds:
+                links = [_readlink(e.path) for e in fds]
         except OSError:  # gone, or not ours to read
             continue
         hits = [wanted[link] for link in links if link in wanted]
@@ -38,3 +40,10 @@ def process_names(inodes: Collection[int], proc: Path = Path("/proc")) -> dict[i
         if len(names) == len(wanted):
             break
     return names
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # the descriptor was closed meanwhile
+        return ""

@@ -1,0 +1,90 @@
+"""Many agent instances on one event loop (the fleet shape): legacy Endpoints stays exact under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.agent import Agent
+from agent.config import parse_settings
+from tests.testbed.cluster import Cluster
+from tests.testbed.waiting import wait_until
+
+FLEET = 50
+
+
+def agent_config(cluster: Cluster, namespace: str, token_file: Path, workdir: Path, index: int) -> str:
+    return f"""
+vm_name = "fleet-{index}"
+namespace = "{namespace}"
+backend = "endpoints"
+state_dir = "{workdir}/state-{index}"
+
+[cluster]
+server = "{cluster.env['APISERVER_URL']}"
+ca_file = "{cluster.ca_file}"
+token_file = "{token_file}"
+
+[address]
+address = "198.18.200.{index + 1}"
+
+[discovery]
+enabled = false
+
+[[service]]
+name = "mysqldb"
+port = 3306
+protocol = "mysql"
+check = {{ type = "exec", command = ["true"], interval = "5s" }}
+
+[heartbeat]
+interval = "2s"
+lease_duration = "10s"
+
+[reaper]
+enabled = false
+
+[api]
+socket = "{workdir}/agent-{index}.sock"
+"""
+
+
+def addresses(cluster: Cluster, namespace: str) -> tuple[list[str], list[str]]:
+    ep: dict[str, Any] | None = cluster.get("endpoints", "mysqldb", namespace)
+    subsets = (ep or {}).get("subsets") or []
+    ready = [a["ip"] for s in subsets for a in s.get("addresses") or []]
+    not_ready = [a["ip"] for s in subsets for a in s.get("notReadyAddresses") or []]
+    return ready, not_ready
+
+
+async def test_fifty_agents_on_one_loop_register_then_half_leave(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(cluster.token(namespace))
+    log = structlog.get_logger()
+    agents = [
+        Agent(parse_settings(agent_config(cluster, namespace, token_file, tmp_path, i)), log=log.bind(vm=f"fleet-{i}"))
+        for i in range(FLEET)
+    ]
+    everyone = sorted(f"198.18.200.{i + 1}" for i in range(FLEET))
+    try:
+        await asyncio.gather(*(a.start() for a in agents))
+        await asyncio.to_thread(wait_until, lambda: sorted(addresses(cluster, namespace)[0]) == everyone, 60,
+                                "all 50 addresses ready")
+        ready, not_ready = addresses(cluster, namespace)
+        assert len(ready) == len(set(ready)) == FLEET
+        assert not_ready == []
+
+        leaving, staying = agents[::2], agents[1::2]
+        await asyncio.gather(*(a.stop() for a in leaving))
+        expected = sorted(str(a.settings.address.address) for a in staying)
+        ready, not_ready = addresses(cluster, namespace)
+        assert sorted(ready) == expected, "exactly the staying agents' addresses, no duplicates"
+        assert len(ready) == len(set(ready))
+        assert not_ready == []
+    finally:
+        await asyncio.gather(*(a.stop() for a in agents if a.reconciler is not None), return_exceptions=True)
