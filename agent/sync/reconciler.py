@@ -35,6 +35,7 @@ class Reconciler:
         self.last_error = ""
         self.runs = 0
         self.errors = 0
+        self._last_error_type: type[ClusterError] | None = None
         self._on_done = on_done
 
     def poke(self) -> None:
@@ -63,6 +64,11 @@ class Reconciler:
             if message != self.last_error:
                 self._log.error("sync failed", error=message)
             self.last_error = message
+            if type(exc) is not self._last_error_type:
+                # A new kind of failure starts its backoff afresh: a 403 while a restarted apiserver is still
+                # loading RBAC must not inherit the long delay that a minute of refused connections built up.
+                self._backoff.reset()
+                self._last_error_type = type(exc)
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
             return self._backoff.next(cap=2.0 if exc.transient else None)
         finally:
@@ -71,6 +77,7 @@ class Reconciler:
         if self.last_error:
             self._log.info("sync recovered", previous_error=self.last_error)
         self.last_error = ""
+        self._last_error_type = None
         self.last_success = time.monotonic()
         self._backoff.reset()
         return jittered(self._resync_interval)
