@@ -16,19 +16,12 @@ from aiohttp import web
 
 from agent.health import CRITICAL, PASSING, Check, HealthMonitor, Status, build_check
 from tests.testbed.mariadb import RATINGS_USER, MariaDB
+from tests.testbed.ports import LOOPBACK, free_port
 from tests.testbed.waiting import wait_until
 
-LOOPBACK = "127.0.0.1"
 TIMEOUT = 1.0
 # The product target: at interval 1 s and fall 2, a killed MariaDB is critical within 2 s.
 KILL_DETECTION = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -18,20 +18,13 @@ from aiohttp import web
 from agent.discovery.probes import http, postgres, redis
 from agent.discovery.probes.postgres import PostgresAnswer
 from agent.discovery.probes.redis import RedisReply
+from tests.testbed.ports import LOOPBACK, free_port
 from tests.testbed.waiting import wait_until
 
-LOOPBACK = "127.0.0.1"
 PROBE_TIMEOUT = 2.0
 # A probe sent to a server that waits for more bytes (Redis given an SSLRequest) ends by this timeout.
 FOREIGN_TIMEOUT = 0.5
 START_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def accepting(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
