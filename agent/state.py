@@ -25,6 +25,14 @@ class Registration:
         return self.address.version
 
 
+def group_by_service(registrations: Iterable[Registration]) -> dict[str, list[Registration]]:
+    """Registrations per service name, each group ordered by address family, then the rest."""
+    grouped: dict[str, list[Registration]] = {}
+    for r in sorted(registrations, key=lambda r: (r.service, r.family, r)):
+        grouped.setdefault(r.service, []).append(r)
+    return grouped
+
+
 class DesiredState:
     """The current set of registrations. Replacing it tells whether anything changed."""
 

@@ -46,7 +46,7 @@ from agent.cluster.objects import (
 )
 from agent.cluster.resources import ENDPOINTS, LEASES
 from agent.heartbeat import Heartbeat
-from agent.state import Registration
+from agent.state import Registration, group_by_service
 from agent.sync.services import SharedServices
 
 Body = dict[str, Any]
@@ -191,7 +191,7 @@ class EndpointsBackend:
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()  # the marker names it, and it must exist before any entry does
         wanted: dict[str, list[WantedAddress]] = {}
-        for service, group in _by_service(registrations).items():
+        for service, group in group_by_service(registrations).items():
             svc = await self._services.ensure(service, {(r.protocol, r.port) for r in group},
                                               service_account=self.service_account)
             if svc.get("spec", {}).get("selector"):
@@ -288,10 +288,3 @@ def _summary(before: dict[str, bool], after: dict[str, bool]) -> dict[str, list[
         "not_ready": sorted(ip for ip, ready in after.items() if not ready),
         "removed": sorted(before.keys() - after.keys()),
     }
-
-
-def _by_service(registrations: Collection[Registration]) -> dict[str, list[Registration]]:
-    grouped: dict[str, list[Registration]] = {}
-    for r in sorted(registrations):
-        grouped.setdefault(r.service, []).append(r)
-    return grouped

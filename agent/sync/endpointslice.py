@@ -19,18 +19,16 @@ from agent.cluster.objects import (
     LABEL_VM,
     MANAGER,
     build_endpoint_slice,
-    build_service,
-    missing_service_ports,
     own_slices_selector,
     slice_differs,
     slice_name,
 )
-from agent.cluster.resources import ENDPOINT_SLICES, SERVICES
+from agent.cluster.resources import ENDPOINT_SLICES
 from agent.heartbeat import Heartbeat
-from agent.state import Registration
+from agent.state import Registration, group_by_service
+from agent.sync.services import SharedServices
 
 Body = dict[str, Any]
-_SERVICE_UPDATE_ATTEMPTS = 5
 
 
 class EndpointSliceBackend:
@@ -41,12 +39,13 @@ class EndpointSliceBackend:
         self.vm = vm
         self._heartbeat = heartbeat
         self._log = log
+        self._services = SharedServices(kube, namespace, vm, log)
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()  # the VM's heartbeat exists even with nothing to register
         wanted: dict[str, Body] = {}
-        for service, group in _by_service(registrations).items():
-            svc = await self._ensure_service(service, {(r.protocol, r.port) for r in group})
+        for service, group in group_by_service(registrations).items():
+            svc = await self._services.ensure(service, {(r.protocol, r.port) for r in group})
             for family, regs in itertools.groupby(sorted(group, key=lambda r: r.family), key=lambda r: r.family):
                 body = build_endpoint_slice(svc, self.vm, self.namespace, list(regs), lease, terminating=terminating)
                 wanted[slice_name(service, self.vm, family)] = body
@@ -65,33 +64,6 @@ class EndpointSliceBackend:
 
     async def _own_slices(self) -> list[Body]:
         return await self._kube.list(ENDPOINT_SLICES, self.namespace, own_slices_selector(self.vm))
-
-    async def _ensure_service(self, name: str, ports: set[tuple[str, int]]) -> Body:
-        log = self._log.bind(service=name, object=f"service/{name}")
-        for _ in range(_SERVICE_UPDATE_ATTEMPTS):
-            try:
-                svc = await self._kube.get(SERVICES, self.namespace, name)
-            except NotFound:
-                try:
-                    svc = await self._kube.create(SERVICES, self.namespace,
-                                                  build_service(name, self.namespace, self.vm, ports))
-                    log.info("service created", ports=[p["name"] for p in svc["spec"]["ports"]])
-                    return svc
-                except Conflict as exc:
-                    if exc.already_exists:
-                        continue  # another VM created it first; merge into theirs
-                    raise
-            missing = missing_service_ports(svc, ports)
-            if not missing:
-                return svc
-            svc["spec"]["ports"] = [*(svc["spec"].get("ports") or []), *missing]
-            try:
-                svc = await self._kube.replace(SERVICES, self.namespace, name, svc)
-            except Conflict:
-                continue  # another VM changed it meanwhile: re-read and merge again
-            log.info("service ports added", ports=[p["name"] for p in missing])
-            return svc
-        raise Conflict(f"service {name} kept changing under us ({_SERVICE_UPDATE_ATTEMPTS} attempts); will retry")
 
     async def _put_slice(self, name: str, body: Body, current: Body | None) -> None:
         log = self._log.bind(service=body["metadata"]["labels"]["kubernetes.io/service-name"],
@@ -127,10 +99,3 @@ class EndpointSliceBackend:
             self._log.info("endpointslice deleted", object=f"endpointslice/{name}")
         except NotFound:
             pass
-
-
-def _by_service(registrations: Collection[Registration]) -> dict[str, list[Registration]]:
-    grouped: dict[str, list[Registration]] = {}
-    for r in sorted(registrations):
-        grouped.setdefault(r.service, []).append(r)
-    return grouped
