@@ -1,0 +1,306 @@
+"""The deb on a real Debian 12, booted by its own systemd: what a VM admin does, start to finish.
+
+A debootstrap'd Debian 12 root (tests/e2e/debian_root.py) with MariaDB and Istio's ratings data gets the
+deb built from this tree by `apt-get install ./vmesh-agent_*.deb` with no network, the admin's config
+edits and a ServiceAccount token; it then boots with systemd-nspawn inside a simulated VM's network
+namespace, and every step of the package's life is checked against the real control plane:
+boot → registered, stop/start, power-off, upgrade, a broken config, purge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.e2e.container import Container, chroot
+from tests.e2e.debian_root import HOSTNAME, copy_root
+from tests.testbed.cluster import Cluster
+from tests.testbed.mariadb import RATINGS_USER
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_DEB = ROOT / "packaging" / "build-deb"
+UNIT = "vmesh-agent.service"
+EXPOSURE_LIMIT = 2.0
+
+pytestmark = [pytest.mark.cluster, pytest.mark.vm]
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Two builds of this tree: revision 1 to install, revision 2 as the 'newer build' to upgrade to."""
+    out = tmp_path_factory.mktemp("debs")
+    built = {}
+    for revision in (1, 2):
+        result = subprocess.run([str(BUILD_DEB), "--revision", str(revision), "--out", str(out)],
+                                capture_output=True, text=True, timeout=600, check=False)
+        assert result.returncode == 0, f"build-deb failed:\n{result.stderr[-3000:]}"
+        built[revision] = Path(result.stdout.strip().splitlines()[-1])
+    return built
+
+
+def test_lintian_reports_no_errors_or_warnings(debs: dict[int, Path]) -> None:
+    result = subprocess.run(["lintian", "--fail-on", "error,warning", str(debs[1])],
+                            capture_output=True, text=True, timeout=300, check=False)
+    tags = [line for line in result.stdout.splitlines() if re.match(r"^[EW]: ", line)]
+    assert result.returncode == 0 and not tags, result.stdout + result.stderr
+
+
+@pytest.fixture
+def lifecycle(cluster: Cluster, namespace: str, debs: dict[int, Path], tmp_path: Path,
+              capsys: pytest.CaptureFixture[str]) -> Iterator[Lifecycle]:
+    vm = VM(f"deb-{uuid.uuid4().hex[:4]}", tmp_path, cluster)
+    container = Container(copy_root(tmp_path / "root"), vm, tmp_path / "console.log")
+    figures: list[str] = []
+    try:
+        yield Lifecycle(cluster, namespace, container, debs, figures.append)
+    finally:
+        container.destroy()
+        vm.destroy()
+        with capsys.disabled():  # the figures for the closing note, shown even when output is captured
+            print("\n" + "\n".join(f"[e2e] {line}" for line in figures))
+
+
+@pytest.mark.timeout(900)
+def test_deb_lifecycle_on_booted_debian12(lifecycle: Lifecycle) -> None:
+    lifecycle.install()
+    lifecycle.boot_registers()
+    lifecycle.runs_sandboxed()
+    lifecycle.feeds_the_watchdog()
+    lifecycle.stop_and_start()
+    lifecycle.poweroff_deregisters()
+    lifecycle.upgrade_keeps_config()
+    lifecycle.broken_config_fails_once()
+    lifecycle.purge_leaves_nothing()
+
+
+class Lifecycle:
+    """The steps of the package's life on one VM, in order; each asserts what the issue promises."""
+
+    def __init__(self, cluster: Cluster, namespace: str, container: Container, debs: dict[int, Path],
+                 report: Callable[[str], None]) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.container = container
+        self.root = container.root
+        self.address = container.vm.address
+        self.debs = debs
+        self.report = report
+        self.config = ""
+
+    def install(self) -> None:
+        """apt-get install ./deb into the never-booted root, with no network at all; then the admin's edits."""
+        root, deb = self.root, self.debs[1]
+        (root / "var" / "log" / "journal").mkdir(parents=True, exist_ok=True)  # the journal survives power-off
+        size = deb.stat().st_size
+        self.report(f"deb size: {size / 2**20:.1f} MiB ({size} bytes), installed size "
+                    f"{_control_field(deb, 'Installed-Size')} KiB")
+        inbox = root / "root" / "debs"  # not /tmp: the booted container mounts a fresh tmpfs there
+        inbox.mkdir()
+        for built in self.debs.values():
+            (inbox / built.name).write_bytes(built.read_bytes())
+        started = time.monotonic()
+        installed = chroot(root, f"cd /root/debs && apt-get install -y ./{deb.name}")
+        self.report(f"install time (apt-get install ./deb, chroot, no network): {time.monotonic() - started:.1f} s")
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink(), "unit not enabled"
+        assert "vmesh-agent:" in (root / "etc" / "group").read_text()
+        self.config = _point_config_at_cluster(root, self.cluster, self.namespace)
+
+    def boot_registers(self) -> None:
+        """No manual start: booting alone registers mysqldb at the VM's address, and the socket API answers."""
+        booted = time.monotonic()
+        self.container.boot()
+        self.wait_registered(timeout=60)
+        self.report(f"boot to registered: {time.monotonic() - booted:.1f} s (systemd-nspawn start to EndpointSlice)")
+        c = self.container
+        assert c.wait_booted() in ("running", "degraded")
+        assert c.unit("ActiveState") == "active"
+        assert c.unit("NRestarts") == "0"
+        assert c.unit("Type") == "notify"  # and active: the agent sent READY=1
+        assert c.unit("StatusText"), "no STATUS= from the agent"
+        assert c.unit("WatchdogUSec") not in ("", "0", "infinity")
+        status = c.run("vmesh-agent", "status")  # over /run/vmesh-agent/agent.sock
+        assert "passing" in status.stdout, status.stdout
+        assert json.loads(c.run("vmesh-agent", "status", "--json").stdout)
+        discovered = json.loads(c.run("vmesh-agent", "discover", "--json").stdout)
+        assert discovered["addresses"]["advertised"] == self.address
+        assert any(item.get("service") == "mysqldb" for item in discovered["listeners"]), discovered
+        self.read_ratings_through_registration()
+
+    def runs_sandboxed(self) -> None:
+        out = self.container.run("systemd-analyze", "security", "--no-pager", UNIT).stdout
+        match = re.search(rf"Overall exposure level for {re.escape(UNIT)}: ([0-9.]+)", out)
+        assert match, out[-2000:]
+        exposed = [line.split()[1] for line in out.splitlines() if line.startswith("✗")]
+        self.report(f"systemd-analyze security {UNIT}: {match.group(1)} (limit {EXPOSURE_LIMIT}); "
+                    f"still exposed: {', '.join(exposed)}")
+        assert float(match.group(1)) <= EXPOSURE_LIMIT
+        verify = self.container.run("systemd-analyze", "verify", f"/lib/systemd/system/{UNIT}", check=False)
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    def feeds_the_watchdog(self) -> None:
+        """WATCHDOG=1 arrives while the agent runs (every WatchdogSec/2): systemd's record of it moves on."""
+        c = self.container
+        first = int(c.unit("WatchdogTimestampMonotonic"))
+        half = _seconds(c.unit("WatchdogUSec")) / 2
+        wait_until(lambda: int(c.unit("WatchdogTimestampMonotonic")) > first, half + 5, "a WATCHDOG=1", interval=0.5)
+        assert c.unit("ActiveState") == "active"
+
+    def stop_and_start(self) -> None:
+        started = time.monotonic()
+        self.container.run("systemctl", "stop", UNIT)
+        assert self.endpoints() == [], "systemctl stop left the endpoint behind"
+        self.report(f"systemctl stop, endpoint removed: {time.monotonic() - started:.1f} s")
+        assert self.cluster.get("lease", f"vmesh-{HOSTNAME}", self.namespace) is None
+        assert self.container.unit("ExecMainStatus") == "0"
+        self.container.run("systemctl", "start", UNIT)  # returns after READY=1, i.e. after the first sync
+        assert self.address in self.endpoints(), "not registered again after systemctl start"
+
+    def poweroff_deregisters(self) -> None:
+        started = time.monotonic()
+        self.container.poweroff()
+        self.report(f"power-off: container gone after {time.monotonic() - started:.1f} s")
+        assert self.endpoints() == [], "the endpoint outlived the VM's shutdown:\n" + _journal(self.root)
+        assert '"event": "endpointslice deleted"' in _journal(self.root, boot="0")
+
+    def upgrade_keeps_config(self) -> None:
+        """A newer build installed by apt inside the running VM (no internet there): restart, same config."""
+        c = self.container
+        booted = time.monotonic()
+        c.boot()
+        self.wait_registered(timeout=60)
+        self.report(f"second boot to registered: {time.monotonic() - booted:.1f} s")
+        old_pid = c.unit("MainPID")
+        started = time.monotonic()
+        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.debs[2].name}")
+        self.report(f"upgrade (apt-get install ./newer.deb in the booted VM): {time.monotonic() - started:.1f} s")
+        version = c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout
+        assert version.endswith("-2"), version
+        assert (self.root / "etc/vmesh-agent/config.toml").read_text() == self.config, "the upgrade changed the config"
+        assert c.unit("ActiveState") == "active"
+        assert c.unit("MainPID") not in (old_pid, "0"), "the upgrade did not restart the agent"
+        self.wait_registered(timeout=30)
+
+    def broken_config_fails_once(self) -> None:
+        c = self.container
+        (self.root / "etc/vmesh-agent/config.toml").write_text(self.config + '\n[heartbeat]\ninterval = "soon"\n')
+        check = c.run("vmesh-agent", "check-config", "/etc/vmesh-agent/config.toml", check=False)
+        assert check.returncode == 78, check
+        assert c.run("systemctl", "restart", UNIT, check=False).returncode != 0
+        wait_until(lambda: c.unit("ActiveState") == "failed", 30, "the unit to fail")
+        assert c.unit("ExecMainStatus") == "78"
+        time.sleep(3 * _seconds(c.unit("RestartUSec")) + 1)  # a restart loop would have shown by now
+        assert c.unit("ActiveState") == "failed"
+        assert c.unit("NRestarts") == "0", "restarted despite RestartPreventExitStatus=78"
+        failures = _journal(self.root, boot="0").count("Main process exited, code=exited, status=78")
+        assert failures == 1, f"exit 78 logged {failures} times"
+
+    def purge_leaves_nothing(self) -> None:
+        """Purge with the agent running: it is stopped (and deregisters); unit, config and state are gone."""
+        c = self.container
+        (self.root / "etc/vmesh-agent/config.toml").write_text(self.config)
+        c.run("systemctl", "reset-failed", UNIT)
+        c.run("systemctl", "start", UNIT)
+        self.wait_registered(timeout=30)
+        c.run("apt-get", "purge", "-y", "vmesh-agent")
+        assert self.endpoints() == [], "purge left the endpoint behind"
+        for path in ("/lib/systemd/system/vmesh-agent.service", "/etc/vmesh-agent", "/var/lib/vmesh-agent",
+                     "/etc/systemd/system/multi-user.target.wants/vmesh-agent.service", "/usr/bin/vmesh-agent",
+                     "/usr/lib/vmesh-agent", "/run/vmesh-agent"):
+            assert c.run("test", "-e", path, check=False).returncode != 0, f"{path} is left after purge"
+        assert c.run("systemctl", "show", "-P", "LoadState", UNIT).stdout.strip() == "not-found"
+        running = c.run("pgrep", "-u", "vmesh-agent", check=False)
+        assert running.returncode == 1, f"still running as vmesh-agent: {running.stdout}"
+        c.poweroff()
+
+    # -- observations --
+
+    def endpoints(self) -> list[str]:
+        return _endpoints(self.cluster, self.namespace)
+
+    def wait_registered(self, timeout: float) -> None:
+        def registered() -> bool:
+            nspawn = self.container.nspawn
+            if nspawn is not None and nspawn.poll() is not None:
+                raise AssertionError(f"the container exited: {self.container.console()[-3000:]}")
+            return self.address in self.endpoints()
+
+        started = time.monotonic()
+        try:
+            wait_until(registered, timeout, f"mysqldb registered at {self.address}", interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_journal(self.root)}") from None
+        if time.monotonic() - started > 10:  # normally 2-3 s: show why (an apiserver outage from another test?)
+            self.report("slow registration; the agent's journal:\n" + _journal(self.root, boot="0")[-5000:])
+
+    def read_ratings_through_registration(self) -> None:
+        """What a pod would do: connect to the registered endpoint and read Istio's ratings."""
+        [endpoint_slice] = self.cluster.list("endpointslices", self.namespace,
+                                             selector="kubernetes.io/service-name=mysqldb")
+        address = endpoint_slice["endpoints"][0]["addresses"][0]
+        port = endpoint_slice["ports"][0]["port"]
+        conn = pymysql.connect(host=address, port=port, user=RATINGS_USER[0], password=RATINGS_USER[1],
+                               database="test", connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT ReviewID, Rating FROM ratings ORDER BY ReviewID")
+                assert cur.fetchall() == ((1, 5), (2, 4))
+        finally:
+            conn.close()
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _control_field(deb: Path, name: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _point_config_at_cluster(root: Path, cluster: Cluster, namespace: str) -> str:
+    """Edit the shipped conffile as the README tells an admin to; returns the new text."""
+    etc = root / "etc" / "vmesh-agent"
+    (etc / "token").write_text(cluster.token(namespace))
+    (etc / "ca.crt").write_bytes(Path(cluster.ca_file).read_bytes())
+    result = chroot(root, "chown root:vmesh-agent /etc/vmesh-agent/token && chmod 0640 /etc/vmesh-agent/token")
+    assert result.returncode == 0, result.stderr
+    config = (etc / "config.toml").read_text()
+    edits = {"namespace": namespace, "server": cluster.url_from_vms, "ca_file": "/etc/vmesh-agent/ca.crt",
+             "token_file": "/etc/vmesh-agent/token"}
+    for key, value in edits.items():
+        config, count = re.subn(rf'^{key} = "[^"]*"', f'{key} = "{value}"', config, count=1, flags=re.M)
+        assert count == 1, f"config.example.toml has no {key} line"
+    (etc / "config.toml").write_text(config)
+    return config
+
+
+def _endpoints(cluster: Cluster, namespace: str) -> list[str]:
+    slices = cluster.list("endpointslices", namespace, selector="kubernetes.io/service-name=mysqldb")
+    return [address for s in slices for e in s.get("endpoints") or [] for address in e["addresses"]]
+
+
+def _seconds(usec: str) -> float:
+    """systemctl show's time span ("2s", "100ms", "1min 30s") in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(us|ms|min|s|h)", usec))
+
+
+def _journal(root: Path, *, boot: str = "", unit_only: bool = True) -> str:
+    """The container's persistent journal, read from the host (diagnostics and log assertions)."""
+    args = ["journalctl", "-D", str(root / "var" / "log" / "journal"), "--no-pager", "-o", "cat"]
+    if unit_only:
+        args += ["-u", UNIT]
+    if boot:
+        args += ["-b", boot]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    return result.stdout[-20000:] + result.stderr[-2000:]
+
