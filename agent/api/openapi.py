@@ -7,10 +7,23 @@ from typing import Any
 from agent import __version__
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# A maintenance reason ends up in logs, STATUS= lines and one-reason-per-line text: no control or
+# invisible formatting characters (bidi overrides, BOM) and no lone surrogates.
+REASON_PATTERN = (
+    "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u200b-\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+    "\\ufeff\\ud800-\\udfff]*$"
+)
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _health(description: str) -> dict[str, Any]:
+    """JSON by default; with ?format=text the status on the first line and one reason per line after it."""
+    body = _json({"$ref": "#/components/schemas/Health"}, description)
+    body["content"]["text/plain"] = {"schema": {"type": "string"}}
+    return body
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
@@ -25,9 +38,9 @@ OPENAPI: dict[str, Any] = {
             "parameters": [{"name": "format", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": ["json", "text"]}}],
             "responses": {
-                "200": _json({"$ref": "#/components/schemas/Health"}, "passing"),
-                "429": _json({"$ref": "#/components/schemas/Health"}, "warning"),
-                "503": _json({"$ref": "#/components/schemas/Health"}, "critical"),
+                "200": _health("passing"),
+                "429": _health("warning"),
+                "503": _health("critical"),
                 "400": _json(_ERROR, "bad format"),
             },
         }},
@@ -51,7 +64,8 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_NAME],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["enable"], "additionalProperties": False,
-                "properties": {"enable": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 256}},
+                "properties": {"enable": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 256,
+                                                                        "pattern": REASON_PATTERN}},
             }}}},
             "responses": {
                 "200": _json({"type": "object", "required": ["service", "maintenance"], "properties": {

@@ -10,6 +10,7 @@ import contextlib
 import grp
 import json
 import os
+import re
 import socket
 import stat
 import struct
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.api import views
-from agent.api.openapi import OPENAPI
+from agent.api.openapi import OPENAPI, REASON_PATTERN
 from agent.metrics import Histogram, render
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class ApiServer:
             response = json_response({"error": str(exc)}, exc.status)
         except web.HTTPException as exc:  # aiohttp's own 404/405/413...: same JSON shape
             response = json_response({"error": exc.reason}, exc.status)
+        except ConnectionResetError:  # the client hung up mid-request: not our failure, and nobody to tell
+            response = json_response({"error": "client went away"}, 400)
         except Exception as exc:  # a bug: still JSON, and logged
             self.agent.log.error("api handler failed", path=request.path, error=repr(exc))
             response = json_response({"error": "internal error; see the agent's log"}, 500)
@@ -131,14 +134,14 @@ class ApiServer:
             raise ApiError(403, "only root or the agent's own user may change maintenance mode")
         name = request.match_info["name"]
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads((await request.read()).decode("utf-8"))  # JSON on the wire is UTF-8 (RFC 8259)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
             raise ApiError(400, "body must be JSON: {\"enable\": true, \"reason\": \"...\"}") from None
         if not isinstance(body, dict) or not isinstance(body.get("enable"), bool):
             raise ApiError(400, "body must be a JSON object with a boolean \"enable\"")
         reason = body.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 256:
-            raise ApiError(400, "\"reason\" must be a string of at most 256 characters")
+        if not isinstance(reason, str) or len(reason) > 256 or not _printable(reason):
+            raise ApiError(400, "\"reason\" must be printable text of at most 256 characters")
         unknown = set(body) - {"enable", "reason"}
         if unknown:
             raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -155,6 +158,14 @@ class ApiServer:
 
     async def get_openapi(self, _: web.Request) -> web.Response:
         return json_response(OPENAPI)
+
+
+_REASON = re.compile(REASON_PATTERN)
+
+
+def _printable(text: str) -> bool:
+    """What the OpenAPI document allows in a reason (one pattern for both)."""
+    return _REASON.fullmatch(text) is not None
 
 
 def _clear_stale_socket(path: str) -> None:
