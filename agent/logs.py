@@ -44,6 +44,19 @@ def configure(format: str = "auto", level: str = "info", stream: TextIO | None =
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # Libraries log through the standard logging module: same format and stream. aiohttp's server logs
+    # every malformed request with a traceback; over a local socket that is any user's to trigger, so
+    # only its critical messages are kept.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, redact, renderer],
+        foreign_pre_chain=[structlog.processors.add_log_level,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True)],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:

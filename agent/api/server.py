@@ -40,8 +40,12 @@ class ApiError(Exception):
         self.status = status
 
 
+HEALTH_MAX_AGE = 0.1  # seconds a computed health answer is reused: health checkers poll hard
+
+
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(body, indent=2) + "\n", status=status, content_type="application/json")
+    # Compact: the C encoder (indent= falls back to pure Python); `| jq` or the CLI make it pretty.
+    return web.Response(text=json.dumps(body) + "\n", status=status, content_type="application/json")
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -58,6 +62,7 @@ class ApiServer:
         self.agent = agent
         self.path = path
         self.latency = Histogram()
+        self._health: tuple[float, dict[str, Any]] = (-1.0, {})
         self._runner: web.AppRunner | None = None
         self.app = web.Application(middlewares=[self._errors_and_timing], client_max_size=64 * 1024)
         self.app.router.add_get("/v1/health", self.get_health)
@@ -105,8 +110,17 @@ class ApiServer:
                              status=str(response.status))
         return response
 
+    def health(self) -> dict[str, Any]:
+        """views.health, reused for HEALTH_MAX_AGE: a bounded staleness in exchange for cheap polling."""
+        computed_at, body = self._health
+        now = time.monotonic()
+        if now - computed_at > HEALTH_MAX_AGE:
+            body = views.health(self.agent)
+            self._health = (now, body)
+        return body
+
     async def get_health(self, request: web.Request) -> web.Response:
-        body = views.health(self.agent)
+        body = self.health()
         code = HEALTH_STATUS[body["status"]]
         fmt = request.query.get("format", "json")
         if fmt == "text":
@@ -148,6 +162,7 @@ class ApiServer:
         if body["enable"] and name not in {r.service for r in self.agent.tracked}:
             raise ApiError(404, f"no service {name!r} on this VM")
         self.agent.set_maintenance(name, body["enable"], reason)
+        self._health = (-1.0, {})  # read-your-writes: the next health answer is computed afresh
         return json_response({"service": name, "maintenance": self.agent.maintenance.reasons.get(name)})
 
     async def get_metrics(self, _: web.Request) -> web.Response:
