@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return _local_api(args)
         if args.command in ("deregister", "reap"):
             settings = _settings(args.config or DEFAULT_CONFIG, require_cluster=True)
+            configure(settings.log.format, settings.log.level)  # logs to stderr; stdout is the answer
             return asyncio.run(_cluster_command(args.command, settings, args.json))
     except ConfigError as exc:
         print(f"vmesh-agent: config {exc.path}: {exc}" if exc.path else f"vmesh-agent: config: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -63,3 +64,21 @@ def test_deleting_a_lease_removes_the_vm_slices_through_the_garbage_collector(
     vm.stop_agent(signal.SIGKILL)
     cluster.kubectl("delete", "lease", f"vmesh-{vm.name}", "-n", namespace)
     wait_until(lambda: own_objects(cluster, namespace, vm) == [], 20, "the slice removed by the garbage collector")
+
+
+def test_reap_command_does_one_pass_by_hand(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    dead, admin = make_vm("a"), make_vm("b")
+    dead.start_mariadb(mariadb_template)
+    dead.start_agent(dead.write_config(namespace, cluster.token(namespace), reaper={"enabled": False}))
+    wait_until(lambda: len(own_objects(cluster, namespace, dead)) == 2, 20, "registration")
+    dead.stop_agent(signal.SIGKILL)
+    admin.write_config(namespace, cluster.token(namespace), reaper={"grace": "1s"})
+    started = time.monotonic()
+    result = admin.cli("reap", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"reaped": [dead.name]}
+    assert own_objects(cluster, namespace, dead) == []
+    # One pass watches for the longest lease period (5 s here) + grace before it judges.
+    assert 6 <= time.monotonic() - started < 20
