@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import math
 import time
 
 import structlog
@@ -34,7 +35,8 @@ from agent.tasks import TaskGroup
 EXIT_OK = 0
 EXIT_FAILED = 1
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
-RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir")
+RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir", "reaper", "log",
+                "endpoints", "workloadentry", "externalworkload")
 
 
 class Agent:
@@ -270,6 +272,11 @@ class Agent:
             self.settings = new
             self._scanner.probe_timeout = new.discovery.probe_timeout
             self._vanish.grace = new.discovery.remove_after
+            if self.heartbeat is not None:
+                self.heartbeat.interval = new.heartbeat.interval
+                self.heartbeat.duration_seconds = max(1, math.ceil(new.heartbeat.lease_duration))
+            if self.reconciler is not None:
+                self.reconciler.resync_interval = new.sync.resync_interval
             await self.health.restart_changed()
             await self.discover_once()
             self.log.info("config reloaded", path=self.config_path)

@@ -26,7 +26,7 @@ class Reconciler:
                  on_done: Callable[[], None] = lambda: None) -> None:
         self._backend = backend
         self._state = state
-        self._resync_interval = resync_interval
+        self.resync_interval = resync_interval
         self._log = log
         self._backoff = backoff or Backoff(base=0.25, cap=10.0)
         self._trigger = asyncio.Event()
@@ -80,4 +80,4 @@ class Reconciler:
         self._last_error_type = None
         self.last_success = time.monotonic()
         self._backoff.reset()
-        return jittered(self._resync_interval)
+        return jittered(self.resync_interval)
