@@ -16,7 +16,7 @@ from aiohttp import web
 
 from agent.health import CRITICAL, PASSING, Check, HealthMonitor, Status, build_check
 from tests.testbed.mariadb import RATINGS_USER, MariaDB
-from tests.testbed.ports import LOOPBACK, free_port
+from tests.testbed.ports import LOOPBACK, free_port, serving
 from tests.testbed.waiting import wait_until
 
 TIMEOUT = 1.0
@@ -170,15 +170,8 @@ async def http_port() -> AsyncIterator[int]:
     app.router.add_get("/down", down)
     app.router.add_get("/moved", moved)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, LOOPBACK, 0)
-        await site.start()
-        port: int = runner.addresses[0][1]
+    async with serving(app) as port:
         yield port
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(("path", "ok", "output"), [

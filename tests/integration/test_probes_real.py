@@ -18,7 +18,7 @@ from aiohttp import web
 from agent.discovery.probes import http, postgres, redis
 from agent.discovery.probes.postgres import PostgresAnswer
 from agent.discovery.probes.redis import RedisReply
-from tests.testbed.ports import LOOPBACK, free_port
+from tests.testbed.ports import LOOPBACK, free_port, serving
 from tests.testbed.waiting import wait_until
 
 PROBE_TIMEOUT = 2.0
@@ -125,15 +125,8 @@ async def http_port() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, LOOPBACK, 0)
-        await site.start()
-        port: int = runner.addresses[0][1]
+    async with serving(app) as port:
         yield port
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
