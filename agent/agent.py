@@ -15,6 +15,7 @@ import time
 import structlog
 
 from agent.api.server import ApiServer
+from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.config import CheckSettings, ConfigError, Settings, load_settings
 from agent.discovery.addresses import IPAddress
@@ -93,6 +94,9 @@ class Agent:
         try:
             await self.start()
             await self.should_exit.wait()
+        except (OSError, ClusterError) as exc:  # e.g. the socket is another agent's, a kubeconfig is unusable
+            self.log.error("cannot start", error=str(exc))
+            self.failure = f"cannot start: {exc}"
         finally:
             await asyncio.shield(self.stop())
         return EXIT_FAILED if self.failure else EXIT_OK

@@ -76,18 +76,24 @@ class ApiServer:
     async def start(self) -> None:
         _clear_stale_socket(self.path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.UnixSite(self._runner, self.path)
-        await site.start()
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            await web.UnixSite(runner, self.path).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
         os.chmod(self.path, SOCKET_MODE)
         with contextlib.suppress(KeyError, PermissionError):
             os.chown(self.path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop serving and remove the socket file, only if it is ours (never another agent's)."""
+        if self._runner is None:
+            return
+        await self._runner.cleanup()
+        self._runner = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 

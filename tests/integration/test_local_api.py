@@ -215,3 +215,11 @@ def test_deregister_and_reap_commands(cluster: Cluster, namespace: str, vm: VM) 
     assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
     again = vm.cli("deregister")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing registered for this VM")
+
+
+def test_a_second_agent_on_the_same_socket_refuses_to_start(vm: VM) -> None:
+    second = vm.exec(*AGENT, "run", "--config", str(vm.workdir / "config.toml"), check=False)
+    assert second.returncode == 1
+    assert "another agent is already serving" in second.stderr
+    assert vm.agent is not None and vm.agent.poll() is None
+    assert vm.cli("status", "--json").returncode == 0, "the first agent still serves"
