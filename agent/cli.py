@@ -27,6 +27,7 @@ from agent.config import ConfigError, Settings, load_settings, parse_settings
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
+from agent.oneshot import deregister, reap_once
 from agent.sdnotify import Notifier
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
@@ -210,8 +211,6 @@ def _services_text(services: list[dict[str, Any]]) -> str:
 
 
 async def _cluster_command(command: str, settings: Settings, as_json: bool) -> int:
-    from agent.oneshot import deregister, reap_once  # noqa: PLC0415  (cluster code only for these commands)
-
     if command == "deregister":
         removed = await deregister(settings)
         print(json.dumps({"removed": removed}) if as_json else

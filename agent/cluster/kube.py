@@ -186,11 +186,6 @@ class KubeClient:
         raise _error(status, payload, verb, resource=resource, namespace=namespace, name=name,
                      retry_after=retry_after)
 
-    async def replace_status(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:
-        """PUT the status subresource: only .status is written; body's resourceVersion is checked."""
-        return await self._call_status("PUT", resource, namespace, name, body=body,
-                                       content_type="application/json")
-
     async def patch_status(self, resource: Resource, namespace: str, name: str, patch: Any,
                            kind: PatchKind = "merge") -> Body:
         """PATCH the status subresource; a metadata.resourceVersion in the patch makes it conditional."""

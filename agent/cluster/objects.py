@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 from collections.abc import Collection, Iterable
@@ -54,13 +55,18 @@ def build_service(name: str, namespace: str, vm: str, ports: Iterable[tuple[str,
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGER},
-            "annotations": {ANNOTATION_CREATED_BY: vm},
-        },
+        "metadata": shared_metadata(name, namespace, vm),
         "spec": {"type": "ClusterIP", "ports": spec_ports},
+    }
+
+
+def shared_metadata(name: str, namespace: str, vm: str) -> Body:
+    """Metadata of an object many VMs share (Service, legacy Endpoints): ours, and which VM made it."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {LABEL_MANAGED_BY: MANAGER},
+        "annotations": {ANNOTATION_CREATED_BY: vm},
     }
 
 
@@ -85,14 +91,7 @@ def build_endpoint_slice(
 ) -> Body:
     """The slice of one VM, service and address family; port names follow the Service's."""
     first = next(iter(registrations))
-    names_by_port = {p.get("port"): p.get("name") for p in service.get("spec", {}).get("ports") or []}
-    ports = sorted({(r.port, r.protocol) for r in registrations})
-    slice_ports: list[Body] = []
-    for port, protocol in ports:
-        entry: Body = {"name": names_by_port.get(port) or port_name(protocol, port), "port": port, "protocol": "TCP"}
-        if protocol in _APP_PROTOCOL:
-            entry["appProtocol"] = _APP_PROTOCOL[protocol]
-        slice_ports.append(entry)
+    slice_ports = named_ports(service, {(r.protocol, r.port) for r in registrations})
     by_address: dict[str, bool] = {}
     for r in registrations:
         by_address[str(r.address)] = by_address.get(str(r.address), True) and r.ready
@@ -229,7 +228,7 @@ def extend_service(service: Body, ports: Iterable[tuple[str, int]], *, selector:
     Only ever adds: missing ports, this VM's service account to Istio's list, and the selector, the latter only
     to a selector-less Service that vmesh-agent created (someone else's selector is theirs to choose).
     """
-    updated: Body = json.loads(json.dumps(service))
+    updated: Body = copy.deepcopy(service)
     spec = updated.setdefault("spec", {})
     metadata = updated.setdefault("metadata", {})
     changes: list[str] = []

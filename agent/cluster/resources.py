@@ -12,10 +12,6 @@ class Resource:
     plural: str
 
     @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
     def qualified(self) -> str:
         """How RBAC and error messages name it: "endpointslices.discovery.k8s.io", "services"."""
         return f"{self.plural}.{self.group}" if self.group else self.plural

@@ -38,11 +38,11 @@ from agent.backoff import Backoff
 from agent.cluster.errors import Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import (
-    ANNOTATION_CREATED_BY,
     LABEL_MANAGED_BY,
     MANAGER,
     lease_name,
     named_ports,
+    shared_metadata,
 )
 from agent.cluster.resources import ENDPOINTS, LEASES
 from agent.heartbeat import Heartbeat
@@ -161,12 +161,7 @@ def build_endpoints(name: str, namespace: str, vm: str, subsets: list[Body]) -> 
     return {
         "apiVersion": "v1",
         "kind": "Endpoints",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGER},
-            "annotations": {ANNOTATION_CREATED_BY: vm},
-        },
+        "metadata": shared_metadata(name, namespace, vm),
         "subsets": subsets,
     }
 
