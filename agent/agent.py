@@ -11,12 +11,14 @@ import dataclasses
 import gc
 import math
 import time
+from typing import Any
 
 import structlog
 
 from agent.api.server import ApiServer
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
+from agent.cluster.resources import LEASES, SERVICES
 from agent.config import CheckSettings, ConfigError, Settings, load_settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
@@ -26,13 +28,16 @@ from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.maintenance import MaintenanceStore
 from agent.reaper import Reaper
+from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.backend import Backend
 from agent.sync.reconciler import Reconciler
 from agent.sync.registry import make_backend
+from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
 from agent.tasks import TaskGroup
 
+Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
@@ -65,6 +70,8 @@ class Agent:
         self.backend: Backend | None = None
         self.reconciler: Reconciler | None = None
         self.reaper: Reaper | None = None
+        self.slots: ReaperSlots | None = None
+        self.watcher: OwnObjectsWatcher | None = None
         self._scanner = Scanner(settings.discovery.probe_timeout)
         self._vanish = VanishTracker(settings.discovery.remove_after)
         self._clients: list[KubeClient] = []
@@ -122,17 +129,25 @@ class Agent:
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
+                             brake_fraction=s.reaper.brake_fraction, heartbeat=heartbeat,
                              backend_for=backend_for, log=self.log)
+        # Slots are renewed on the heartbeat's connection: like the Lease, never queued behind bulk syncs.
+        self.slots = ReaperSlots(beat_client, s.namespace, s.vm_name, slots=s.reaper.slots,
+                                 duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,
+                                 check_interval=s.reaper.slot_check, log=self.log)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
                                      log=self.log, on_done=self._report_status)
+        self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
+                                         log=self.log)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
         await self.discover_once()
         self.tasks.spawn("reconciler", self.reconciler.run())
         self.tasks.spawn("heartbeat", heartbeat.run())
+        self.tasks.spawn("watch", self.watcher.run())
         self.tasks.spawn("discovery", self._discovery_loop())
         self.tasks.spawn("reload", self._reload_loop())
         if s.reaper.enabled:
-            self.tasks.spawn("reaper", self.reaper.run())
+            self.tasks.spawn("reaper", self.slots.run(self.reaper.run))
         if self.notifier.watchdog_interval:
             self.tasks.spawn("watchdog", self._watchdog_loop(self.notifier.watchdog_interval))
         await self.reconciler.first_attempt_done.wait()
@@ -140,6 +155,28 @@ class Agent:
         # collector's generations, whose full passes otherwise pause the loop for tens of milliseconds.
         gc.freeze()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _watch_targets(self, backend: Backend, heartbeat: Heartbeat) -> list[WatchTarget]:
+        """Anti-entropy: this VM's own objects, the Services it serves, and its Lease."""
+        resource, selector = backend.watched
+
+        async def own_object(kind: str, obj: Body) -> None:
+            if backend.affected(kind, obj) and self.reconciler is not None:
+                self.log.debug("own object changed by someone else; syncing", change=kind,
+                               object=f"{resource.plural}/{obj.get('metadata', {}).get('name')}")
+                self.reconciler.poke()
+
+        async def service(kind: str, obj: Body) -> None:
+            if obj.get("metadata", {}).get("name") in {r.service for r in self.state.registrations} and self.reconciler:
+                self.reconciler.poke()
+
+        async def lease(kind: str, obj: Body) -> None:
+            if kind == "DELETED":
+                await heartbeat.lost(str(obj.get("metadata", {}).get("uid", "")))
+
+        return [WatchTarget(resource, own_object, label_selector=selector),
+                WatchTarget(SERVICES, service),
+                WatchTarget(LEASES, lease, field_selector=f"metadata.name={heartbeat.name}")]
 
     async def _discovery_loop(self) -> None:
         while True:
@@ -300,7 +337,7 @@ class Agent:
             return
         self._stopped = True
         self.notifier.notify("STOPPING=1", "STATUS=deregistering")
-        await self.tasks.cancel("discovery", "reconciler", "reaper", "reload")
+        await self.tasks.cancel("discovery", "reconciler", "watch", "reaper", "reload")
         await self.health.close()
         cleanup = asyncio.create_task(self._deregister(), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
@@ -332,6 +369,8 @@ class Agent:
             await self.backend.remove_all()
             await self.tasks.cancel("heartbeat")
             await self.heartbeat.release()
+            if self.slots is not None:
+                await self.slots.release()
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 

@@ -188,7 +188,7 @@ def _status_text(s: dict[str, Any]) -> str:
                                               f"UNREACHABLE: {cluster['last_error'] or 'no sync yet'}"),
         f"last sync  {_ago(s['last_sync']['seconds_ago'])}; heartbeat {_ago(s['last_heartbeat']['seconds_ago'])}"
         f" (lease {s['last_heartbeat']['lease']})",
-        f"reaper     {'on' if s['reaper']['enabled'] else 'off'}, {s['reaper']['reaped']} dead VM(s) reaped",
+        f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
     lines += [f"  ! {reason}" for reason in s.get("health_reasons", [])]
     return "\n".join(lines)

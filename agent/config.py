@@ -23,6 +23,7 @@ from agent.health.credentials import load_credentials
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
+MAX_REAPER_SLOTS = 16
 PROTOCOLS = ("mysql", "postgres", "redis", "http", "tcp")
 
 
@@ -103,7 +104,9 @@ class HeartbeatSettings:
 
 @dataclass(frozen=True)
 class SyncSettings:
-    resync_interval: float = _duration("10s")
+    # The backstop: a full comparison with the cluster. Edits and deletions are repaired from the watch of
+    # the VM's own objects as they happen; this only catches what a watch could miss.
+    resync_interval: float = _duration("5m")
     stop_deadline: float = _duration("10s")
 
 
@@ -111,6 +114,12 @@ class SyncSettings:
 class ReaperSettings:
     enabled: bool = True
     grace: float = _duration("5s")
+    # Reaper slots: Leases vmesh-reaper-0..slots-1, each held by one agent; only holders watch the VMs' Leases.
+    slots: int = 2
+    # How often an agent that holds no slot looks at the slots (one LIST), to take one that was let go.
+    slot_check: float = _duration("30s")
+    # Reap nothing while more than this fraction of the VMs' Leases expire within one lease duration.
+    brake_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,11 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"externalworkload.{key}", f"{template!r} is not a valid template "
                               f"({exc}); use {{vm}}, {{namespace}}, {{service}}") from None
+    if not 1 <= s.reaper.slots <= MAX_REAPER_SLOTS:
+        raise ConfigError("reaper.slots", f"{s.reaper.slots} is not between 1 and {MAX_REAPER_SLOTS}")
+    if not 0 < s.reaper.brake_fraction <= 1:
+        raise ConfigError("reaper.brake_fraction", f"{s.reaper.brake_fraction} is not a fraction above 0 and at most 1"
+                          " (1 turns the brake off)")
     if s.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"{s.log.format!r} is not one of auto, console, json")
     if s.log.level not in ("debug", "info", "warning", "error"):

@@ -82,6 +82,21 @@ class Heartbeat:
                 return
             self.last_renewal = time.monotonic()
 
+    async def lost(self, uid: str) -> None:
+        """The Lease `uid` was deleted (seen by the watch of the VM's own objects): make a new one now, not at
+        the next renewal, so the objects it owns are rewritten under it at once."""
+        async with self._lock:
+            if self._lease is None or self._lease["metadata"].get("uid") != uid:
+                return  # released by us, or already replaced
+            self._log.warning("lease deleted by someone else; recreating it")
+            self._lease = None
+            await self._acquire_locked()
+        self._on_new_lease()
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._lease["metadata"].get("resourceVersion", "")) if self._lease else ""
+
     async def _acquire_locked(self) -> None:
         """Create the Lease, or adopt the one a previous run of this agent left. Needs self._lock."""
         body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now())

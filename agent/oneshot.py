@@ -57,13 +57,15 @@ async def reap_once(settings: Settings) -> list[str]:
         return make_backend(settings, kube, vm, heartbeat, log)
 
     reaper = Reaper(kube, settings.namespace, heartbeat.name, grace=settings.reaper.grace,
-                    backend_for=backend_for, log=log)
+                    brake_fraction=settings.reaper.brake_fraction, backend_for=backend_for, log=log)
     watcher = asyncio.create_task(reaper.run())
     try:
         await asyncio.wait_for(reaper.synced.wait(), settings.cluster.request_timeout)
         longest = max((o.duration for o in reaper.observer.leases.values()), default=0.0)
         await asyncio.sleep(longest + settings.reaper.grace + 1)
         await reaper.reap_expired()
+        if reaper.braking:
+            log.warning("nothing reaped: the brake holds", reason=reaper.braking)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)

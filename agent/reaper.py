@@ -1,15 +1,27 @@
-"""Peer reaping: clean up after VMs that died without deregistering.
+"""Peer reaping: clean up after VMs that died without deregistering, without ever endangering live ones.
 
-Every agent watches the Leases of its namespace and remembers, on its own monotonic clock, when it last
-saw each one change. A Lease not seen renewed for longer than its leaseDurationSeconds + grace is deleted
-with a resourceVersion precondition (so a renewal that races the delete wins), and the dead VM's objects
-are removed directly; the garbage collector removes them too through their ownerReference to the Lease.
-renewTime is never compared with this VM's wall clock: clocks on VMs drift.
+Only the holder of a reaper slot (agent/reaper_slots.py) runs this. It lists and then watches the VMs' Leases
+and remembers, on its own monotonic clock, when it last saw each one change. A Lease not seen renewed for
+longer than its leaseDurationSeconds + grace is deleted with a resourceVersion precondition (so a renewal that
+races the delete wins), and the dead VM's objects go with it (removed directly, and by the garbage collector
+through their ownerReference to the Lease). renewTime is never compared with this VM's wall clock.
+
+Safety before speed (the node lifecycle controller's stance when a whole zone looks dead):
+- the view counts only as far as it is known to be current: up to a little past the moment this agent last
+  saw its *own* renewal come back through the watch (the stream is ordered, so everything written before it
+  has been seen). A stalled or cut-off watch therefore ages nothing;
+- any gap in the view (a relist, a watch error, a slot just taken, this agent's own heartbeat failing)
+  restarts the observation clock of every Lease: nothing is reaped before a full duration + grace of
+  silence observed after the gap;
+- the brake: while more than `brake_fraction` of the VMs' Leases (and at least two) expire within one lease
+  duration, nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume;
+- a failed delete backs off per Lease; a 403 is one clear line and "reaping is off: ..." in status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +30,17 @@ from typing import Any
 import structlog
 
 from agent.backoff import Backoff
-from agent.cluster.errors import ClusterError, Conflict, Gone, NotFound
+from agent.cluster.errors import ClusterError, Conflict, Forbidden, Gone, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER
 from agent.cluster.resources import LEASES
+from agent.heartbeat import Heartbeat
 from agent.sync.backend import Backend
 
 Body = dict[str, Any]
 CHECK_EVERY = 0.25  # seconds between in-memory expiry checks; no API calls unless something expired
+VM_LEASES = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"  # the VMs' Leases (reaper slots carry no VM label)
+WATCH_SECONDS = 300
 
 
 @dataclass
@@ -34,7 +49,7 @@ class Observation:
     resource_version: str
     duration: float
     vm: str
-    seen_at: float  # monotonic time this agent saw renew_time change
+    seen_at: float  # monotonic time this agent saw renew_time change (or the view restart after a gap)
 
 
 class LeaseObserver:
@@ -45,88 +60,175 @@ class LeaseObserver:
         self.grace = grace
         self.clock = clock
         self.leases: dict[str, Observation] = {}
+        self.own_seen_at: float | None = None  # when this agent's own renewal last came through the view
 
     def observe(self, lease: Body) -> None:
         meta, spec = lease.get("metadata", {}), lease.get("spec", {})
         name = meta.get("name", "")
         renew = str(spec.get("renewTime") or spec.get("acquireTime") or "")
         previous = self.leases.get(name)
-        seen_at = previous.seen_at if previous and previous.renew_time == renew else self.clock()
+        changed = previous is None or previous.renew_time != renew
+        seen_at = self.clock() if changed or previous is None else previous.seen_at
         self.leases[name] = Observation(
             renew_time=renew, resource_version=str(meta.get("resourceVersion", "")),
             duration=float(spec.get("leaseDurationSeconds") or 0),
             vm=str((meta.get("labels") or {}).get(LABEL_VM, "")), seen_at=seen_at,
         )
+        if name == self.own_lease and changed:
+            self.own_seen_at = seen_at
 
     def forget(self, name: str) -> None:
         self.leases.pop(name, None)
 
+    def restart(self) -> None:
+        """A gap in the view: every Lease counts as renewed now."""
+        now = self.clock()
+        for obs in self.leases.values():
+            obs.seen_at = now
+        self.own_seen_at = now
+
     def replace_all(self, leases: list[Body]) -> None:
-        names = {lease.get("metadata", {}).get("name") for lease in leases}
-        self.leases = {k: v for k, v in self.leases.items() if k in names}
+        """A fresh list: what happened before it is unknown, so it is a gap too."""
+        self.leases = {}
         for lease in leases:
             self.observe(lease)
+        self.restart()
 
-    def expired(self) -> list[tuple[str, Observation]]:
+    def current_until(self, slack: float | None) -> float:
+        """How far the view is known to be current: now, or with `slack`, at most that long after this agent
+        last saw its own renewal in it."""
         now = self.clock()
+        if slack is None:
+            return now
+        return min(now, (self.own_seen_at if self.own_seen_at is not None else -float("inf")) + slack)
+
+    def expired(self, slack: float | None = None) -> list[tuple[str, Observation]]:
+        now = self.current_until(slack)
         return [
             (name, obs) for name, obs in self.leases.items()
             if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > obs.duration + self.grace
         ]
 
+    def fleet(self) -> int:
+        """The VMs' Leases in view, this VM's included."""
+        return sum(1 for obs in self.leases.values() if obs.vm)
+
+
+class ReapBrake:
+    """Mass-expiry brake, pure: when many Leases expire at once, the reaper is probably the one cut off."""
+
+    def __init__(self, fraction: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fraction = fraction
+        self.clock = clock
+        self._reaped_at: collections.deque[float] = collections.deque()
+
+    def reaped(self) -> None:
+        self._reaped_at.append(self.clock())
+
+    def holds(self, expired: int, fleet: int, window: float) -> bool:
+        """Whether to reap nothing: more than `fraction` of the fleet (and at least two VMs) expired within
+        `window`, counting the ones already reaped in it. One VM alone dying is always reaped."""
+        now = self.clock()
+        while self._reaped_at and now - self._reaped_at[0] > window:
+            self._reaped_at.popleft()
+        count = expired + len(self._reaped_at)
+        return count >= 2 and count > self.fraction * (fleet + len(self._reaped_at))
+
 
 class Reaper:
     def __init__(self, kube: KubeClient, namespace: str, own_lease: str, *, grace: float,
                  backend_for: Callable[[str], Backend], log: structlog.typing.FilteringBoundLogger,
+                 brake_fraction: float = 0.5, heartbeat: Heartbeat | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
         self.namespace = namespace
         self.observer = LeaseObserver(own_lease, grace, clock)
+        self.brake = ReapBrake(brake_fraction, clock)
+        self._heartbeat = heartbeat  # None for a one-shot pass by hand: no own renewals to judge the view by
         self._backend_for = backend_for
         self._log = log
+        self._clock = clock
+        self._retry_at: dict[str, tuple[Backoff, float]] = {}
         self.reaped = 0
+        self.braking = ""  # why the brake holds, while it does
+        self.problem = ""  # why reaping is off, e.g. a missing RBAC grant
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
-        """Watch Leases (list, then watch from its version; list again when the watch expires) and reap."""
-        checker = asyncio.create_task(self._check_loop(), name="reaper-check")
-        backoff = Backoff(base=0.5, cap=10.0)
-        try:
-            while True:
-                try:
-                    await self._list_and_watch()
-                    backoff.reset()
-                except Gone:
-                    continue
-                except ClusterError as exc:
-                    self._log.debug("lease watch interrupted", error=str(exc))
-                    await asyncio.sleep(backoff.next())
-        finally:
-            checker.cancel()
-            await asyncio.gather(checker, return_exceptions=True)
+        """While this agent holds a slot: follow the Leases and reap, until cancelled."""
+        self.synced.clear()
+        await asyncio.gather(self._follow(), self._check_loop())
 
-    async def _list_and_watch(self) -> None:
-        items, version = await self._kube.list_with_version(LEASES, self.namespace,
-                                                            f"{LABEL_MANAGED_BY}={MANAGER}")
-        self.observer.replace_all(items)
-        self.synced.set()
-        selector = f"{LABEL_MANAGED_BY}={MANAGER}"
-        async for kind, lease in self._kube.watch(LEASES, self.namespace, label_selector=selector,
-                                                  resource_version=version):
+    async def _follow(self) -> None:
+        """List, then watch from the list's version (resuming after the server ends a watch); list again
+        after any error. Never ends but by cancellation."""
+        backoff = Backoff(base=0.5, cap=10.0)
+        version = ""
+        while True:
+            try:
+                if not version:
+                    items, version = await self._kube.list_with_version(LEASES, self.namespace, VM_LEASES)
+                    self.observer.replace_all(items)
+                    self.synced.set()
+                    self._clear_problem()
+                version = await self._watch(version)
+                backoff.reset()
+            except ClusterError as exc:
+                version = ""  # a gap: list again, and every observation starts over
+                if isinstance(exc, Forbidden):
+                    self._set_problem(f"reaping is off: {exc}")
+                elif not isinstance(exc, Gone):
+                    self._log.debug("lease watch interrupted; listing again", error=str(exc))
+                if not isinstance(exc, Gone):
+                    await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None))
+
+    async def _watch(self, version: str) -> str:
+        """Follow one watch; returns the version to resume from when the server ends it."""
+        async for kind, lease in self._kube.watch(LEASES, self.namespace, label_selector=VM_LEASES,
+                                                  resource_version=version, timeout_seconds=WATCH_SECONDS):
+            version = str(lease.get("metadata", {}).get("resourceVersion") or version)
             if kind in ("ADDED", "MODIFIED"):
                 self.observer.observe(lease)
             elif kind == "DELETED":
                 self.observer.forget(lease.get("metadata", {}).get("name", ""))
+        return version
 
     async def _check_loop(self) -> None:
         while True:
             await asyncio.sleep(CHECK_EVERY)
-            if self.synced.is_set():
+            if not self.synced.is_set():
+                continue
+            try:
                 await self.reap_expired()
+            except Exception as exc:  # a bug must not silently end reaping: say so, and try again
+                self._log.error("reaping failed unexpectedly; retrying", error=f"{type(exc).__name__}: {exc}",
+                                exc_info=exc)
+                await asyncio.sleep(1.0)
 
     async def reap_expired(self) -> int:
+        beat = self._heartbeat
+        if beat is not None and beat.consecutive_failures:
+            self.observer.restart()  # probably the one cut off: judge nobody, and start over once back
+            return 0
+        slack = 1.5 * beat.interval if beat is not None else None
+        expired = self.observer.expired(slack)
+        window = max((obs.duration for _, obs in expired), default=0.0)
+        if expired and self.brake.holds(len(expired), self.observer.fleet(), window):
+            reason = (f"{len(expired)} of {self.observer.fleet()} VMs' Leases expired within one lease duration;"
+                      " reaping nothing until they renew (the reaper is more likely cut off than they are dead)")
+            if not self.braking:
+                self._log.warning("reaping brake engaged", reason=reason, vms=sorted(o.vm for _, o in expired))
+            self.braking = reason
+            return 0
+        if self.braking:
+            self._log.info("reaping brake released", expired=len(expired))
+            self.braking = ""
         count = 0
-        for name, obs in self.observer.expired():
+        now = self._clock()
+        for name, obs in expired:
+            retry = self._retry_at.get(name)
+            if retry is not None and now < retry[1]:
+                continue
             if await self._reap(name, obs):
                 count += 1
         return count
@@ -137,20 +239,38 @@ class Reaper:
             await self._kube.delete(LEASES, self.namespace, name, resource_version=obs.resource_version)
         except Conflict:
             log.info("lease renewed just before reaping; leaving it")
-            lease = await self._kube.get(LEASES, self.namespace, name)
-            self.observer.observe(lease)
+            self.observer.observe(await self._kube.get(LEASES, self.namespace, name))
             return False
         except NotFound:
             self.observer.forget(name)
             return False
         except ClusterError as exc:
-            log.warning("reaping failed; will retry", error=str(exc))
+            backoff, _ = self._retry_at.get(name) or (Backoff(base=1.0, cap=30.0), 0.0)
+            delay = backoff.next()
+            self._retry_at[name] = (backoff, self._clock() + delay)
+            if isinstance(exc, Forbidden):
+                self._set_problem(f"reaping is off: {exc}")
+            else:
+                log.warning("reaping failed; will retry", error=str(exc), retry_in=round(delay, 1))
             return False
+        self._retry_at.pop(name, None)
         self.observer.forget(name)
+        self.brake.reaped()
+        self._clear_problem()
         try:
             await self._backend_for(obs.vm).remove_all()
         except ClusterError as exc:
             log.warning("dead VM's objects not all removed; the garbage collector will finish", error=str(exc))
         self.reaped += 1
-        log.warning("reaped a dead VM", silent_for=round(self.observer.clock() - obs.seen_at, 1))
+        log.warning("reaped a dead VM", silent_for=round(self._clock() - obs.seen_at, 1))
         return True
+
+    def _set_problem(self, message: str) -> None:
+        if message != self.problem:
+            self._log.error(message)
+        self.problem = message
+
+    def _clear_problem(self) -> None:
+        if self.problem:
+            self._log.info("reaping works again", previous_error=self.problem)
+        self.problem = ""

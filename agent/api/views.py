@@ -79,9 +79,29 @@ def status(agent: Agent) -> dict[str, Any]:
         "last_heartbeat": {"at": _wall(beat.last_renewal if beat else None),
                            "seconds_ago": _ago(beat.last_renewal if beat else None),
                            "lease": beat.name if beat else None},
-        "reaper": {"enabled": s.reaper.enabled, "reaped": agent.reaper.reaped if agent.reaper else 0},
+        "reaper": reaper_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
     }
+
+
+def reaper_status(agent: Agent) -> dict[str, Any]:
+    """Whether this agent reaps now (it holds a slot), and if not, why not."""
+    reaper, slots = agent.reaper, agent.slots
+    held = slots.held if slots else None
+    problem = (reaper.problem if reaper and held else "") or (slots.problem if slots else "")
+    if not agent.settings.reaper.enabled:
+        state = "disabled"
+    elif problem:
+        state = problem
+    elif held and reaper and reaper.braking:
+        state = f"brake engaged: {reaper.braking}"
+    elif held:
+        state = f"reaping (holds {held})"
+    else:
+        state = "standing by (another agent holds each reaper slot)"
+    return {"enabled": agent.settings.reaper.enabled, "slot": held, "state": state,
+            "brake": bool(held and reaper and reaper.braking), "problem": problem or None,
+            "reaped": reaper.reaped if reaper else 0}
 
 
 def services(agent: Agent) -> list[dict[str, Any]]:
@@ -152,6 +172,15 @@ def metric_families(agent: Agent) -> list[Family]:
     errors = Family("vmesh_sync_errors_total", "counter", "Sync runs that failed.").add(rec.errors if rec else 0)
     reaped = Family("vmesh_reaped_vms_total", "counter", "Dead VMs this agent cleaned up after.")
     reaped.add(agent.reaper.reaped if agent.reaper else 0)
+    reaper = reaper_status(agent)
+    slot = Family("vmesh_reaper_slot_held", "gauge", "1 while this agent holds a reaper slot (and reaps).")
+    slot.add(1 if reaper["slot"] else 0)
+    brake = Family("vmesh_reaper_brake_engaged", "gauge",
+                   "1 while this reaper reaps nothing because too many Leases expired at once.")
+    brake.add(1 if reaper["brake"] else 0)
+    watched = Family("vmesh_own_object_events_total", "counter",
+                     "Changes to this VM's own objects made by others, seen by its watch.")
+    watched.add(agent.watcher.events if agent.watcher else 0)
     info = Family("vmesh_build_info", "gauge", "Version and settings of this agent.")
     info.add(1, version=__version__, vm=s.vm_name, namespace=s.namespace, backend=s.backend)
-    return [regs, checks, latency, beats, age, syncs, errors, reaped, info]
+    return [regs, checks, latency, beats, age, syncs, errors, reaped, slot, brake, watched, info]

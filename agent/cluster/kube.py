@@ -38,6 +38,10 @@ _PATCH_TYPES = {
     "json": "application/json-patch+json",
 }
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+# The apiserver sends a watch bookmark about once a minute: a watch silent for longer is a dead connection.
+WATCH_SILENCE = 90
+MAX_EVENT_BYTES = 16 << 20  # an object is at most ~1.5 MiB in etcd; more is not an event
+KNOWN_VERSIONS = 512
 RBAC_HINT = "grant it with the Role in rbac.yaml (packaging/kubernetes/, or /usr/share/doc/vmesh-agent/)"
 
 
@@ -65,6 +69,7 @@ class KubeClient:
         self._api = k8s_client.ApiClient(configuration=configuration)
         self.server = str(configuration.host)
         self._timeout = timeout
+        self._known: dict[tuple[str, str], str] = {}  # (plural, name) -> resourceVersion last written or read
 
     @classmethod
     async def connect(cls, settings: ClusterSettings) -> KubeClient:
@@ -115,13 +120,20 @@ class KubeClient:
         return result.get("items", []), str(result.get("metadata", {}).get("resourceVersion", ""))
 
     async def watch(self, resource: Resource, namespace: str, *, label_selector: str = "",
-                    resource_version: str = "", timeout_seconds: int = 60) -> AsyncIterator[tuple[str, Body]]:
-        """Yield (type, object) events until the server ends the watch (after about timeout_seconds).
+                    field_selector: str = "", resource_version: str = "",
+                    timeout_seconds: int = 60) -> AsyncIterator[tuple[str, Body]]:
+        """Yield (type, object) events, BOOKMARKs included, until the server ends the watch (after about
+        timeout_seconds). Without resource_version the server first sends the current objects as ADDED.
 
-        A watch that is too old to resume raises Gone: list again and watch from the new version."""
+        A watch too old to resume raises Gone (list or watch again from scratch); anything else that goes
+        wrong, a line too long or garbage included, is a ClusterError, so a caller's loop never dies of it.
+        The server sends a bookmark about once a minute, so a connection silent for longer than
+        WATCH_SILENCE is taken for dead (packets dropped) rather than waited on until the watch's end."""
         query = {"watch": "true", "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         if resource_version:
             query["resourceVersion"] = resource_version
         try:
@@ -129,22 +141,44 @@ class KubeClient:
                 resource.path(namespace), "GET", query_params=query,
                 header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
                 _preload_content=False, _request_timeout=aiohttp.ClientTimeout(
-                    connect=self._timeout, sock_read=timeout_seconds + self._timeout),
+                    connect=self._timeout, sock_read=min(timeout_seconds, WATCH_SILENCE) + self._timeout),
             )
             async with response:
                 if response.status != 200:
                     raise _error(response.status, _decode(await response.read()), "watch", resource=resource,
                                  namespace=namespace, name="", retry_after=response.headers.get("Retry-After"))
-                async for line in response.content:
+                async for line in _lines(response.content, resource):
                     event = _decode(line)
                     kind, obj = str(event.get("type", "")), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
                             raise Gone(f"watch of {resource.qualified} expired: {obj.get('message', '')}", status=410)
                         raise ClusterError(f"watch of {resource.qualified}: {obj.get('message', '')}")
+                    if not kind or not isinstance(obj, dict):
+                        raise ClusterError(f"watch of {resource.qualified}: not an event: {line[:100]!r}")
                     yield kind, obj
+        except ClusterError:
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
+        except Exception as exc:  # a watch ends in a ClusterError, never in something that kills its caller
+            raise ClusterError(f"watch of {resource.qualified} failed: {type(exc).__name__}: {exc}") from exc
+
+    def knows(self, resource: Resource, obj: Body) -> bool:
+        """Whether `obj` is exactly the version of it this client last wrote or read: a watch event that
+        only echoes what the agent already has."""
+        meta = obj.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        return bool(version) and self._known.get((resource.plural, str(meta.get("name", "")))) == version
+
+    def _remember(self, resource: Resource, obj: Body) -> None:
+        meta = obj.get("metadata") or {}
+        if meta.get("name") and meta.get("resourceVersion"):
+            key = (resource.plural, str(meta["name"]))
+            self._known.pop(key, None)  # re-inserted last: the dict is kept in order of use
+            self._known[key] = str(meta["resourceVersion"])
+            while len(self._known) > KNOWN_VERSIONS:
+                self._known.pop(next(iter(self._known)))
 
     async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
         return await self._call("POST", resource, namespace, "", body=body)
@@ -182,6 +216,9 @@ class KubeClient:
             raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
         payload = _decode(raw)
         if 200 <= status < 300:
+            for obj in payload.get("items") or [payload]:
+                if isinstance(obj, dict) and obj.get("kind") != "Status":
+                    self._remember(resource, obj)
             return payload
         raise _error(status, payload, verb, resource=resource, namespace=namespace, name=name,
                      retry_after=retry_after)
@@ -201,6 +238,21 @@ class KubeClient:
             # RBAC grants a subresource on its own ("workloadentries/status"): name it, so the fix is plain.
             message = str(exc).replace(f" {resource.qualified} ", f" {resource.qualified}/status ", 1)
             raise Forbidden(message, status=exc.status, reason=exc.reason) from exc
+
+
+async def _lines(content: aiohttp.StreamReader, resource: Resource) -> AsyncIterator[bytes]:
+    """The stream's newline-separated lines, however long (aiohttp's own readline stops at 64 KiB)."""
+    buffer = b""
+    async for chunk in content.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise ClusterError(f"watch of {resource.qualified}: an event longer than {MAX_EVENT_BYTES} bytes")
+    if buffer.strip():
+        yield buffer
 
 
 def _decode(raw: bytes) -> Body:

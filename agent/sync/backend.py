@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import Any, Protocol
 
+from agent.cluster.resources import Resource
 from agent.state import Registration
 
 
 class Backend(Protocol):
+    @property
+    def watched(self) -> tuple[Resource, str]:
+        """The resource of this VM's own objects, and the label selector that finds them (for the watch)."""
+
+    def affected(self, kind: str, obj: dict[str, Any]) -> bool:
+        """Whether a change to `obj` that the agent did not make needs a sync of this VM."""
+
     async def sync(self, registrations: Collection[Registration]) -> None:
         """Make the cluster hold exactly these registrations for this VM (full compare, idempotent)."""
 

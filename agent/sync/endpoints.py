@@ -44,7 +44,7 @@ from agent.cluster.objects import (
     named_ports,
     shared_metadata,
 )
-from agent.cluster.resources import ENDPOINTS, LEASES
+from agent.cluster.resources import ENDPOINTS, LEASES, Resource
 from agent.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
 from agent.sync.services import SharedServices
@@ -182,6 +182,17 @@ class EndpointsBackend:
         self._attempts = attempts
         self._services = SharedServices(kube, namespace, vm, log)
         self._warned: set[tuple[str, str]] = set()
+        self._mine: dict[str, dict[str, bool]] = {}  # Endpoints name -> this VM's addresses there, as last synced
+
+    @property
+    def watched(self) -> tuple[Resource, str]:
+        return ENDPOINTS, ""  # shared objects, some maybe made by hand: every Endpoints of the namespace
+
+    def affected(self, kind: str, obj: Body) -> bool:
+        """Shared by every VM of a service: only a change to this VM's own addresses needs its sync."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        have = {} if kind == "DELETED" else owned_addresses(obj.get("subsets"), lease_name(self.vm))
+        return have != self._mine.get(name, {})
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()  # the marker names it, and it must exist before any entry does
@@ -231,6 +242,7 @@ class EndpointsBackend:
                 current = await self._get(name)
             subsets = (current or {}).get("subsets") or []
             merged, refused = merge_subsets(subsets, owner, wanted, forget=forget)
+            self._mine[name] = owned_addresses(merged, owner["name"])  # what the cluster holds once this returns
             for ip in refused:
                 self._warn_once(name, ip, "address already listed in this port set by another owner; not added twice",
                                 address=ip)

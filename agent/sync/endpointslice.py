@@ -23,7 +23,7 @@ from agent.cluster.objects import (
     slice_differs,
     slice_name,
 )
-from agent.cluster.resources import ENDPOINT_SLICES
+from agent.cluster.resources import ENDPOINT_SLICES, Resource
 from agent.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
 from agent.sync.services import SharedServices
@@ -54,6 +54,13 @@ class EndpointSliceBackend:
             await self._put_slice(name, body, current.get(name))
         for name in current.keys() - wanted.keys():
             await self._delete_slice(name)
+
+    @property
+    def watched(self) -> tuple[Resource, str]:
+        return ENDPOINT_SLICES, own_slices_selector(self.vm)
+
+    def affected(self, kind: str, obj: Body) -> bool:
+        return True  # the VM's slices are its own alone: any change by someone else is to be undone
 
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         await self.sync(registrations, terminating=True)

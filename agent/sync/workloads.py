@@ -85,6 +85,13 @@ class WorkloadBackend(ABC):
         for name in current.keys() - wanted.keys():
             await self._delete(name)
 
+    @property
+    def watched(self) -> tuple[Resource, str]:
+        return self.RESOURCE, own_objects_selector(self.vm)
+
+    def affected(self, kind: str, obj: Body) -> bool:
+        return True  # one object per VM: any change by someone else is to be undone
+
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         await self.sync(registrations, terminating=True)
 

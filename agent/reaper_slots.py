@@ -1,0 +1,226 @@
+"""Reaper slots: a few Leases (`vmesh-reaper-0` .. `-<K-1>`), each held by at most one agent, so that only a few
+agents watch the VMs' Leases and reap, and the apiserver's watch cost stays O(N), not O(N^2).
+
+The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection):
+- a slot is taken when it does not exist, when its holder let it go (empty holderIdentity), or when it was
+  *observed* unchanged for its leaseDurationSeconds on this agent's own monotonic clock: renewTime is
+  never compared with local wall time (clocks on VMs drift);
+- the holder renews it every `renew_interval`, optimistically from the cached object (no GET), and stops
+  acting the moment it has not renewed for `renew_deadline` (shorter than the duration, so two agents
+  never act for one slot at the same time);
+- writes are resourceVersion-checked, so of two agents taking a slot at once exactly one wins;
+- a holder that stops lets its slot go (holderIdentity "", as client-go's ReleaseOnCancel), so another
+  agent takes it at its next look instead of after a duration.
+An agent holds at most one slot. Agents without a slot look at the slots every `check_interval` with one
+LIST, and watch nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.backoff import Backoff, jittered
+from agent.cluster.errors import ClusterError, Conflict, Forbidden, NotFound
+from agent.cluster.kube import KubeClient
+from agent.cluster.objects import LABEL_MANAGED_BY, MANAGER, micro_time
+from agent.cluster.resources import LEASES
+
+Body = dict[str, Any]
+LABEL_SLOT = "vmesh.dev/reaper-slot"
+FIRST_LOOK_SPREAD = 2.0  # seconds: a fleet started at once does not look at the slots in the same instant
+
+
+def slot_name(index: int) -> str:
+    return f"vmesh-reaper-{index}"
+
+
+def build_slot(index: int, namespace: str, holder: str, duration_seconds: int, now: datetime.datetime) -> Body:
+    stamp = micro_time(now)
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": slot_name(index), "namespace": namespace,
+                     "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_SLOT: str(index)}},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds, "acquireTime": stamp,
+                 "renewTime": stamp, "leaseTransitions": 0},
+    }
+
+
+@dataclass
+class _Seen:
+    version: str
+    seen_at: float
+
+
+class SlotObserver:
+    """Pure bookkeeping: when each slot was last seen change, on an injected monotonic clock."""
+
+    def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.identity = identity
+        self.clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    def takeable(self, lease: Body) -> bool:
+        """Whether this agent may take the slot now (free, its own from before, or observed expired)."""
+        meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
+        name, version = str(meta.get("name", "")), str(meta.get("resourceVersion", ""))
+        holder = str(spec.get("holderIdentity") or "")
+        seen = self._seen.get(name)
+        if seen is None or seen.version != version:
+            seen = self._seen[name] = _Seen(version, self.clock())  # a first sight counts as a renewal
+        if not holder or holder == self.identity:
+            return True
+        duration = float(spec.get("leaseDurationSeconds") or 0)
+        return self.clock() - seen.seen_at > duration
+
+
+class ReaperSlots:
+    def __init__(self, kube: KubeClient, namespace: str, identity: str, *, slots: int, duration: float,
+                 renew_interval: float, check_interval: float, log: structlog.typing.FilteringBoundLogger,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self._kube = kube
+        self.namespace = namespace
+        self.identity = identity
+        self.slots = slots
+        self.duration_seconds = max(1, math.ceil(duration))
+        self.renew_interval = renew_interval
+        self.renew_deadline = max(renew_interval, self.duration_seconds * 2 / 3)  # client-go: 10 s of 15 s
+        self.check_interval = check_interval
+        self._log = log
+        self.observer = SlotObserver(identity, clock)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lease: Body | None = None  # the slot this agent holds, as last written
+        self.held_since: float | None = None
+        self.acquisitions = 0
+        self.problem = ""  # why slots cannot be looked at or taken, e.g. a missing RBAC grant
+
+    @property
+    def held(self) -> str | None:
+        return str(self._lease["metadata"]["name"]) if self._lease else None
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
+
+    async def run(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Look for a slot until one is taken; run `work` while it is held; start over when it is lost."""
+        await asyncio.sleep(random.uniform(0, min(FIRST_LOOK_SPREAD, self.check_interval)))
+        while True:
+            if not await self._look():
+                await asyncio.sleep(jittered(self.check_interval))
+                continue
+            task = asyncio.create_task(work(), name="reaper-work")
+            keeper = asyncio.create_task(self._keep(), name="reaper-slot-renew")
+            try:
+                await asyncio.wait({task, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when cancelled (the agent stops): the slot stays held for Agent.stop to let go
+                for t in (task, keeper):
+                    t.cancel()
+                await asyncio.gather(task, keeper, return_exceptions=True)
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                self._log.error("reaping stopped unexpectedly; letting the slot go", slot=self.held,
+                                error=f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
+                await self.release()
+            self._lease, self.held_since = None, None
+
+    async def _look(self) -> bool:
+        """One LIST of the slots; take the first free or expired one. True when this agent holds one."""
+        try:
+            items = await self._kube.list(LEASES, self.namespace, LABEL_SLOT)
+        except ClusterError as exc:
+            self._problem(exc, "cannot look at the reaper slots")
+            return False
+        by_name = {str(i["metadata"]["name"]): i for i in items}
+        start = random.randrange(self.slots)  # spread contention over the slots
+        for index in (*range(start, self.slots), *range(start)):
+            name = slot_name(index)
+            current = by_name.get(name)
+            if current is not None and not self.observer.takeable(current):
+                continue
+            try:
+                self._lease = await (self._take(current) if current is not None else self._create(index))
+            except (Conflict, NotFound):
+                continue  # another agent was first
+            except ClusterError as exc:
+                self._problem(exc, f"cannot take reaper slot {name}")
+                return False
+            self.held_since = self._clock()
+            self.acquisitions += 1
+            self.problem = ""
+            self._log.info("reaper slot taken", slot=name)
+            return True
+        self.problem = ""
+        return False
+
+    async def _create(self, index: int) -> Body:
+        return await self._kube.create(LEASES, self.namespace,
+                                       build_slot(index, self.namespace, self.identity, self.duration_seconds,
+                                                  self._now()))
+
+    async def _take(self, current: Body) -> Body:
+        lease = copy.deepcopy(current)
+        spec = lease.setdefault("spec", {})
+        stamp = micro_time(self._now())
+        if spec.get("holderIdentity") != self.identity:
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            spec["acquireTime"] = stamp
+        spec.update(holderIdentity=self.identity, leaseDurationSeconds=self.duration_seconds, renewTime=stamp)
+        return await self._kube.replace(LEASES, self.namespace, str(lease["metadata"]["name"]), lease)
+
+    async def _keep(self) -> None:
+        """Renew until the slot is lost: taken by another agent, or not renewed for renew_deadline."""
+        backoff = Backoff(base=0.5, cap=max(0.5, self.renew_interval / 2))
+        last_renewal = self._clock()
+        delay = self.renew_interval
+        while True:
+            await asyncio.sleep(delay)
+            assert self._lease is not None
+            name = str(self._lease["metadata"]["name"])
+            lease = copy.deepcopy(self._lease)
+            lease["spec"]["renewTime"] = micro_time(self._now())
+            lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+            try:
+                self._lease = await self._kube.replace(LEASES, self.namespace, name, lease)
+            except (Conflict, NotFound):
+                self._log.warning("reaper slot lost: another agent holds it now", slot=name)
+                return
+            except ClusterError as exc:
+                if self._clock() - last_renewal >= self.renew_deadline:
+                    self._log.warning("reaper slot lost: not renewed in time", slot=name, error=str(exc))
+                    return
+                delay = backoff.next()
+                continue
+            last_renewal = self._clock()
+            backoff.reset()
+            delay = self.renew_interval
+
+    async def release(self) -> None:
+        """Let the held slot go, so that another agent takes it at its next look (shutdown)."""
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        lease = copy.deepcopy(lease)
+        lease["spec"].update(holderIdentity="", leaseDurationSeconds=1, renewTime=micro_time(self._now()))
+        try:
+            await self._kube.replace(LEASES, self.namespace, str(lease["metadata"]["name"]), lease)
+            self._log.info("reaper slot let go", slot=lease["metadata"]["name"])
+        except ClusterError as exc:
+            self._log.info("reaper slot not let go; another agent takes it once it expires", error=str(exc))
+
+    def _problem(self, exc: ClusterError, what: str) -> None:
+        """One line per distinct problem: a missing grant is an error for the admin, an outage a warning."""
+        message = f"reaping is off: {what}: {exc}" if isinstance(exc, Forbidden) else f"{what}: {exc}"
+        if message != self.problem:
+            (self._log.error if isinstance(exc, Forbidden) else self._log.warning)(message)
+        self.problem = message
