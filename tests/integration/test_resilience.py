@@ -13,7 +13,9 @@ from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-DEFAULT_RESYNC = {"resync_interval": "10s"}
+# The shipped backstop: only the watch of the VM's own objects can repair within the test's bounds.
+BACKSTOP_ONLY = {"resync_interval": "5m"}
+REPAIR_WITHIN = 1.5  # seconds from the kubectl call's start: the target is 1 s, kubectl itself takes ~0.2 s
 
 
 def registered(cluster: Cluster, vm: VM, namespace: str) -> dict[str, Any] | None:
@@ -31,10 +33,10 @@ def start(make_vm: Callable[[str], VM], template: Path, cluster: Cluster, namesp
     return vm
 
 
-def test_deleted_or_edited_slice_is_restored_within_one_resync_and_foreign_slices_are_untouched(
+def test_deleted_or_edited_slice_is_repaired_from_the_watch_and_foreign_slices_are_untouched(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
-    vm = start(make_vm, mariadb_template, cluster, namespace, sync=DEFAULT_RESYNC)
+    vm = start(make_vm, mariadb_template, cluster, namespace, sync=BACKSTOP_ONLY)
     foreign = {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "mysqldb-manual", "namespace": namespace,
@@ -45,23 +47,54 @@ def test_deleted_or_edited_slice_is_restored_within_one_resync_and_foreign_slice
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(foreign))
     foreign_rv = cluster.get("endpointslice", "mysqldb-manual", namespace)["metadata"]["resourceVersion"]  # type: ignore[index]
+    uid = registered(cluster, vm, namespace)["metadata"]["uid"]  # type: ignore[index]
 
     deleted_at = time.monotonic()
     cluster.kubectl("delete", "endpointslice", f"mysqldb-{vm.name}", "-n", namespace)
-    wait_until(lambda: registered(cluster, vm, namespace), 10.5, "the deleted slice restored")
-    print(f"deleted slice restored after {time.monotonic() - deleted_at:.1f}s")
+    restored = wait_until(lambda: (s := registered(cluster, vm, namespace)) and s["metadata"]["uid"] != uid and s,
+                          REPAIR_WITHIN, "the deleted slice recreated")
+    took = time.monotonic() - deleted_at
+    print(f"deleted slice recreated {took:.2f}s after kubectl delete began")
 
+    version = restored["metadata"]["resourceVersion"]
     patch = [{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.77.77"}]
-    cluster.kubectl("patch", "endpointslice", f"mysqldb-{vm.name}", "-n", namespace, "--type=json",
-                    "-p", json.dumps(patch))
     edited_at = time.monotonic()
-    assert registered(cluster, vm, namespace) is None
-    wait_until(lambda: registered(cluster, vm, namespace), 10.5, "the edited address restored")
-    print(f"edited slice restored after {time.monotonic() - edited_at:.1f}s")
+    edited = cluster.kubectl("patch", "endpointslice", f"mysqldb-{vm.name}", "-n", namespace, "--type=json",
+                             "-p", json.dumps(patch), "-o", "json")
+    edited_version = json.loads(edited.stdout)["metadata"]["resourceVersion"]
+    assert edited_version != version
+    repaired = wait_until(lambda: (s := registered(cluster, vm, namespace))
+                          and s["metadata"]["resourceVersion"] not in (version, edited_version) and s,
+                          REPAIR_WITHIN, "the edited address restored")
+    print(f"edited slice restored {time.monotonic() - edited_at:.2f}s after kubectl patch began")
+    assert repaired["metadata"]["uid"] == restored["metadata"]["uid"], "repaired in place, not recreated"
 
     after = cluster.get("endpointslice", "mysqldb-manual", namespace)
     assert after is not None
     assert after["metadata"]["resourceVersion"] == foreign_rv
+
+
+def test_a_deleted_lease_is_recreated_from_the_watch_and_its_slices_follow(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = start(make_vm, mariadb_template, cluster, namespace, sync=BACKSTOP_ONLY,
+               heartbeat={"interval": "30s", "lease_duration": "90s"})  # no renewal would notice in time
+    old = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+    assert old is not None
+    began = time.monotonic()
+    cluster.kubectl("delete", "lease", f"vmesh-{vm.name}", "-n", namespace)
+
+    def reowned() -> bool:
+        lease = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+        s = registered(cluster, vm, namespace)
+        return bool(lease and s and lease["metadata"]["uid"] != old["metadata"]["uid"]
+                    and [o["uid"] for o in s["metadata"]["ownerReferences"]] == [lease["metadata"]["uid"]])
+
+    wait_until(reowned, 3 * REPAIR_WITHIN, "a new Lease owning the slice")
+    print(f"lease recreated and the slice re-owned {time.monotonic() - began:.2f}s after kubectl delete began")
+    # The garbage collector has had its go at the old owner's dependents: the slice must stay.
+    time.sleep(2)
+    assert reowned()
 
 
 def test_restart_after_a_crash_adopts_the_existing_objects(
@@ -140,5 +173,5 @@ def test_apiserver_and_etcd_restarted_mid_run_lose_nothing_and_duplicate_nothing
     wait_until(lambda: renewed_after_restart() != before, 10, "the heartbeat resumed")
     assert registered(cluster, vm, namespace)
     assert len(cluster.list("endpointslice", namespace, "kubernetes.io/service-name=mysqldb")) == 1
-    assert len(cluster.list("lease", namespace)) == 1
+    assert len(cluster.list("lease", namespace, "vmesh.dev/vm")) == 1
     assert cluster.get("lease", f"vmesh-{vm.name}", namespace)["metadata"]["uid"] == lease_uid  # type: ignore[index]
