@@ -1,0 +1,278 @@
+"""Reaping's rules on a fake clock: observed renewals, the gap rule, the own-renewal view, the brake, slots."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any, cast
+
+from agent.cluster.errors import Forbidden, Unavailable
+from agent.cluster.kube import KubeClient
+from agent.heartbeat import Heartbeat
+from agent.logs import get_logger
+from agent.reaper import LeaseObserver, ReapBrake, Reaper
+from agent.reaper_slots import ReaperSlots, SlotObserver, build_slot, slot_name
+from agent.sync.backend import Backend
+from tests.unit.fake_leases import FakeClock, FakeLeases
+
+Body = dict[str, Any]
+OWN = "vmesh-me"
+DURATION, GRACE = 15.0, 5.0
+
+
+def lease(vm: str, renew: str, version: str = "1", duration: float = DURATION) -> Body:
+    return {"metadata": {"name": f"vmesh-{vm}", "resourceVersion": version,
+                         "labels": {"vmesh.dev/vm": vm, "app.kubernetes.io/managed-by": "vmesh-agent"}},
+            "spec": {"renewTime": renew, "leaseDurationSeconds": duration, "holderIdentity": vm}}
+
+
+def names(expired: list[tuple[str, Any]]) -> list[str]:
+    return sorted(name for name, _ in expired)
+
+
+# -- LeaseObserver ------------------------------------------------------------------------------------------
+
+def test_a_lease_expires_only_after_its_duration_plus_grace_of_observed_silence() -> None:
+    clock = FakeClock()
+    obs = LeaseObserver(OWN, GRACE, clock)
+    obs.replace_all([lease("a", "t0"), lease("b", "t0"), lease("me", "t0")])
+    for step in range(1, 5):  # b renews every 5 s; a never does
+        clock.advance(5)
+        obs.observe(lease("b", f"t{step}", str(step + 1)))
+    assert names(obs.expired()) == []  # 20 s of silence is not *more* than duration + grace
+    clock.advance(0.1)
+    assert names(obs.expired()) == ["vmesh-a"]
+
+
+def test_the_own_lease_is_never_expired_and_a_lease_without_vm_label_never_is() -> None:
+    clock = FakeClock()
+    obs = LeaseObserver(OWN, GRACE, clock)
+    slot = {"metadata": {"name": "vmesh-reaper-0", "resourceVersion": "1", "labels": {}},
+            "spec": {"renewTime": "t0", "leaseDurationSeconds": 15}}
+    obs.replace_all([lease("me", "t0"), slot])
+    clock.advance(100)
+    assert obs.expired() == []
+    assert obs.fleet() == 1
+
+
+def test_a_gap_restarts_every_observation_clock() -> None:
+    """The outage that reaped 85 of 100 VMs: after a gap nothing is judged on pre-gap observations."""
+    clock = FakeClock()
+    obs = LeaseObserver(OWN, GRACE, clock)
+    obs.replace_all([lease("a", "t0"), lease("me", "t0")])
+    clock.advance(30)  # the apiserver is down: nobody renews, nothing is seen
+    obs.replace_all([lease("a", "t0"), lease("me", "t0")])  # it is back: the reaper lists again
+    assert obs.expired() == []
+    clock.advance(DURATION + GRACE)
+    assert obs.expired() == []
+    obs.observe(lease("a", "t1", "2"))  # a renews once it can
+    clock.advance(DURATION + GRACE + 0.1)
+    assert names(obs.expired()) == ["vmesh-a"]  # and silence after the gap still counts
+
+
+def test_the_view_ages_only_as_far_as_the_own_renewals_come_back_through_it() -> None:
+    """A watch that stalls (packets dropped) shows nobody renewing: it must age nothing."""
+    clock = FakeClock()
+    obs = LeaseObserver(OWN, GRACE, clock)
+    obs.replace_all([lease("a", "t0"), lease("me", "t0")])
+    for step in range(1, 4):
+        clock.advance(5)
+        obs.observe(lease("me", f"t{step}", str(step + 1)))
+        obs.observe(lease("a", f"t{step}", str(step + 10)))
+    clock.advance(60)  # the stream stalls: neither a nor this agent's own renewals arrive
+    assert obs.expired(slack=7.5) == []
+    assert names(obs.expired()) == ["vmesh-a"]  # what the clock alone would have done
+    obs.observe(lease("me", "t9", "30"))  # the stream resumes with our renewal: a said nothing since t3
+    assert names(obs.expired(slack=7.5)) == ["vmesh-a"]
+
+
+# -- ReapBrake ----------------------------------------------------------------------------------------------
+
+def test_the_brake_holds_when_more_than_half_expire_at_once_but_one_vm_alone_is_always_reaped() -> None:
+    brake = ReapBrake(0.5, FakeClock())
+    assert not brake.holds(expired=1, fleet=2, window=15)  # a two-VM fleet loses one
+    assert not brake.holds(expired=25, fleet=100, window=15)
+    assert not brake.holds(expired=50, fleet=100, window=15)  # half is not more than half
+    assert brake.holds(expired=51, fleet=100, window=15)
+    assert brake.holds(expired=2, fleet=3, window=15)  # small fleets: two of three at once is suspicious
+    assert not ReapBrake(1.0, FakeClock()).holds(expired=99, fleet=100, window=15)  # 1 turns it off
+
+
+def test_the_brake_counts_what_was_reaped_within_one_lease_duration() -> None:
+    clock = FakeClock()
+    brake = ReapBrake(0.5, clock)
+    for _ in range(30):
+        brake.reaped()  # 30 of 100 reaped just now, 70 left in view
+    assert brake.holds(expired=30, fleet=70, window=15)  # another 30 now: 60 of 100 within one duration
+    clock.advance(15.1)
+    assert not brake.holds(expired=30, fleet=70, window=15)  # the first batch is older than one duration
+
+
+# -- Reaper with a fake API ---------------------------------------------------------------------------------
+
+class StubHeartbeat:
+    interval = 5.0
+    consecutive_failures = 0
+
+
+class RemovedBackend:
+    def __init__(self, removed: list[str], vm: str) -> None:
+        self.removed, self.vm = removed, vm
+
+    async def remove_all(self) -> None:
+        self.removed.append(self.vm)
+
+
+def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
+              fraction: float = 0.5) -> tuple[Reaper, list[str]]:
+    removed: list[str] = []
+    reaper = Reaper(cast(KubeClient, api), "vm", OWN, grace=GRACE, brake_fraction=fraction,
+                    heartbeat=cast(Heartbeat, heartbeat) if heartbeat else None,
+                    backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm)),
+                    log=get_logger(vm="me"), clock=clock)
+    return reaper, removed
+
+
+async def test_a_reaper_whose_own_heartbeat_fails_reaps_nothing_and_starts_over_when_back() -> None:
+    api, clock, beat = FakeLeases(), FakeClock(), StubHeartbeat()
+    dead = api._stored(lease("dead", "t0"))
+    reaper, removed = reaper_on(api, clock, beat)
+    reaper.observer.replace_all([dead, lease("me", "t0")])
+    beat.consecutive_failures = 1
+    for _ in range(10):
+        clock.advance(5)
+        reaper.observer.observe(lease("me", f"t{clock.now}", str(clock.now)))
+        assert await reaper.reap_expired() == 0
+    beat.consecutive_failures = 0
+    clock.advance(DURATION + GRACE - 1)
+    reaper.observer.observe(lease("me", "later", "999"))
+    assert await reaper.reap_expired() == 0, "a full period of silence after the recovery is needed"
+    clock.advance(1.1)
+    reaper.observer.observe(lease("me", "later2", "1000"))
+    assert await reaper.reap_expired() == 1
+    assert removed == ["dead"]
+    assert "vmesh-dead" not in api.objects
+
+
+async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(5)]
+    reaper, removed = reaper_on(api, clock)
+    reaper.observer.replace_all([*leases, lease("me", "t0")])
+    clock.advance(DURATION + GRACE + 1)  # five of six go silent at once
+    assert await reaper.reap_expired() == 0
+    assert "5 of 6" in reaper.braking
+    assert removed == []
+    for i in range(4):  # they were alive after all: four renew
+        reaper.observer.observe(api.renew(f"vmesh-vm{i}", "t1"))
+    assert await reaper.reap_expired() == 1  # one of six is no mass expiry: it is reaped
+    assert reaper.braking == ""
+    assert removed == ["vm4"]
+
+
+async def test_failed_deletes_back_off_per_lease_and_a_403_says_reaping_is_off() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    dead = api._stored(lease("dead", "t0"))
+    reaper, _ = reaper_on(api, clock)
+    reaper.observer.replace_all([dead, lease("me", "t0"), lease("other", "t0")])
+    clock.advance(DURATION + GRACE + 1)
+    reaper.observer.observe(lease("other", "t1", "50"))
+    api.fail_with = Forbidden("cannot delete leases.coordination.k8s.io in namespace vm: grant it")
+    assert await reaper.reap_expired() == 0
+    assert reaper.problem.startswith("reaping is off: cannot delete leases")
+    deletes = api.calls.count("delete")
+    assert await reaper.reap_expired() == 0
+    assert api.calls.count("delete") == deletes, "no retry before its backoff is over"
+    api.fail_with = Unavailable("cannot reach the apiserver")
+    clock.advance(60)
+    reaper.observer.observe(lease("other", "t2", "51"))  # the other VM lives on
+    assert await reaper.reap_expired() == 0
+    assert api.calls.count("delete") == deletes + 1
+    api.fail_with = None
+    clock.advance(60)
+    reaper.observer.observe(lease("other", "t3", "52"))
+    assert await reaper.reap_expired() == 1
+    assert reaper.problem == ""
+
+
+# -- Reaper slots -------------------------------------------------------------------------------------------
+
+def slots_for(api: FakeLeases, identity: str, clock: FakeClock, slots: int = 2) -> ReaperSlots:
+    return ReaperSlots(cast(KubeClient, api), "vm", identity, slots=slots, duration=DURATION, renew_interval=5,
+                       check_interval=30, log=get_logger(vm=identity), clock=clock)
+
+
+def test_a_slot_is_taken_only_when_free_own_or_observed_unchanged_for_its_duration() -> None:
+    clock = FakeClock()
+    obs = SlotObserver("me", clock)
+    held = {"metadata": {"name": "vmesh-reaper-0", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": DURATION}}
+    assert not obs.takeable(held), "a first sight counts as a renewal"
+    clock.advance(DURATION)
+    assert not obs.takeable(held)
+    clock.advance(0.1)
+    assert obs.takeable(held)
+    renewed = {**held, "metadata": {**held["metadata"], "resourceVersion": "8"}}
+    assert not obs.takeable(renewed)
+    assert obs.takeable({**held, "spec": {**held["spec"], "holderIdentity": ""}})  # let go
+    assert obs.takeable({**held, "spec": {**held["spec"], "holderIdentity": "me"}})  # ours from before
+
+
+async def test_candidates_fill_distinct_slots_and_the_rest_stand_by() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    a, b, c = (slots_for(api, n, clock) for n in ("a", "b", "c"))
+    assert await a._look()
+    assert await b._look()
+    assert not await c._look()
+    assert {a.held, b.held} == {slot_name(0), slot_name(1)}
+    assert c.held is None
+    assert {o["spec"]["holderIdentity"] for o in api.objects.values()} == {"a", "b"}
+
+
+async def test_a_dead_holders_slot_is_taken_after_its_duration_and_a_released_one_at_once() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    a, b, c = (slots_for(api, n, clock, slots=1) for n in ("a", "b", "c"))
+    assert await a._look()
+    assert not await b._look()
+    clock.advance(DURATION + 0.1)  # a died: its slot was not renewed for a duration, as b observed it
+    assert await b._look()
+    slot = api.objects[slot_name(0)]
+    assert slot["spec"]["holderIdentity"] == "b"
+    assert slot["spec"]["leaseTransitions"] == 1
+    await b.release()
+    assert api.objects[slot_name(0)]["spec"]["holderIdentity"] == ""
+    assert await c._look(), "a slot let go is taken at the next look, without waiting a duration"
+
+
+async def test_of_two_candidates_taking_one_expired_slot_exactly_one_wins() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    api._stored(build_slot(0, "vm", "dead", 15, datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)))
+    b, c = slots_for(api, "b", clock, slots=1), slots_for(api, "c", clock, slots=1)
+    assert not await b._look()
+    assert not await c._look()
+    clock.advance(DURATION + 0.1)
+    results = await asyncio.gather(b._look(), c._look())
+    assert sorted(results) == [False, True]
+
+
+async def test_a_holder_that_cannot_renew_stops_reaping_within_its_renew_deadline() -> None:
+    api = FakeLeases()
+    holder = ReaperSlots(cast(KubeClient, api), "vm", "a", slots=1, duration=0.3, renew_interval=0.05,
+                         check_interval=60, log=get_logger(vm="a"))
+    reaping = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def work() -> None:
+        reaping.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    task = asyncio.create_task(holder.run(work))
+    await asyncio.wait_for(reaping.wait(), 5)
+    api.fail_with = Unavailable("the apiserver is gone")
+    await asyncio.wait_for(stopped.wait(), 2)  # renew deadline: 2/3 of the 1 s (rounded up) duration
+    assert holder.held is None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
