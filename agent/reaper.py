@@ -13,8 +13,9 @@ Safety before speed (the node lifecycle controller's stance when a whole zone lo
 - any gap in the view (a relist, a watch error, a slot just taken, this agent's own heartbeat failing)
   restarts the observation clock of every Lease: nothing is reaped before a full duration + grace of
   silence observed after the gap;
-- the brake: while more than `brake_fraction` of the VMs' Leases (and at least two) expire within one lease
-  duration, nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume;
+- the brake: while more than `brake_fraction` of the VMs (and at least two) stopped renewing within one lease
+  duration (a Lease silent for half its duration has missed a renewal; those reaped within the last duration
+  count too), nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume;
 - a failed delete backs off per Lease; a 403 is one clear line and "reaping is off: ..." in status.
 """
 
@@ -109,6 +110,14 @@ class LeaseObserver:
             if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > obs.duration + self.grace
         ]
 
+    def stale(self, slack: float | None = None) -> list[tuple[str, Observation]]:
+        """Leases silent for more than half their duration: a live VM renews every third of it or so, so these
+        have missed a renewal at least. When many VMs are cut off at once, all of them are stale by the time
+        the first one expires; that is what the brake looks at."""
+        now = self.current_until(slack)
+        return [(name, obs) for name, obs in self.leases.items()
+                if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > obs.duration / 2]
+
     def fleet(self) -> int:
         """The VMs' Leases in view, this VM's included."""
         return sum(1 for obs in self.leases.values() if obs.vm)
@@ -125,13 +134,13 @@ class ReapBrake:
     def reaped(self) -> None:
         self._reaped_at.append(self.clock())
 
-    def holds(self, expired: int, fleet: int, window: float) -> bool:
-        """Whether to reap nothing: more than `fraction` of the fleet (and at least two VMs) expired within
-        `window`, counting the ones already reaped in it. One VM alone dying is always reaped."""
+    def holds(self, stale: int, fleet: int, window: float) -> bool:
+        """Whether to reap nothing: more than `fraction` of the fleet (and at least two VMs) went silent within
+        `window`: `stale` now, plus the ones already reaped in it. One VM alone dying is always reaped."""
         now = self.clock()
         while self._reaped_at and now - self._reaped_at[0] > window:
             self._reaped_at.popleft()
-        count = expired + len(self._reaped_at)
+        count = stale + len(self._reaped_at)
         return count >= 2 and count > self.fraction * (fleet + len(self._reaped_at))
 
 
@@ -212,12 +221,13 @@ class Reaper:
             return 0
         slack = 1.5 * beat.interval if beat is not None else None
         expired = self.observer.expired(slack)
-        window = max((obs.duration for _, obs in expired), default=0.0)
-        if expired and self.brake.holds(len(expired), self.observer.fleet(), window):
-            reason = (f"{len(expired)} of {self.observer.fleet()} VMs' Leases expired within one lease duration;"
+        stale = self.observer.stale(slack) if expired else []
+        window = max((obs.duration for _, obs in stale), default=0.0)
+        if expired and self.brake.holds(len(stale), self.observer.fleet(), window):
+            reason = (f"{len(stale)} of {self.observer.fleet()} VMs stopped renewing within one lease duration;"
                       " reaping nothing until they renew (the reaper is more likely cut off than they are dead)")
             if not self.braking:
-                self._log.warning("reaping brake engaged", reason=reason, vms=sorted(o.vm for _, o in expired))
+                self._log.warning("reaping brake engaged", reason=reason, vms=sorted(o.vm for _, o in stale))
             self.braking = reason
             return 0
         if self.braking:

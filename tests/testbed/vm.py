@@ -46,8 +46,12 @@ def ensure_bridge(gateway: str) -> None:
 
 
 def next_address() -> str:
-    n = next(_hosts) % (254 * 256) + 256  # 198.18.1.0 upwards, skipping the gateway's 198.18.0.x
-    return f"198.18.{n // 256}.{n % 256 or 1}"
+    """A fresh address, 198.18.1.1 upwards (the gateway's 198.18.0.x skipped), never one handed out before in
+    this process: two VMs on one address fight over ARP and lose packets."""
+    n = next(_hosts) % (254 * 256) + 256
+    while n % 256 in (0, 255):
+        n = next(_hosts) % (254 * 256) + 256
+    return f"198.18.{n // 256}.{n % 256}"
 
 
 def _toml(value: Any) -> str:

@@ -90,12 +90,30 @@ def test_the_view_ages_only_as_far_as_the_own_renewals_come_back_through_it() ->
 
 def test_the_brake_holds_when_more_than_half_expire_at_once_but_one_vm_alone_is_always_reaped() -> None:
     brake = ReapBrake(0.5, FakeClock())
-    assert not brake.holds(expired=1, fleet=2, window=15)  # a two-VM fleet loses one
-    assert not brake.holds(expired=25, fleet=100, window=15)
-    assert not brake.holds(expired=50, fleet=100, window=15)  # half is not more than half
-    assert brake.holds(expired=51, fleet=100, window=15)
-    assert brake.holds(expired=2, fleet=3, window=15)  # small fleets: two of three at once is suspicious
-    assert not ReapBrake(1.0, FakeClock()).holds(expired=99, fleet=100, window=15)  # 1 turns it off
+    assert not brake.holds(stale=1, fleet=2, window=15)  # a two-VM fleet loses one
+    assert not brake.holds(stale=25, fleet=100, window=15)
+    assert not brake.holds(stale=50, fleet=100, window=15)  # half is not more than half
+    assert brake.holds(stale=51, fleet=100, window=15)
+    assert brake.holds(stale=2, fleet=3, window=15)  # small fleets: two of three at once is suspicious
+    assert not ReapBrake(1.0, FakeClock()).holds(stale=99, fleet=100, window=15)  # 1 turns it off
+
+
+async def test_the_brake_holds_from_the_first_expiry_when_many_go_silent_within_one_renewal() -> None:
+    """VMs cut off together renewed last at slightly different moments: they expire one by one, and the
+    first must not be reaped alone before the others count."""
+    api, clock = FakeLeases(), FakeClock()
+    reaper, removed = reaper_on(api, clock)
+    silent = [api._stored(lease(f"vm{i}", "t0")) for i in range(3)]
+    reaper.observer.replace_all([*silent, lease("me", "t0"), lease("live", "t0")])
+    clock.advance(1)
+    for renewed in (api.renew("vmesh-vm1", "t1"), api.renew("vmesh-vm2", "t1")):
+        reaper.observer.observe(renewed)  # their last renewal, a second after vm0's
+    clock.advance(DURATION + GRACE - 0.5)  # vm0 is past duration + grace; vm1 and vm2 not quite yet
+    reaper.observer.observe(lease("live", "t1", "77"))
+    assert names(reaper.observer.expired()) == ["vmesh-vm0"]
+    assert await reaper.reap_expired() == 0
+    assert reaper.braking.startswith("3 of 5")
+    assert removed == []
 
 
 def test_the_brake_counts_what_was_reaped_within_one_lease_duration() -> None:
@@ -103,9 +121,9 @@ def test_the_brake_counts_what_was_reaped_within_one_lease_duration() -> None:
     brake = ReapBrake(0.5, clock)
     for _ in range(30):
         brake.reaped()  # 30 of 100 reaped just now, 70 left in view
-    assert brake.holds(expired=30, fleet=70, window=15)  # another 30 now: 60 of 100 within one duration
+    assert brake.holds(stale=30, fleet=70, window=15)  # another 30 silent now: 60 of 100 within one duration
     clock.advance(15.1)
-    assert not brake.holds(expired=30, fleet=70, window=15)  # the first batch is older than one duration
+    assert not brake.holds(stale=30, fleet=70, window=15)  # the first batch is older than one duration
 
 
 # -- Reaper with a fake API ---------------------------------------------------------------------------------
@@ -161,7 +179,7 @@ async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume()
     reaper.observer.replace_all([*leases, lease("me", "t0")])
     clock.advance(DURATION + GRACE + 1)  # five of six go silent at once
     assert await reaper.reap_expired() == 0
-    assert "5 of 6" in reaper.braking
+    assert reaper.braking.startswith("5 of 6 VMs stopped renewing")
     assert removed == []
     for i in range(4):  # they were alive after all: four renew
         reaper.observer.observe(api.renew(f"vmesh-vm{i}", "t1"))

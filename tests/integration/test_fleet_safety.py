@@ -1,0 +1,156 @@
+"""Reaping that never endangers live VMs, against the real control plane: outages, slot takeover, the brake.
+
+Each VM is a network namespace with its own MariaDB and agent process (SIGKILL is a VM dying, SIGSTOP a VM
+cut off that comes back). Timings are the test bed's fast ones: heartbeat 1 s, Lease 5 s, grace 2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
+
+LEASE, GRACE, SLOT_CHECK = 5.0, 2.0, 1.0
+REAPER = {"grace": f"{GRACE:g}s", "slot_check": f"{SLOT_CHECK:g}s"}
+OUTAGE = 12.0  # longer than a Lease + grace: without outage safety every VM would look dead on return
+
+
+def ready_slice(cluster: Cluster, namespace: str, vm: VM) -> dict[str, object] | None:
+    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    endpoints = (s or {}).get("endpoints") or []
+    if s and [e["addresses"] for e in endpoints] == [[vm.address]] and endpoints[0]["conditions"]["ready"]:
+        return s
+    return None
+
+
+def identities(cluster: Cluster, namespace: str) -> dict[str, str]:
+    """uid of every VM Lease and slice, by name: a changed or missing uid means it was deleted."""
+    leases = cluster.list("lease", namespace, "vmesh.dev/vm")
+    slices = cluster.list("endpointslice", namespace, "vmesh.dev/vm")
+    return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["uid"] for o in leases + slices}
+
+
+def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["spec"].get("holderIdentity") or ""
+            for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
+
+
+def own_objects(cluster: Cluster, namespace: str, vm: VM) -> list[str]:
+    return [k for k in identities(cluster, namespace) if k.endswith(f"-{vm.name}") or k.endswith(f"/vmesh-{vm.name}")]
+
+
+def reaped(vms: list[VM]) -> list[str]:
+    return [line["dead_vm"] for vm in vms for line in vm.log_lines() if line.get("event") == "reaped a dead VM"]
+
+
+def fleet(count: int, cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], template: Path,
+          **reaper: object) -> list[VM]:
+    vms = [make_vm(f"f{i}") for i in range(count)]
+    token = cluster.token(namespace)
+    for vm in vms:
+        vm.start_mariadb(template)
+        vm.start_agent(vm.write_config(namespace, token, reaper={**REAPER, **reaper}))
+    for vm in vms:
+        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
+    slots = int(str(reaper.get("slots", 2)))
+    wait_until(lambda: len([h for h in slot_holders(cluster, namespace).values() if h]) == slots, 15,
+               "every reaper slot held")
+    return vms
+
+
+def assert_nothing_deleted_for(seconds: float, cluster: Cluster, namespace: str, before: dict[str, str]) -> None:
+    """Watch for a while that no Lease or slice is deleted: the absence of an event cannot be awaited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = identities(cluster, namespace)
+        assert now == before, f"deleted or replaced: {sorted(set(before.items()) - set(now.items()))}"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
+def test_an_outage_longer_than_a_lease_reaps_no_live_vm(
+    component: str, cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vms = fleet(4, cluster, namespace, make_vm, mariadb_template)
+    before = identities(cluster, namespace)
+    assert len(before) == 8
+    cluster.stop(component)
+    try:
+        time.sleep(OUTAGE)  # the scenario itself: nobody can renew for longer than a Lease + grace
+    finally:
+        cluster.start(component)
+    back = time.monotonic()
+    for vm in vms:
+        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 5, f"{vm.name} correct after the outage")
+    print(f"{component} down {OUTAGE:g}s: every endpoint correct {time.monotonic() - back:.2f}s after its return")
+    assert_nothing_deleted_for(LEASE + GRACE + 3, cluster, namespace, before)
+    assert reaped(vms) == []
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_when_every_slot_holder_dies_another_agent_takes_a_slot_and_reaps_them(
+    slots: int, cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vms = fleet(slots + 2, cluster, namespace, make_vm, mariadb_template, slots=slots)
+    holders = set(slot_holders(cluster, namespace).values())
+    dying = [vm for vm in vms if vm.name in holders]
+    assert len(dying) == slots
+    killed_at = time.monotonic()
+    for vm in dying:
+        vm.stop_agent(signal.SIGKILL)
+    wait_until(lambda: set(slot_holders(cluster, namespace).values()).isdisjoint(holders)
+               and all(slot_holders(cluster, namespace).values()), LEASE + 3 * SLOT_CHECK + 2, "the slots taken over")
+    took_over = time.monotonic() - killed_at
+    for vm in dying:
+        wait_until(lambda vm=vm: own_objects(cluster, namespace, vm) == [], 30, f"{vm.name} reaped")
+    gone = time.monotonic() - killed_at
+    # Takeover after a Lease of observed silence; then the new holder's own full period (the gap rule).
+    bound = LEASE + 2 * SLOT_CHECK + LEASE + GRACE + 5
+    print(f"{slots} slot holder(s) killed: slots taken over after {took_over:.1f}s, reaped after {gone:.1f}s "
+          f"(bound {bound:g}s)")
+    assert gone <= bound
+    survivors = [vm for vm in vms if vm not in dying]
+    assert sorted(reaped(survivors)) == sorted(vm.name for vm in dying)
+    for vm in survivors:
+        assert ready_slice(cluster, namespace, vm)
+
+
+def test_the_brake_holds_while_most_vms_are_cut_off_and_lifts_when_they_renew(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vms = fleet(5, cluster, namespace, make_vm, mariadb_template)
+    holders = set(slot_holders(cluster, namespace).values())
+    reapers = [vm for vm in vms if vm.name in holders]
+    cut_off = [vm for vm in vms if vm.name not in holders]  # three of five
+    before = identities(cluster, namespace)
+    for vm in cut_off:
+        assert vm.agent is not None
+        vm.agent.send_signal(signal.SIGSTOP)
+    try:
+        line = reapers[0].wait_log(lambda line: line.get("event") == "reaping brake engaged", LEASE + GRACE + 5,
+                                   "the brake engaged")
+        assert sorted(line["vms"]) == sorted(vm.name for vm in cut_off)
+        status = json.loads(reapers[0].cli("status", "--json").stdout)
+        assert status["reaper"]["brake"] is True
+        assert status["reaper"]["state"].startswith("brake engaged: 3 of 5")
+        assert_nothing_deleted_for(3, cluster, namespace, before)
+    finally:
+        for vm in cut_off:
+            assert vm.agent is not None
+            vm.agent.send_signal(signal.SIGCONT)
+    reapers[0].wait_log(lambda line: line.get("event") == "reaping brake released", 10, "the brake released")
+    assert reaped(vms) == []
+    assert identities(cluster, namespace) == before
+
+    # One VM alone dying is no mass expiry: it is reaped as usual.
+    cut_off[0].stop_agent(signal.SIGKILL)
+    wait_until(lambda: own_objects(cluster, namespace, cut_off[0]) == [], LEASE + GRACE + 5, "the dead VM reaped")
+    assert reaped(vms) == [cut_off[0].name]
