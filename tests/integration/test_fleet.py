@@ -1,4 +1,5 @@
-"""Many agent instances on one event loop (the fleet shape): legacy Endpoints stays exact under concurrency."""
+"""Many agent instances on one event loop (the fleet shape), reaper on: legacy Endpoints stays exact under
+concurrency, two agents hold the reaper slots, and leavers let theirs go."""
 
 from __future__ import annotations
 
@@ -45,11 +46,16 @@ interval = "2s"
 lease_duration = "10s"
 
 [reaper]
-enabled = false
+slot_check = "1s"
 
 [api]
 socket = "{workdir}/agent-{index}.sock"
 """
+
+
+def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
+    return {o["metadata"]["name"]: o["spec"].get("holderIdentity") or ""
+            for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
 
 
 def addresses(cluster: Cluster, namespace: str) -> tuple[list[str], list[str]]:
@@ -78,6 +84,10 @@ async def test_fifty_agents_on_one_loop_register_then_half_leave(
         ready, not_ready = addresses(cluster, namespace)
         assert len(ready) == len(set(ready)) == FLEET
         assert not_ready == []
+        holders = await asyncio.to_thread(wait_until, lambda: all((h := slot_holders(cluster, namespace)).values())
+                                          and len(h) == 2 and h, 15, "both reaper slots held")
+        assert sum(1 for a in agents if a.slots and a.slots.held) == 2
+        assert set(holders.values()) <= {a.settings.vm_name for a in agents}
 
         leaving, staying = agents[::2], agents[1::2]
         await asyncio.gather(*(a.stop() for a in leaving))
@@ -86,5 +96,9 @@ async def test_fifty_agents_on_one_loop_register_then_half_leave(
         assert sorted(ready) == expected, "exactly the staying agents' addresses, no duplicates"
         assert len(ready) == len(set(ready))
         assert not_ready == []
+        # Leavers let their slots go; nobody was reaped (every staying VM kept renewing).
+        left = {a.settings.vm_name for a in leaving}
+        assert all(h not in left for h in slot_holders(cluster, namespace).values())
+        assert sum(a.reaper.reaped for a in agents if a.reaper) == 0
     finally:
         await asyncio.gather(*(a.stop() for a in agents if a.reconciler is not None), return_exceptions=True)

@@ -87,6 +87,9 @@ def test_an_outage_longer_than_a_lease_reaps_no_live_vm(
         time.sleep(OUTAGE)  # the scenario itself: nobody can renew for longer than a Lease + grace
     finally:
         cluster.start(component)
+    # Back = the apiserver answers again (after etcd returns, it takes its own few seconds to reconnect).
+    wait_until(lambda: cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}", check=False).returncode == 0,
+               30, "the apiserver serving again")
     back = time.monotonic()
     for vm in vms:
         wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 5, f"{vm.name} correct after the outage")
