@@ -241,18 +241,23 @@ class KubeClient:
 
 
 async def _lines(content: aiohttp.StreamReader, resource: Resource) -> AsyncIterator[bytes]:
-    """The stream's newline-separated lines, however long (aiohttp's own readline stops at 64 KiB)."""
-    buffer = b""
+    """The stream's newline-separated lines, however long (aiohttp's own readline has a limit)."""
+    parts: list[bytes] = []  # the line so far, unjoined: joining once per line keeps long lines linear
+    size = 0
     async for chunk in content.iter_any():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
+        if b"\n" not in chunk:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_EVENT_BYTES:
+                raise ClusterError(f"watch of {resource.qualified}: an event longer than {MAX_EVENT_BYTES} bytes")
+            continue
+        first, *lines, rest = chunk.split(b"\n")
+        for line in (b"".join([*parts, first]), *lines):
             if line.strip():
                 yield line
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise ClusterError(f"watch of {resource.qualified}: an event longer than {MAX_EVENT_BYTES} bytes")
-    if buffer.strip():
-        yield buffer
+        parts, size = [rest], len(rest)
+    if b"".join(parts).strip():
+        yield b"".join(parts)
 
 
 def _decode(raw: bytes) -> Body:

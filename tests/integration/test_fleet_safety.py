@@ -157,3 +157,25 @@ def test_the_brake_holds_while_most_vms_are_cut_off_and_lifts_when_they_renew(
     cut_off[0].stop_agent(signal.SIGKILL)
     wait_until(lambda: own_objects(cluster, namespace, cut_off[0]) == [], LEASE + GRACE + 5, "the dead VM reaped")
     assert reaped(vms) == [cut_off[0].name]
+
+
+def test_a_lease_event_larger_than_aiohttps_line_limit_is_read_and_reaped(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """aiohttp's readline stops at 512 KiB (LineTooLong); a watch event is one line, and a Lease's
+    holderIdentity has no length limit. The reaper must read such an event, not die of it."""
+    (vm,) = fleet(1, cluster, namespace, make_vm, mariadb_template, slots=1)
+    ghost = {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "vmesh-ghost", "namespace": namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "vmesh-agent", "vmesh.dev/vm": "ghost"},
+                     "annotations": {"example.com/padding": "x" * 200_000}},
+        "spec": {"holderIdentity": "ghost-" + "x" * 600_000, "leaseDurationSeconds": 2},
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(ghost))
+    vm.wait_log(lambda line: line.get("event") == "reaped a dead VM" and line.get("dead_vm") == "ghost",
+                2 + GRACE + 10, "the ghost VM reaped")
+    assert vm.agent is not None
+    assert vm.agent.poll() is None, "the agent is still running"
+    assert ready_slice(cluster, namespace, vm)
+    assert not [line for line in vm.log_lines() if line.get("level") == "error"], "read as any other event"
