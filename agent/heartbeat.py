@@ -93,10 +93,6 @@ class Heartbeat:
             await self._acquire_locked()
         self._on_new_lease()
 
-    @property
-    def resource_version(self) -> str:
-        return str(self._lease["metadata"].get("resourceVersion", "")) if self._lease else ""
-
     async def _acquire_locked(self) -> None:
         """Create the Lease, or adopt the one a previous run of this agent left. Needs self._lock."""
         body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now())

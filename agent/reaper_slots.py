@@ -101,8 +101,6 @@ class ReaperSlots:
         self._clock = clock
         self._wall_clock = wall_clock
         self._lease: Body | None = None  # the slot this agent holds, as last written
-        self.held_since: float | None = None
-        self.acquisitions = 0
         self.problem = ""  # why slots cannot be looked at or taken, e.g. a missing RBAC grant
 
     @property
@@ -132,7 +130,7 @@ class ReaperSlots:
                 self._log.error("reaping stopped unexpectedly; letting the slot go", slot=self.held,
                                 error=f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
                 await self.release()
-            self._lease, self.held_since = None, None
+            self._lease = None
 
     async def _look(self) -> bool:
         """One LIST of the slots; take the first free or expired one. True when this agent holds one."""
@@ -155,8 +153,6 @@ class ReaperSlots:
             except ClusterError as exc:
                 self._problem(exc, f"cannot take reaper slot {name}")
                 return False
-            self.held_since = self._clock()
-            self.acquisitions += 1
             self.problem = ""
             self._log.info("reaper slot taken", slot=name)
             return True
