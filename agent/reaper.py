@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ Body = dict[str, Any]
 CHECK_EVERY = 0.25  # seconds between in-memory expiry checks; no API calls unless something expired
 VM_LEASES = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"  # the VMs' Leases (reaper slots carry no VM label)
 WATCH_SECONDS = 300
+REAP_CONCURRENCY = 8  # dead VMs cleaned up at once: a quarter of a fleet goes in seconds, not minutes
 
 
 @dataclass
@@ -233,15 +235,15 @@ class Reaper:
         if self.braking:
             self._log.info("reaping brake released", expired=len(expired))
             self.braking = ""
-        count = 0
         now = self._clock()
-        for name, obs in expired:
-            retry = self._retry_at.get(name)
-            if retry is not None and now < retry[1]:
-                continue
-            if await self._reap(name, obs):
-                count += 1
-        return count
+        due = [(name, obs) for name, obs in expired if now >= self._retry_at.get(name, (None, 0.0))[1]]
+        limit = asyncio.Semaphore(REAP_CONCURRENCY)
+
+        async def reap(name: str, obs: Observation) -> bool:
+            async with limit:
+                return await self._reap(name, obs)
+
+        return sum(await asyncio.gather(*(reap(name, obs) for name, obs in due)))
 
     async def _reap(self, name: str, obs: Observation) -> bool:
         log = self._log.bind(object=f"lease/{name}", dead_vm=obs.vm)
@@ -249,7 +251,8 @@ class Reaper:
             await self._kube.delete(LEASES, self.namespace, name, resource_version=obs.resource_version)
         except Conflict:
             log.info("lease renewed just before reaping; leaving it")
-            self.observer.observe(await self._kube.get(LEASES, self.namespace, name))
+            with contextlib.suppress(ClusterError):  # the watch brings the renewal anyway
+                self.observer.observe(await self._kube.get(LEASES, self.namespace, name))
             return False
         except NotFound:
             self.observer.forget(name)
