@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from agent.api.server import ApiServer
+from agent.backoff import retry_transient
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.cluster.resources import LEASES, SERVICES
@@ -194,9 +195,10 @@ class Agent:
 
     async def discover_once(self) -> None:
         s = self.settings
-        report = await self._scanner.discover(s.discovery.allow if s.discovery.enabled else {},
-                                              address=s.address.address, interface=s.address.interface,
-                                              cidr=s.address.cidr)
+        # With discovery off only the address is needed: no listener scan, no probes, no /proc walk.
+        report = await self._scanner.discover(s.discovery.allow, address=s.address.address,
+                                              interface=s.address.interface, cidr=s.address.cidr,
+                                              scan=s.discovery.enabled)
         choice = report.addresses
         if self.report is None or self.report.addresses.address != choice.address:
             log = self.log.info if choice.address else self.log.error
@@ -363,12 +365,13 @@ class Agent:
         if self.backend is None or self.heartbeat is None:
             return
         registrations = self.state.registrations
+        backend, heartbeat = self.backend, self.heartbeat
         try:
             if registrations:
-                await self.backend.mark_terminating(registrations)
-            await self.backend.remove_all()
+                await retry_transient(lambda: backend.mark_terminating(registrations))
+            await retry_transient(backend.remove_all)
             await self.tasks.cancel("heartbeat")
-            await self.heartbeat.release()
+            await retry_transient(heartbeat.release)
             if self.slots is not None:
                 await self.slots.release()
         except Exception as exc:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from agent.cluster.errors import ClusterError, Unavailable
 
 
 class Backoff:
@@ -29,3 +32,21 @@ def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] =
     """An interval shortened by up to `fraction`, so that a fleet of agents does not resync in lock-step
     and the configured interval stays an upper bound (an operator's edit is undone within it)."""
     return interval * (1 - fraction * rand())
+
+
+async def retry_transient(call: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
+    """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after the
+    server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline (the
+    clean-up at shutdown: when a whole fleet stops at once, no peer is left to finish it)."""
+    backoff = backoff or Backoff(base=0.1, cap=1.0)
+    while True:
+        try:
+            await call()
+            return
+        except ClusterError as exc:
+            if not exc.transient:
+                raise
+            delay = backoff.next()
+            if isinstance(exc, Unavailable) and exc.retry_after:
+                delay = max(delay, min(exc.retry_after, 2.0))
+            await asyncio.sleep(delay)

@@ -142,11 +142,12 @@ class Heartbeat:
     async def release(self) -> None:
         """Delete the Lease, exactly the one this agent holds (uid precondition)."""
         async with self._lock:
-            lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        try:
-            await self._kube.delete(LEASES, self.namespace, self.name, uid=lease["metadata"]["uid"])
-            self._log.info("lease deleted")
-        except (NotFound, Conflict):
-            pass
+            lease = self._lease
+            if lease is None:
+                return
+            try:
+                await self._kube.delete(LEASES, self.namespace, self.name, uid=lease["metadata"]["uid"])
+                self._log.info("lease deleted")
+            except (NotFound, Conflict):
+                pass
+            self._lease = None  # only once it is gone: a failed delete may be tried again

@@ -72,10 +72,11 @@ class Scanner:
         return "unknown"
 
     async def discover(self, allow: Mapping[str, str], *, address: str = "", interface: str = "",
-                       cidr: str = "") -> DiscoveryReport:
+                       cidr: str = "", scan: bool = True) -> DiscoveryReport:
+        """The VM's address and, with `scan`, its listeners and what each one is."""
         choice = addresses.choose_address(addresses.address_candidates(), address=address, interface=interface,
                                           cidr=cidr)
-        found = listeners.scan_listeners()
+        found = listeners.scan_listeners() if scan else []
         live = set(found)
         self._cache = {k: v for k, v in self._cache.items() if k in live}
         protocols = await asyncio.gather(*(self.identify(lst, allow) for lst in found))
