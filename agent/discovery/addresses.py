@@ -7,7 +7,6 @@ that is up, skipping loopback interfaces and IPv6 link-local addresses. We call 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import ipaddress
 import os
 import re
@@ -72,7 +71,8 @@ _IfAddrs._fields_ = (
 
 def address_candidates() -> list[Candidate]:
     """What `hostname -I` would print in this network namespace, in the same order."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The process's own symbols, libc's among them: find_library("c") would fork ldconfig on every pass.
+    libc = ctypes.CDLL(None, use_errno=True)
     head = ctypes.POINTER(_IfAddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
         errno = ctypes.get_errno()
