@@ -37,7 +37,8 @@ from agent.cluster.resources import LEASES
 
 Body = dict[str, Any]
 LABEL_SLOT = "vmesh.dev/reaper-slot"
-FIRST_LOOK_SPREAD = 2.0  # seconds: a fleet started at once does not look at the slots in the same instant
+FIRST_LOOK_SPREAD = 10.0  # seconds at most: a fleet started at once looks at the slots over a while, after
+# registering, not all in its first instant
 
 
 def slot_name(index: int) -> str:

@@ -36,7 +36,7 @@ def test_a_killed_vm_is_reaped_by_its_peer_and_skewed_clocks_never_are(
     # Steady state: both reaper slots held, and A renewed once after that (taking a slot restarts the holder's
     # observations, so a VM killed before its first renewal in the holder's view counts from the takeover).
     wait_until(lambda: len([o for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")
-                            if o["spec"].get("holderIdentity")]) == 2, 10, "both reaper slots held")
+                            if o["spec"].get("holderIdentity")]) == 2, 20, "both reaper slots held")
     renewed = cluster.get("lease", f"vmesh-{vms['a'].name}", namespace)["spec"]["renewTime"]  # type: ignore[index]
     wait_until(lambda: cluster.get("lease", f"vmesh-{vms['a'].name}", namespace)["spec"]["renewTime"]  # type: ignore[index]
                != renewed, 10, "A renewed once more")

@@ -142,12 +142,14 @@ class VM:
         config.write_text("\n".join(lines) + "\n")
         return config
 
-    def start_agent(self, config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_agent(self, config: Path, env: dict[str, str] | None = None,
+                    tree: Path = ROOT) -> subprocess.Popen[bytes]:
+        """Run the agent from `tree` (this checkout, or another release's) inside the VM."""
         log = self.agent_log.open("ab")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
         self.agent = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, *AGENT, "run", "--config", str(config)],
-            stdout=log, stderr=log, env=env, cwd=ROOT,
+            stdout=log, stderr=log, env=env, cwd=tree,
         )
         log.close()
         return self.agent

@@ -276,7 +276,7 @@ async def test_of_two_candidates_taking_one_expired_slot_exactly_one_wins() -> N
 async def test_a_holder_that_cannot_renew_stops_reaping_within_its_renew_deadline() -> None:
     api = FakeLeases()
     holder = ReaperSlots(cast(KubeClient, api), "vm", "a", slots=1, duration=0.3, renew_interval=0.05,
-                         check_interval=60, log=get_logger(vm="a"))
+                         check_interval=0.05, log=get_logger(vm="a"))
     reaping = asyncio.Event()
     stopped = asyncio.Event()
 
