@@ -114,9 +114,10 @@ class KubeClient:
 
     async def list_with_version(self, resource: Resource, namespace: str,
                                 label_selector: str = "") -> tuple[builtins.list[Body], str]:
-        """The items and the list's resourceVersion, to start a watch from."""
+        """The items and the list's resourceVersion, to start a watch from (the reaper's view of every VM's
+        Lease: not remembered as this VM's own versions)."""
         query = {"labelSelector": label_selector} if label_selector else None
-        result = await self._call("GET", resource, namespace, "", verb="list", query=query)
+        result = await self._call("GET", resource, namespace, "", verb="list", query=query, remember=False)
         return result.get("items", []), str(result.get("metadata", {}).get("resourceVersion", ""))
 
     async def watch(self, resource: Resource, namespace: str, *, label_selector: str = "",
@@ -199,7 +200,7 @@ class KubeClient:
 
     async def _call(self, method: str, resource: Resource, namespace: str, name: str, *, verb: str = "",
                     body: Any = None, query: dict[str, str] | None = None,
-                    content_type: str = "application/json") -> Body:
+                    content_type: str = "application/json", remember: bool = True) -> Body:
         verb = verb or _VERBS[method]
         try:
             response = await self._api.call_api(
@@ -216,7 +217,7 @@ class KubeClient:
             raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
         payload = _decode(raw)
         if 200 <= status < 300:
-            for obj in payload.get("items") or [payload]:
+            for obj in (payload.get("items") or [payload]) if remember else ():
                 if isinstance(obj, dict) and obj.get("kind") != "Status":
                     self._remember(resource, obj)
             return payload
