@@ -185,7 +185,8 @@ class Reaper:
                 version = await self._watch(version)
                 backoff.reset()
             except ClusterError as exc:
-                version = ""  # a gap: list again, and every observation starts over
+                version = ""  # a gap: judge nobody until listed again, and every observation starts over
+                self.synced.clear()
                 if isinstance(exc, Forbidden):
                     self._set_problem(f"reaping is off: {exc}")
                 elif not isinstance(exc, Gone):
