@@ -159,7 +159,7 @@ class Agent:
 
     async def _watch_after_first_sync(self, reconciler: Reconciler, watcher: OwnObjectsWatcher) -> None:
         """Registering comes first: a fleet booting at once is not slowed by three watches per VM. Nothing is
-        missed meanwhile: a watch begins with the objects as they are, and differences poke a sync."""
+        missed meanwhile: once a fresh watch is accepted, the reconciler compares once more."""
         await reconciler.first_attempt_done.wait()
         await watcher.run()
 
@@ -181,8 +181,12 @@ class Agent:
             if kind == "DELETED":
                 await heartbeat.lost(str(obj.get("metadata", {}).get("uid", "")))
 
-        return [WatchTarget(resource, own_object, label_selector=selector),
-                WatchTarget(SERVICES, service),
+        def compare() -> None:
+            if self.reconciler is not None:
+                self.reconciler.poke()
+
+        return [WatchTarget(resource, own_object, label_selector=selector, on_fresh=compare),
+                WatchTarget(SERVICES, service, on_fresh=compare),
                 WatchTarget(LEASES, lease, field_selector=f"metadata.name={heartbeat.name}")]
 
     async def _discovery_loop(self) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import builtins
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -121,15 +121,16 @@ class KubeClient:
         return result.get("items", []), str(result.get("metadata", {}).get("resourceVersion", ""))
 
     async def watch(self, resource: Resource, namespace: str, *, label_selector: str = "",
-                    field_selector: str = "", resource_version: str = "",
-                    timeout_seconds: int = 60) -> AsyncIterator[tuple[str, Body]]:
+                    field_selector: str = "", resource_version: str = "", timeout_seconds: int = 60,
+                    on_open: Callable[[], None] | None = None) -> AsyncIterator[tuple[str, Body]]:
         """Yield (type, object) events, BOOKMARKs included, until the server ends the watch (after about
         timeout_seconds). Without resource_version the server first sends the current objects as ADDED.
 
         A watch too old to resume raises Gone (list or watch again from scratch); anything else that goes
         wrong, a line too long or garbage included, is a ClusterError, so a caller's loop never dies of it.
         The server sends a bookmark about once a minute, so a connection silent for longer than
-        WATCH_SILENCE is taken for dead (packets dropped) rather than waited on until the watch's end."""
+        WATCH_SILENCE is taken for dead (packets dropped) rather than waited on until the watch's end.
+        `on_open` is called once the server has accepted the watch: every change from then on is an event."""
         query = {"watch": "true", "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"}
         if label_selector:
             query["labelSelector"] = label_selector
@@ -148,6 +149,8 @@ class KubeClient:
                 if response.status != 200:
                     raise _error(response.status, _decode(await response.read()), "watch", resource=resource,
                                  namespace=namespace, name="", retry_after=response.headers.get("Retry-After"))
+                if on_open is not None:
+                    on_open()
                 async for line in _lines(response.content, resource):
                     event = _decode(line)
                     kind, obj = str(event.get("type", "")), event.get("object") or {}

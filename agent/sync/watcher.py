@@ -1,8 +1,9 @@
 """Anti-entropy without polling: watch this VM's own objects and act when someone else changes them.
 
 Shaped after client-go's reflector, without a cache: each watch starts from "now" (the server first sends
-what exists, as ADDED), resumes from the last resourceVersion it saw (bookmarks keep that fresh, so a
-resume rarely needs a re-list), and starts over on 410. An event whose object is exactly a version the
+what exists, as ADDED; once it has accepted the watch, the reconciler compares once, which covers what was
+deleted before), resumes from the last resourceVersion it saw (bookmarks keep that fresh, so a resume
+rarely needs a re-list), and starts over on 410. An event whose object is exactly a version the
 agent wrote or read is an echo and ignored; any other goes to its target's handler, which pokes the
 reconciler (whose full compare repairs the difference) or, for the Lease, recreates it. The periodic
 resync stays, as a slow backstop for what a watch could still miss.
@@ -35,6 +36,9 @@ class WatchTarget:
     handle: Handler  # called with (event type, object) for every event that is not an echo
     label_selector: str = ""
     field_selector: str = ""
+    # Called when a watch from scratch has been accepted: what was deleted before it shows in no event, so
+    # the owner compares once (for the reconciler: one sync).
+    on_fresh: Callable[[], None] | None = None
 
     @property
     def what(self) -> str:
@@ -66,7 +70,8 @@ class OwnObjectsWatcher:
                 async for kind, obj in self._kube.watch(
                         target.resource, self.namespace, label_selector=target.label_selector,
                         field_selector=target.field_selector, resource_version=version,
-                        timeout_seconds=random.randint(*WATCH_SECONDS)):
+                        timeout_seconds=random.randint(*WATCH_SECONDS),
+                        on_open=None if version else target.on_fresh):
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if last_error:
                         self._log.info("watch of own objects recovered", watch=target.what)
