@@ -139,7 +139,7 @@ class Agent:
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
                                      log=self.log, on_done=self._report_status)
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
-                                         log=self.log)
+                                         log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
         await self.discover_once()
         self.tasks.spawn("reconciler", self.reconciler.run())
@@ -159,7 +159,7 @@ class Agent:
 
     async def _watch_after_first_sync(self, reconciler: Reconciler, watcher: OwnObjectsWatcher) -> None:
         """Registering comes first: a fleet booting at once is not slowed by three watches per VM. Nothing is
-        missed meanwhile: once a fresh watch is accepted, the reconciler compares once more."""
+        missed meanwhile: the watches start from the version of the first sync's list."""
         await reconciler.first_attempt_done.wait()
         await watcher.run()
 

@@ -70,6 +70,7 @@ class KubeClient:
         self.server = str(configuration.host)
         self._timeout = timeout
         self._known: dict[tuple[str, str], str] = {}  # (plural, name) -> resourceVersion last written or read
+        self.list_version = ""  # of the last list(): a point in the cluster's history that a watch can start at
 
     @classmethod
     async def connect(cls, settings: ClusterSettings) -> KubeClient:
@@ -109,6 +110,7 @@ class KubeClient:
     async def list(self, resource: Resource, namespace: str, label_selector: str = "") -> list[Body]:
         query = {"labelSelector": label_selector} if label_selector else None
         result = await self._call("GET", resource, namespace, "", verb="list", query=query)
+        self.list_version = str(result.get("metadata", {}).get("resourceVersion", "")) or self.list_version
         items: list[Body] = result.get("items", [])
         return items
 

@@ -1,12 +1,14 @@
 """Anti-entropy without polling: watch this VM's own objects and act when someone else changes them.
 
-Shaped after client-go's reflector, without a cache: each watch starts from "now" (the server first sends
-what exists, as ADDED; once it has accepted the watch, the reconciler compares once, which covers what was
-deleted before), resumes from the last resourceVersion it saw (bookmarks keep that fresh, so a resume
-rarely needs a re-list), and starts over on 410. An event whose object is exactly a version the
-agent wrote or read is an echo and ignored; any other goes to its target's handler, which pokes the
-reconciler (whose full compare repairs the difference) or, for the Lease, recreates it. The periodic
-resync stays, as a slow backstop for what a watch could still miss.
+Shaped after client-go's reflector, without a cache: the first watches start from the version of the first
+sync's list (a list, then a watch from its version: nothing in between is missed, nothing is sent twice);
+each resumes from the last resourceVersion it saw (bookmarks keep that fresh); after a 410, or without a
+version to start from, a watch starts from "now" (the server first sends what exists, as ADDED, and once it
+has accepted the watch the reconciler compares once, which covers what was deleted before).
+
+An event whose object is exactly a version the agent wrote or read is an echo and ignored; any other goes
+to its target's handler, which pokes the reconciler (whose full compare repairs the difference) or, for the
+Lease, recreates it. The periodic resync stays, as a slow backstop for what a watch could still miss.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class OwnObjectsWatcher:
     """One long-lived watch per target, each on its own connection (HTTP/1.1: a watch holds one)."""
 
     def __init__(self, kube: KubeClient, namespace: str, targets: Sequence[WatchTarget], *,
-                 log: structlog.typing.FilteringBoundLogger) -> None:
+                 log: structlog.typing.FilteringBoundLogger, start_version: Callable[[], str] = lambda: "") -> None:
         self._kube = kube
+        self._start_version = start_version  # where the first watches start: after what the first sync read
         self.namespace = namespace
         self.targets = tuple(targets)
         self._log = log
@@ -62,7 +65,7 @@ class OwnObjectsWatcher:
         await asyncio.gather(*(self._follow(t) for t in self.targets))
 
     async def _follow(self, target: WatchTarget) -> None:
-        version = ""
+        version = self._start_version()
         backoff = Backoff(base=0.5, cap=10.0)
         last_error = ""
         while True:
