@@ -34,14 +34,6 @@ def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] =
     return interval * (1 - fraction * rand())
 
 
-def after_refusal(delay: float, exc: ClusterError, rand: Callable[[], float] = random.random) -> float:
-    """The delay before the next try, at least the server's Retry-After (429: the apiserver's fairness queues
-    are full), spread over up to twice that: a fleet refused at once does not come back at once."""
-    if isinstance(exc, Unavailable) and exc.retry_after:
-        return max(delay, exc.retry_after * (1 + rand()))
-    return delay
-
-
 async def retry_transient(call: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
     """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after the
     server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline (the
@@ -54,4 +46,7 @@ async def retry_transient(call: Callable[[], Awaitable[None]], backoff: Backoff 
         except ClusterError as exc:
             if not exc.transient:
                 raise
-            await asyncio.sleep(min(after_refusal(backoff.next(), exc), 2.0))
+            delay = backoff.next()
+            if isinstance(exc, Unavailable) and exc.retry_after:
+                delay = max(delay, min(exc.retry_after, 2.0))
+            await asyncio.sleep(delay)

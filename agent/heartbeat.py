@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff, after_refusal
+from agent.backoff import Backoff
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_name, micro_time
@@ -125,7 +125,7 @@ class Heartbeat:
             except ClusterError as exc:
                 self.consecutive_failures += 1
                 self.failures += 1
-                delay = min(after_refusal(backoff.next(), exc), self.interval)
+                delay = backoff.next()
                 if str(exc) != self._last_error:
                     self._log.warning("lease renewal failed", error=str(exc), failures=self.consecutive_failures,
                                       retry_in=round(delay, 2))

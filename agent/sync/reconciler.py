@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.backoff import Backoff, after_refusal, jittered
+from agent.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError
 from agent.state import DesiredState
 from agent.sync.backend import Backend
@@ -70,7 +70,7 @@ class Reconciler:
                 self._backoff.reset()
                 self._last_error_type = type(exc)
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
-            return after_refusal(self._backoff.next(cap=2.0 if exc.transient else None), exc)
+            return self._backoff.next(cap=2.0 if exc.transient else None)
         finally:
             self.first_attempt_done.set()
             self._on_done()

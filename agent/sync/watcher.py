@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff, after_refusal
+from agent.backoff import Backoff
 from agent.cluster.errors import ClusterError, Gone
 from agent.cluster.kube import KubeClient
 from agent.cluster.resources import Resource
@@ -93,4 +93,4 @@ class OwnObjectsWatcher:
                     self._log.warning("watch of own objects interrupted; the periodic resync still repairs",
                                       watch=target.what, error=str(exc))
                 last_error = str(exc)
-                await asyncio.sleep(after_refusal(backoff.next(cap=2.0 if exc.transient else None), exc))
+                await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None))
