@@ -75,12 +75,11 @@ class Heartbeat:
                 self._lease = await self._kube.get(LEASES, self.namespace, self.name)
                 raise
             except NotFound:
-                self._log.warning("lease deleted by someone else; recreating it")
-                self._lease = None
-                await self._acquire_locked()
-                self._on_new_lease()  # the old Lease's slices go with it (garbage collector): rewrite them
+                await self._recreate_locked()
+            else:
+                self.last_renewal = time.monotonic()
                 return
-            self.last_renewal = time.monotonic()
+        self._on_new_lease()  # the old Lease's slices go with it (garbage collector): rewrite them
 
     async def lost(self, uid: str) -> None:
         """The Lease `uid` was deleted (seen by the watch of the VM's own objects): make a new one now, not at
@@ -88,10 +87,14 @@ class Heartbeat:
         async with self._lock:
             if self._lease is None or self._lease["metadata"].get("uid") != uid:
                 return  # released by us, or already replaced
-            self._log.warning("lease deleted by someone else; recreating it")
-            self._lease = None
-            await self._acquire_locked()
+            await self._recreate_locked()
         self._on_new_lease()
+
+    async def _recreate_locked(self) -> None:
+        """Someone deleted the Lease: make a new one. Needs self._lock."""
+        self._log.warning("lease deleted by someone else; recreating it")
+        self._lease = None
+        await self._acquire_locked()
 
     async def _acquire_locked(self) -> None:
         """Create the Lease, or adopt the one a previous run of this agent left. Needs self._lock."""

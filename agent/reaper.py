@@ -106,19 +106,20 @@ class LeaseObserver:
         return min(now, (self.own_seen_at if self.own_seen_at is not None else -float("inf")) + slack)
 
     def expired(self, slack: float | None = None) -> list[tuple[str, Observation]]:
-        now = self.current_until(slack)
-        return [
-            (name, obs) for name, obs in self.leases.items()
-            if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > obs.duration + self.grace
-        ]
+        return self._silent(slack, lambda obs: obs.duration + self.grace)
 
     def stale(self, slack: float | None = None) -> list[tuple[str, Observation]]:
         """Leases silent for more than half their duration: a live VM renews every third of it or so, so these
         have missed a renewal at least. When many VMs are cut off at once, all of them are stale by the time
         the first one expires; that is what the brake looks at."""
+        return self._silent(slack, lambda obs: obs.duration / 2)
+
+    def _silent(self, slack: float | None,
+                longer_than: Callable[[Observation], float]) -> list[tuple[str, Observation]]:
+        """Other VMs' Leases not seen renewed for longer than `longer_than` of each, as far as the view goes."""
         now = self.current_until(slack)
         return [(name, obs) for name, obs in self.leases.items()
-                if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > obs.duration / 2]
+                if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > longer_than(obs)]
 
     def fleet(self) -> int:
         """The VMs' Leases in view, this VM's included."""
@@ -237,6 +238,7 @@ class Reaper:
             self._log.info("reaping brake released", expired=len(expired))
             self.braking = ""
         now = self._clock()
+        self._retry_at = {name: retry for name, retry in self._retry_at.items() if name in self.observer.leases}
         due = [(name, obs) for name, obs in expired if now >= self._retry_at.get(name, (None, 0.0))[1]]
         limit = asyncio.Semaphore(REAP_CONCURRENCY)
 

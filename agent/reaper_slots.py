@@ -32,7 +32,7 @@ import structlog
 from agent.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError, Conflict, Forbidden, NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import LABEL_MANAGED_BY, MANAGER, micro_time
+from agent.cluster.objects import LABEL_MANAGED_BY, MANAGER, lease_body, micro_time
 from agent.cluster.resources import LEASES
 
 Body = dict[str, Any]
@@ -46,15 +46,10 @@ def slot_name(index: int) -> str:
 
 
 def build_slot(index: int, namespace: str, holder: str, duration_seconds: int, now: datetime.datetime) -> Body:
-    stamp = micro_time(now)
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": slot_name(index), "namespace": namespace,
-                     "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_SLOT: str(index)}},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds, "acquireTime": stamp,
-                 "renewTime": stamp, "leaseTransitions": 0},
-    }
+    slot = lease_body(slot_name(index), namespace, holder, duration_seconds, now,
+                      labels={LABEL_MANAGED_BY: MANAGER, LABEL_SLOT: str(index)})
+    slot["spec"]["leaseTransitions"] = 0
+    return slot
 
 
 @dataclass

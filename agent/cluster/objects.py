@@ -158,17 +158,21 @@ def micro_time(moment: datetime.datetime) -> str:
 
 
 def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime) -> Body:
+    """The VM's heartbeat Lease."""
+    return lease_body(lease_name(vm), namespace, vm, duration_seconds, now,
+                      labels={LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm})
+
+
+def lease_body(name: str, namespace: str, holder: str, duration_seconds: int, now: datetime.datetime, *,
+               labels: dict[str, str]) -> Body:
+    """A coordination.k8s.io Lease just acquired by `holder`."""
     stamp = micro_time(now)
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": {
-            "name": lease_name(vm),
-            "namespace": namespace,
-            "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm},
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "holderIdentity": vm,
+            "holderIdentity": holder,
             "leaseDurationSeconds": duration_seconds,
             "acquireTime": stamp,
             "renewTime": stamp,
