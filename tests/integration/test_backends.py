@@ -28,7 +28,7 @@ from agent.sync.endpoints import EndpointsBackend
 from agent.sync.externalworkload import ExternalWorkloadBackend
 from agent.sync.workloadentry import WorkloadEntryBackend
 from tests.testbed.cluster import Cluster
-from tests.testbed.crds import install_mesh_crds
+from tests.testbed.crds import SHARED_CRDS, install_istio_crds, install_linkerd_crds
 from tests.testbed.waiting import wait_until
 
 Body = dict[str, Any]
@@ -48,8 +48,14 @@ class SimulatedVM:
 
 
 @pytest.fixture(scope="session")
-def mesh_crds(cluster: Cluster) -> None:
-    install_mesh_crds(cluster)
+def istio_crds(cluster: Cluster) -> None:
+    install_istio_crds(cluster)
+
+
+@pytest.fixture(scope="session")
+def linkerd_crds(cluster: Cluster) -> None:
+    if not install_linkerd_crds(cluster):
+        pytest.skip(f"Linkerd's ExternalWorkload CRD is not in {SHARED_CRDS} (no reachable registry serves it)")
 
 
 @pytest.fixture
@@ -243,7 +249,7 @@ def condition(obj: Body | None, kind: str) -> Body | None:
 
 
 async def test_workloadentry_spec_health_and_removal(
-    cluster: Cluster, namespace: str, settings: ClusterSettings, mesh_crds: None
+    cluster: Cluster, namespace: str, settings: ClusterSettings, istio_crds: None
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
         return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
@@ -297,7 +303,7 @@ async def test_workloadentry_spec_health_and_removal(
 
 
 async def test_externalworkload_spec_readiness_and_removal(
-    cluster: Cluster, namespace: str, settings: ClusterSettings, mesh_crds: None
+    cluster: Cluster, namespace: str, settings: ClusterSettings, linkerd_crds: None
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
         return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
