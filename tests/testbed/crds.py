@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,11 +59,29 @@ def crd_documents(path: Path, names: Iterable[str]) -> str:
 
 
 def install(cluster: Cluster, path: Path, names: Iterable[str]) -> None:
-    """Server-side apply (big CRDs exceed the client-side last-applied annotation), then wait until Established."""
+    """Server-side apply (big CRDs exceed the client-side last-applied annotation), then wait until served.
+
+    Established is not enough: for a moment after it the apiserver still answers 503 "storage is
+    (re)initializing" for the new resource, so wait until a LIST of each one succeeds.
+    """
     names = list(names)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "vmesh-tests", "-f", "-",
                     input=crd_documents(path, names))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+    for name in names:
+        wait_served(cluster, name)
+
+
+def wait_served(cluster: Cluster, crd: str, timeout: float = 60.0) -> None:
+    """Wait until the apiserver lists the CRD's resource (no event tells when its storage is ready)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cluster.kubectl("get", crd, "--all-namespaces", "-o", "name", check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{crd} is Established but not served after {timeout:.0f} s: {result.stderr.strip()}")
+        time.sleep(0.2)
 
 
 def install_istio_crds(cluster: Cluster) -> None:
