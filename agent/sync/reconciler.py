@@ -61,16 +61,20 @@ class Reconciler:
         except ClusterError as exc:
             self.errors += 1
             message = str(exc)
-            if message != self.last_error:
-                self._log.error("sync failed", error=message)
-            self.last_error = message
             if type(exc) is not self._last_error_type:
                 # A new kind of failure starts its backoff afresh: a 403 while a restarted apiserver is still
                 # loading RBAC must not inherit the long delay that a minute of refused connections built up.
                 self._backoff.reset()
                 self._last_error_type = type(exc)
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
-            return self._backoff.next(cap=2.0 if exc.transient else None)
+            delay = self._backoff.next(cap=2.0 if exc.transient else None)
+            if message != self.last_error:
+                # An unreachable or busy apiserver (timeouts, 429, 503) is retried and usually passes: a warning.
+                # Anything else (403, 422, …) needs someone to act: an error.
+                report = self._log.warning if exc.transient else self._log.error
+                report("sync failed", error=message, retry_in_seconds=round(delay, 2))
+            self.last_error = message
+            return delay
         finally:
             self.first_attempt_done.set()
             self._on_done()
