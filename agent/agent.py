@@ -126,7 +126,9 @@ class Agent:
         )
 
         def backend_for(vm: str) -> Backend:
-            return make_backend(s, sync_client, vm, heartbeat, self.log)
+            own = vm == s.vm_name
+            return make_backend(s, sync_client, vm, heartbeat, self.log,
+                                preferred=(lambda: self.state.preferred) if own else tuple)
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
@@ -244,8 +246,15 @@ class Agent:
             dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
             for r in self.tracked
         ]
-        if self.state.replace(desired) and self.reconciler:
+        if self.state.replace(desired, preferred=self._advertised_order()) and self.reconciler:
             self.reconciler.poke()
+
+    def _advertised_order(self) -> list[IPAddress]:
+        """The advertised address, then the other candidates in `hostname -I` order."""
+        if self.report is None:
+            return []
+        choice = self.report.addresses
+        return [*([choice.address] if choice.address else []), *(c.address for c in choice.candidates)]
 
     def check_settings(self, registration: Registration) -> CheckSettings:
         declared = next((svc for svc in self.settings.service

@@ -133,10 +133,11 @@ def services(agent: Agent) -> list[dict[str, Any]]:
         })
     for name in agent.maintenance.reasons.keys() - by_name.keys():
         by_name[name] = []
+    rec = agent.reconciler
     return [
         {"name": name, "maintenance": agent.maintenance.reasons.get(name), "registrations": regs,
-         "registered": agent.reconciler is not None and agent.reconciler.last_success is not None
-         and not agent.reconciler.last_error}
+         "registered": rec is not None and rec.registered(name),
+         "error": rec.service_errors.get(name) if rec is not None else None}
         for name, regs in sorted(by_name.items())
     ]
 

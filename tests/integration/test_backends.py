@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agent.cluster.kube import KubeClient
+from agent.cluster.objects import object_name
 from agent.config import ClusterSettings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
@@ -255,7 +256,7 @@ async def test_workloadentry_spec_health_and_removal(
         return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
 
     def entry() -> Body | None:
-        return cluster.get(WLE, "mysqldb-vm-a", namespace)
+        return cluster.get(WLE, object_name("mysqldb", "vm-a", 4), namespace)
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         await vm.backend.sync([reg("198.18.9.1")])
@@ -308,8 +309,8 @@ async def test_externalworkload_spec_readiness_and_removal(
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
         return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
 
-    def workload(name: str = "mysqldb-vm-a") -> Body | None:
-        return cluster.get(EW, name, namespace)
+    def workload(family: int = 4) -> Body | None:
+        return cluster.get(EW, object_name("mysqldb", "vm-a", family), namespace)
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         both = [reg("198.18.9.1"), reg("fd00:198:18::1")]
@@ -323,7 +324,7 @@ async def test_externalworkload_spec_readiness_and_removal(
         }
         assert ew["metadata"]["labels"]["app"] == "mysqldb"
         assert ew["metadata"]["labels"]["vmesh.dev/vm"] == "vm-a"
-        v6 = workload("mysqldb-vm-a-v6")
+        v6 = workload(6)
         assert v6 is not None, "Linkerd takes one workload IP: the IPv6 address gets its own object"
         assert v6["spec"]["workloadIPs"] == [{"ip": "fd00:198:18::1"}]
         ready = condition(ew, "Ready")
@@ -334,7 +335,7 @@ async def test_externalworkload_spec_readiness_and_removal(
         assert svc["spec"]["selector"] == {"app": "mysqldb"}
 
         await vm.backend.sync([reg("198.18.9.1", ready=False)])
-        assert workload("mysqldb-vm-a-v6") is None, "the address that went is removed"
+        assert workload(6) is None, "the address that went is removed"
         sick = condition(workload(), "Ready")
         assert sick is not None
         assert (sick["status"], sick["reason"]) == ("False", "HealthCheckFailing")
@@ -347,3 +348,24 @@ async def test_externalworkload_spec_readiness_and_removal(
         await vm.backend.remove_all()
         assert workload() is None
         assert cluster.get("service", "mysqldb", namespace) is not None
+
+
+@pytest.mark.parametrize("kind", [WLE, EW])
+async def test_mesh_backends_register_the_advertised_address_not_the_lowest(
+    cluster: Cluster, namespace: str, settings: ClusterSettings, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """MySQL bound to two addresses of the VM; the agent advertises 198.18.9.5 (it comes first in `hostname -I`)."""
+    request.getfixturevalue("istio_crds" if kind == WLE else "linkerd_crds")
+    advertised = [ip_address("198.18.9.5"), ip_address("198.18.9.1")]
+
+    def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
+        if kind == WLE:
+            return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
+        return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
+
+    async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
+        await vm.backend.sync([reg("198.18.9.1"), reg("198.18.9.5")])
+        obj = cluster.get(kind, object_name("mysqldb", "vm-a", 4), namespace)
+        assert obj is not None
+        spec = obj["spec"]
+        assert (spec["address"] if kind == WLE else spec["workloadIPs"][0]["ip"]) == "198.18.9.5"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -24,7 +25,7 @@ OUTAGE = 12.0  # longer than a Lease + grace: without outage safety every VM wou
 
 
 def ready_slice(cluster: Cluster, namespace: str, vm: VM) -> dict[str, object] | None:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     endpoints = (s or {}).get("endpoints") or []
     if s and [e["addresses"] for e in endpoints] == [[vm.address]] and endpoints[0]["conditions"]["ready"]:
         return s

@@ -1,0 +1,63 @@
+"""One failing service does not keep the VM's other services out of the cluster (real kube-apiserver): a Service
+name the apiserver rejects (`3db` is an RFC 1123 label but not the DNS-1035 label a Service needs) fails alone,
+and its error is reported as that service's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from ipaddress import ip_address
+
+import pytest
+
+from agent.cluster.errors import Invalid
+from agent.cluster.kube import KubeClient
+from agent.cluster.objects import object_name
+from agent.config import ClusterSettings
+from agent.heartbeat import Heartbeat
+from agent.logs import get_logger
+from agent.state import Registration
+from agent.sync.backend import Backend
+from agent.sync.endpoints import EndpointsBackend
+from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.failures import ServiceFailures
+from agent.sync.workloadentry import WorkloadEntryBackend
+from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # noqa: F401 (fixtures)
+from tests.testbed.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+BACKENDS: dict[str, Callable[[KubeClient, str, str, Heartbeat], Backend]] = {
+    "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat, get_logger(vm=vm)),
+    "endpoints": lambda kube, ns, vm, beat: EndpointsBackend(kube, ns, vm, beat, get_logger(vm=vm)),
+    "workloadentry": lambda kube, ns, vm, beat: WorkloadEntryBackend(kube, ns, vm, beat, get_logger(vm=vm)),
+}
+WHERE = {"endpointslice": "endpointslice", "endpoints": "endpoints", "workloadentry": WLE}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+async def test_a_rejected_service_fails_alone(
+    cluster: Cluster, namespace: str, settings: ClusterSettings, backend: str,  # noqa: F811
+    request: pytest.FixtureRequest,
+) -> None:
+    if backend == "workloadentry":
+        request.getfixturevalue("istio_crds")
+    registrations = [Registration(name, 3306, "mysql", ip_address("198.18.8.1")) for name in ("3db", "mysqldb")]
+    async with fleet(settings, namespace, ["vm-a"],
+                     lambda kube, vm, beat: BACKENDS[backend](kube, namespace, vm, beat)) as [vm]:
+        with pytest.raises(ServiceFailures) as failed:
+            await vm.backend.sync(registrations)
+        assert list(failed.value.errors) == ["3db"], "sorted first, and the only one that failed"
+        assert isinstance(failed.value.errors["3db"], Invalid)
+        assert "service 3db: " in str(failed.value)
+        assert not failed.value.transient, "a rejected name is not retried like an unreachable apiserver"
+
+        name = "mysqldb" if backend == "endpoints" else object_name("mysqldb", "vm-a", 4)
+        held = cluster.get(WHERE[backend], name, namespace)
+        assert held is not None, "the other service is registered"
+        assert cluster.get("service", "mysqldb", namespace) is not None
+
+        # Dropping the broken one lets the sync succeed, and what was registered stays as it was.
+        await vm.backend.sync(registrations[1:])
+        again = cluster.get(WHERE[backend], name, namespace)
+        assert again is not None
+        assert again["metadata"]["resourceVersion"] == held["metadata"]["resourceVersion"]
