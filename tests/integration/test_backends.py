@@ -20,9 +20,10 @@ import pytest
 
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import object_name
-from agent.config import ClusterSettings
+from agent.config import ClusterSettings, Settings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
+from agent.oneshot import deregister
 from agent.state import Registration
 from agent.sync.backend import Backend
 from agent.sync.endpoints import EndpointsBackend
@@ -369,3 +370,20 @@ async def test_mesh_backends_register_the_advertised_address_not_the_lowest(
         assert obj is not None
         spec = obj["spec"]
         assert (spec["address"] if kind == WLE else spec["workloadIPs"][0]["ip"]) == "198.18.9.5"
+
+
+async def test_deregister_removes_a_mesh_vms_objects_through_its_backend_and_names_them(
+    cluster: Cluster, namespace: str, settings: ClusterSettings, istio_crds: None
+) -> None:
+    def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
+        return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
+
+    async with fleet(settings, namespace, ["vm-a", "vm-b"], make) as [a, b]:
+        await a.backend.sync([reg("198.18.9.1"), reg("fd00:198:18::1")])
+        await b.backend.sync([reg("198.18.9.2")])
+    config = Settings(vm_name="vm-a", namespace=namespace, backend="workloadentry", cluster=settings)
+    removed = await deregister(config)
+    names = [object_name("mysqldb", "vm-a", family) for family in (4, 6)]
+    assert sorted(removed) == sorted([*(f"workloadentry/{n}" for n in names), "lease/vmesh-vm-a"])
+    assert all(cluster.get(WLE, n, namespace) is None for n in names)
+    assert cluster.get(WLE, object_name("mysqldb", "vm-b", 4), namespace) is not None, "another VM's stays"
