@@ -291,18 +291,20 @@ class Agent:
     def status_line(self) -> str:
         """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
         rec = self.reconciler
-        if rec is not None and rec.last_error:
+        if rec is not None and rec.last_error and not rec.service_errors:
             return f"waiting for cluster: {rec.last_error}"[:200]
         if self.report is not None and self.report.addresses.address is None:
             return f"no VM address: {self.report.addresses.reason}"
-        ready = sorted({r.service for r in self.state.registrations if r.ready})
-        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready))
-        if not ready and not waiting:
+        failed = rec.service_errors if rec is not None else {}
+        ready = sorted({r.service for r in self.state.registrations if r.ready} - failed.keys())
+        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready) - failed.keys())
+        if not ready and not waiting and not failed:
             return "running; nothing to register"
         address = self.report.addresses.address if self.report else ""
         parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
         parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
-        return "; ".join(parts)
+        parts += [f"{name} not registered: {error}" for name, error in sorted(failed.items())]
+        return "; ".join(parts)[:200]
 
     def _report_status(self) -> None:
         line = self.status_line()

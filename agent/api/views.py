@@ -71,7 +71,8 @@ def status(agent: Agent) -> dict[str, Any]:
         },
         "cluster": {
             "server": agent.server,
-            "reachable": bool(rec and rec.last_success is not None and not rec.last_error),
+            # Only some services failing means the cluster answered (and refused those).
+            "reachable": bool(rec and (rec.service_errors or (rec.last_success is not None and not rec.last_error))),
             "last_error": rec.last_error if rec and rec.last_error else None,
         },
         "last_sync": {"at": _wall(rec.last_success if rec else None),

@@ -4,8 +4,10 @@ and its error is reported as that service's."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,8 @@ from agent.sync.failures import ServiceFailures
 from agent.sync.workloadentry import WorkloadEntryBackend
 from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # noqa: F401 (fixtures)
 from tests.testbed.cluster import Cluster
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -61,3 +65,47 @@ async def test_a_rejected_service_fails_alone(
         again = cluster.get(WHERE[backend], name, namespace)
         assert again is not None
         assert again["metadata"]["resourceVersion"] == held["metadata"]["resourceVersion"]
+
+
+def test_a_running_agent_registers_the_others_and_reports_the_failing_service_on_its_own(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """A declared service `api` whose slice name is taken by another VM's object, next to discovered MySQL:
+    mysqldb is registered, api is reported as not registered, with why, in `services` and `status`."""
+    vm = make_vm("a")
+    taken = object_name("api", vm.name, 4)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=f"""
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {taken}
+  labels: {{kubernetes.io/service-name: api, vmesh.dev/vm: another-vm}}
+addressType: IPv4
+endpoints: [{{addresses: [198.18.7.9]}}]
+""")
+    vm.start_mariadb(mariadb_template)
+    config = vm.write_config(namespace, cluster.token(namespace))
+    config.write_text(config.read_text() + '\n[[service]]\nname = "api"\nport = 8080\nprotocol = "tcp"\n')
+    vm.start_agent(config)
+
+    def mysqldb_ready() -> bool:
+        s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
+        return bool(s and [e["conditions"]["ready"] for e in s.get("endpoints") or []] == [True])
+
+    wait_until(mysqldb_ready, 20, "mysqldb registered although api fails")
+
+    def services() -> dict[str, dict[str, object]]:
+        return {s["name"]: s for s in json.loads(vm.cli("services", "--json").stdout)}
+
+    listed = wait_until(lambda: (found := services()) and found["mysqldb"]["registered"] and found, 10,
+                        "mysqldb reported registered")
+    assert listed["api"]["registered"] is False
+    assert "not this VM's" in str(listed["api"]["error"])
+    assert listed["mysqldb"]["error"] is None
+    human = vm.cli("services").stdout
+    assert "api  [sync failed: endpointslice" in human
+    status = json.loads(vm.cli("status", "--json").stdout)
+    assert status["cluster"]["reachable"] is True
+    failed = [line for line in vm.log_lines() if line.get("event") == "sync failed"]
+    assert failed and {line.get("service") for line in failed} == {"api"}, "one line, naming the service"
+    assert cluster.get("endpointslice", taken, namespace)["metadata"]["labels"]["vmesh.dev/vm"] == "another-vm"  # type: ignore[index]

@@ -87,7 +87,8 @@ def test_reload_sends_reloading_then_ready_and_keeps_the_old_config_when_invalid
     good = config.read_text()
     config.write_text(good + '\n[[service]]\nname = "billing"\nport = 3306\nprotocol = "tcp"\n')
     agent.send_signal(signal.SIGHUP)
-    wait_until(lambda: cluster.get("endpointslice", f"billing-{vm.name}", namespace), 10, "the new service")
+    billing = object_name("billing", vm.name, 4)
+    wait_until(lambda: cluster.get("endpointslice", billing, namespace), 10, "the new service")
     messages = systemd.drain()
     reloading = messages.index("RELOADING=1")
     assert "READY=1" in messages[reloading:]
@@ -102,4 +103,4 @@ def test_reload_sends_reloading_then_ready_and_keeps_the_old_config_when_invalid
                        "the rejection")
     assert "discovery.interval" in line["error"]
     assert agent.poll() is None
-    assert cluster.get("endpointslice", f"billing-{vm.name}", namespace) is not None
+    assert cluster.get("endpointslice", billing, namespace) is not None
