@@ -33,6 +33,7 @@ from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.backend import Backend
+from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
 from agent.sync.registry import make_backend
 from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
@@ -389,7 +390,10 @@ class Agent:
         backend, heartbeat = self.backend, self.heartbeat
         try:
             if registrations:
-                await retry_transient(lambda: backend.mark_terminating(registrations))
+                try:
+                    await retry_transient(lambda: backend.mark_terminating(registrations))
+                except ServiceFailures as exc:  # the services that could not be marked still go below
+                    self.log.warning("not every service could be marked terminating", error=str(exc))
             await retry_transient(backend.remove_all)
             await self.tasks.cancel("heartbeat")
             await retry_transient(heartbeat.release)

@@ -108,4 +108,9 @@ endpoints: [{{addresses: [198.18.7.9]}}]
     assert status["cluster"]["reachable"] is True
     failed = [line for line in vm.log_lines() if line.get("event") == "sync failed"]
     assert failed and {line.get("service") for line in failed} == {"api"}, "one line, naming the service"
+
+    # Stopping still removes what the VM registered (the failing service does not hold the rest up), and only that.
+    assert vm.stop_agent() == 0
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
+    assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
     assert cluster.get("endpointslice", taken, namespace)["metadata"]["labels"]["vmesh.dev/vm"] == "another-vm"  # type: ignore[index]
