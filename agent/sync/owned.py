@@ -107,10 +107,16 @@ class OwnedObjectsBackend(ABC):
         await self.sync(registrations, terminating=True)
 
     async def remove_all(self) -> list[str]:
-        removed = []
+        removed: list[str] = []
+        failures: dict[str, ClusterError] = {}
         for o in await self._own():
-            if await self._delete(o["metadata"]["name"], o):
-                removed.append(f"{self.KIND}/{o['metadata']['name']}")
+            name = o["metadata"]["name"]
+            try:
+                if await self._delete(name, o):
+                    removed.append(f"{self.KIND}/{name}")
+            except ClusterError as exc:  # the others still go
+                failures[str((o["metadata"].get("labels") or {}).get(self.SERVICE_LABEL, "")) or name] = exc
+        raise_failures(failures)
         return removed
 
     # --- one service ---------------------------------------------------------------------------------------------

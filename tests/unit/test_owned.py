@@ -63,3 +63,20 @@ async def test_an_old_object_goes_only_once_its_successor_exists() -> None:
     assert list(failed.value.errors) == ["api"]
     assert kube.created == [object_name("mysqldb", "a", 4)], "mysqldb synced although api failed"
     assert kube.deleted == ["mysqldb-a"], "api's old slice stays while api has no new one: no gap"
+
+
+async def test_removal_goes_on_past_an_object_that_cannot_be_deleted() -> None:
+    kube = OneServiceRefused("", held=["api-a", "mysqldb-a", "web-a"])
+    refused = kube.delete
+
+    async def delete(resource: Resource, namespace: str, name: str, *, resource_version: str = "") -> None:
+        if name == "mysqldb-a":
+            raise Forbidden("cannot delete endpointslices")
+        await refused(resource, namespace, name, resource_version=resource_version)
+
+    kube.delete = delete  # type: ignore[method-assign]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    with pytest.raises(ServiceFailures) as failed:
+        await backend.remove_all()
+    assert list(failed.value.errors) == ["mysqldb"]
+    assert kube.deleted == ["api-a", "web-a"]
