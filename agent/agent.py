@@ -33,6 +33,7 @@ from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.backend import Backend
+from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
 from agent.sync.registry import make_backend
 from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
@@ -126,7 +127,9 @@ class Agent:
         )
 
         def backend_for(vm: str) -> Backend:
-            return make_backend(s, sync_client, vm, heartbeat, self.log)
+            own = vm == s.vm_name
+            return make_backend(s, sync_client, vm, heartbeat, self.log,
+                                preferred=(lambda: self.state.preferred) if own else tuple)
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
@@ -244,8 +247,15 @@ class Agent:
             dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
             for r in self.tracked
         ]
-        if self.state.replace(desired) and self.reconciler:
+        if self.state.replace(desired, preferred=self._advertised_order()) and self.reconciler:
             self.reconciler.poke()
+
+    def _advertised_order(self) -> list[IPAddress]:
+        """The advertised address, then the other candidates in `hostname -I` order."""
+        if self.report is None:
+            return []
+        choice = self.report.addresses
+        return [*([choice.address] if choice.address else []), *(c.address for c in choice.candidates)]
 
     def check_settings(self, registration: Registration) -> CheckSettings:
         declared = next((svc for svc in self.settings.service
@@ -282,18 +292,20 @@ class Agent:
     def status_line(self) -> str:
         """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
         rec = self.reconciler
-        if rec is not None and rec.last_error:
+        if rec is not None and rec.last_error and not rec.service_errors:
             return f"waiting for cluster: {rec.last_error}"[:200]
         if self.report is not None and self.report.addresses.address is None:
             return f"no VM address: {self.report.addresses.reason}"
-        ready = sorted({r.service for r in self.state.registrations if r.ready})
-        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready))
-        if not ready and not waiting:
+        failed = rec.service_errors if rec is not None else {}
+        ready = sorted({r.service for r in self.state.registrations if r.ready} - failed.keys())
+        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready) - failed.keys())
+        if not ready and not waiting and not failed:
             return "running; nothing to register"
         address = self.report.addresses.address if self.report else ""
         parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
         parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
-        return "; ".join(parts)
+        parts += [f"{name} not registered: {error}" for name, error in sorted(failed.items())]
+        return "; ".join(parts)[:200]
 
     def _report_status(self) -> None:
         line = self.status_line()
@@ -378,7 +390,10 @@ class Agent:
         backend, heartbeat = self.backend, self.heartbeat
         try:
             if registrations:
-                await retry_transient(lambda: backend.mark_terminating(registrations))
+                try:
+                    await retry_transient(lambda: backend.mark_terminating(registrations))
+                except ServiceFailures as exc:  # the services that could not be marked still go below
+                    self.log.warning("not every service could be marked terminating", error=str(exc))
             await retry_transient(backend.remove_all)
             await self.tasks.cancel("heartbeat")
             await retry_transient(heartbeat.release)

@@ -21,6 +21,7 @@ import pymysql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.cluster.objects import object_name  # noqa: E402
 from tests.testbed.cluster import TESTCLUSTER, Cluster  # noqa: E402
 from tests.testbed.mariadb import RATINGS_USER, make_template  # noqa: E402
 from tests.testbed.vm import VM  # noqa: E402
@@ -56,12 +57,13 @@ def main() -> int:
             config = vm.write_config(NAMESPACE, cluster.token(NAMESPACE))
             started = time.monotonic()
             vm.start_agent(config)
-            wait_until(lambda: cluster.get("endpointslice", f"mysqldb-{vm.name}", NAMESPACE), 30, "registration")
+            name = object_name("mysqldb", vm.name, 4)
+            wait_until(lambda: cluster.get("endpointslice", name, NAMESPACE), 30, "registration")
             print(f"registered {time.monotonic() - started:.2f}s after `vmesh-agent run`")
             show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
 
             step("Reading the ratings through the registered endpoint, as the ratings service would")
-            s = cluster.get("endpointslice", f"mysqldb-{vm.name}", NAMESPACE)
+            s = cluster.get("endpointslice", name, NAMESPACE)
             assert s is not None
             address, port = s["endpoints"][0]["addresses"][0], s["ports"][0]["port"]
             conn = pymysql.connect(host=address, port=port, user=RATINGS_USER[0], password=RATINGS_USER[1],

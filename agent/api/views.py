@@ -71,7 +71,8 @@ def status(agent: Agent) -> dict[str, Any]:
         },
         "cluster": {
             "server": agent.server,
-            "reachable": bool(rec and rec.last_success is not None and not rec.last_error),
+            # Only some services failing means the cluster answered (and refused those).
+            "reachable": bool(rec and (rec.service_errors or (rec.last_success is not None and not rec.last_error))),
             "last_error": rec.last_error if rec and rec.last_error else None,
         },
         "last_sync": {"at": _wall(rec.last_success if rec else None),
@@ -133,10 +134,11 @@ def services(agent: Agent) -> list[dict[str, Any]]:
         })
     for name in agent.maintenance.reasons.keys() - by_name.keys():
         by_name[name] = []
+    rec = agent.reconciler
     return [
         {"name": name, "maintenance": agent.maintenance.reasons.get(name), "registrations": regs,
-         "registered": agent.reconciler is not None and agent.reconciler.last_success is not None
-         and not agent.reconciler.last_error}
+         "registered": rec is not None and rec.registered(name),
+         "error": rec.service_errors.get(name) if rec is not None else None}
         for name, regs in sorted(by_name.items())
     ]
 
