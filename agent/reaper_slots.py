@@ -11,8 +11,9 @@ The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection
 - writes are resourceVersion-checked, so of two agents taking a slot at once exactly one wins;
 - a holder that stops lets its slot go (holderIdentity "", as client-go's ReleaseOnCancel), so another
   agent takes it at its next look instead of after a duration.
-An agent holds at most one slot. Agents without a slot look at the slots every `check_interval` with one
-LIST, and watch nothing.
+The holder identity is the agent's per-boot one (agent.identity), as in the VM's own Lease: two agents with one
+vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot. Agents
+without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ class _Seen:
 class SlotObserver:
     """Pure bookkeeping: when each slot was last seen change, on an injected monotonic clock."""
 
-    def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic,
+                 earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
         self.identity = identity
         self.clock = clock
+        self._earlier_run = earlier_run  # whether a holder is an earlier run of this agent on this boot, now gone
         self._seen: dict[str, _Seen] = {}
 
     def takeable(self, lease: Body) -> bool:
@@ -74,7 +77,7 @@ class SlotObserver:
         seen = self._seen.get(name)
         if seen is None or seen.version != version:
             seen = self._seen[name] = _Seen(version, self.clock())  # a first sight counts as a renewal
-        if not holder or holder == self.identity:
+        if not holder or holder == self.identity or self._earlier_run(holder):
             return True
         duration = float(spec.get("leaseDurationSeconds") or 0)
         return self.clock() - seen.seen_at > duration
@@ -83,7 +86,8 @@ class SlotObserver:
 class ReaperSlots:
     def __init__(self, kube: KubeClient, namespace: str, identity: str, *, slots: int, duration: float,
                  renew_interval: float, check_interval: float, log: structlog.typing.FilteringBoundLogger,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
         self._kube = kube
         self.namespace = namespace
         self.identity = identity
@@ -93,7 +97,7 @@ class ReaperSlots:
         self.renew_deadline = max(renew_interval, self.duration_seconds * 2 / 3)  # client-go: 10 s of 15 s
         self.check_interval = check_interval
         self._log = log
-        self.observer = SlotObserver(identity, clock)
+        self.observer = SlotObserver(identity, clock, earlier_run)
         self._clock = clock
         self._wall_clock = wall_clock
         self._lease: Body | None = None  # the slot this agent holds, as last written
