@@ -35,7 +35,10 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never blocks the event loop: with the receiver's queue full (net.unix.max_dgram_qlen, 10 by
+                # default, when it reads slowly) a blocking send would stall every loop of the agent.
+                sock.setblocking(False)
                 sock.connect(self._address)
                 sock.sendall("\n".join(lines).encode())
         except OSError:
-            pass  # systemd gone or not listening: nothing useful to do about it
+            pass  # systemd gone, not listening or not keeping up: nothing useful to do about it

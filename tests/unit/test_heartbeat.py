@@ -263,3 +263,12 @@ def test_no_watchdog_ping_is_ever_sent_after_stopping(tmp_path: Path) -> None:
             except BlockingIOError:
                 break
     assert received == ["WATCHDOG=1", "STOPPING=1\nSTATUS=deregistering", "STATUS=draining"]
+
+
+def test_a_notify_socket_that_is_not_read_never_blocks_the_caller(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))  # and never read: its queue fills after a few datagrams
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        for _ in range(1000):
+            notifier.notify("STATUS=still here")
