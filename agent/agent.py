@@ -161,7 +161,8 @@ class Agent:
         self.slots = ReaperSlots(beat_client, s.namespace, str(self.identity), slots=s.reaper.slots,
                                  duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,
                                  check_interval=s.reaper.slot_check, log=self.log,
-                                 earlier_run=self.identity.earlier_run)
+                                 earlier_run=self.identity.earlier_run, eligible=lambda: heartbeat.held,
+                                 until_eligible=heartbeat.until_held)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
                                      log=self.log, on_done=self._report_status)
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),

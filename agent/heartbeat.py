@@ -82,6 +82,10 @@ class Heartbeat:
         """Whether this agent holds the Lease now (it created, adopted or took it, and has not lost it)."""
         return self._lease is not None
 
+    async def until_held(self) -> None:
+        """Return once this agent holds the Lease (at once if it does)."""
+        await self._acquired.wait()
+
     @property
     def conflict(self) -> str:
         """Why nothing is registered because another agent holds the Lease; empty when none does."""
@@ -155,6 +159,7 @@ class Heartbeat:
         """Someone deleted the Lease: make a new one. Needs self._lock."""
         self._log.warning("lease deleted by someone else; recreating it")
         self._lease = None
+        self._acquired.clear()
         await self._acquire_locked()
 
     async def _acquire_locked(self) -> None:
@@ -229,8 +234,8 @@ class Heartbeat:
         delay = self.interval
         while True:
             await asyncio.sleep(delay)
-            if self._lease is None and self._contest is None:
-                await self._acquired.wait()  # the sync creates it and reports why it cannot
+            if self.last_renewal is None and self._contest is None:
+                await self._acquired.wait()  # never held yet: the sync creates it and reports why it cannot
                 delay = self.interval
                 continue
             try:
@@ -272,6 +277,7 @@ class Heartbeat:
                     if _holder(current) != str(self.identity):
                         self._log.warning("lease not deleted: another agent holds it now", holder=_holder(current))
                         self._lease = None
+                        self._acquired.clear()
                         return
                     await self._kube.delete(LEASES, self.namespace, self.name, uid=meta["uid"],
                                             resource_version=current["metadata"].get("resourceVersion", ""))
@@ -279,6 +285,7 @@ class Heartbeat:
             except (NotFound, Conflict):
                 pass
             self._lease = None  # only once it is gone: a failed delete may be tried again
+            self._acquired.clear()
 
 
 def _holder(lease: Body) -> str:

@@ -24,7 +24,7 @@ import datetime
 import math
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,14 @@ class ReaperSlots:
     def __init__(self, kube: KubeClient, namespace: str, identity: str, *, slots: int, duration: float,
                  renew_interval: float, check_interval: float, log: structlog.typing.FilteringBoundLogger,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                 earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
+                 earlier_run: Callable[[str], bool] = lambda holder: False,
+                 eligible: Callable[[], bool] = lambda: True,
+                 until_eligible: Callable[[], Awaitable[None]] | None = None) -> None:
         self._kube = kube
+        # Whether this agent may hold a slot now: not while it does not hold its own Lease (another agent with
+        # its vm_name does), since then it reaps nothing and the slot would be lost to the fleet.
+        self._eligible = eligible
+        self._until_eligible = until_eligible
         self.namespace = namespace
         self.identity = identity
         self.slots = slots
@@ -114,7 +120,10 @@ class ReaperSlots:
         """Look for a slot until one is taken; run `work` while it is held; start over when it is lost."""
         await asyncio.sleep(random.uniform(0, min(FIRST_LOOK_SPREAD, self.check_interval)))
         while True:
-            if not await self._look():
+            if not self._eligible() and self._until_eligible is not None:
+                await self._until_eligible()
+                continue
+            if not self._eligible() or not await self._look():
                 await asyncio.sleep(jittered(self.check_interval))
                 continue
             task = asyncio.create_task(work(), name="reaper-work")
@@ -129,6 +138,9 @@ class ReaperSlots:
                 exc = task.exception()
                 self._log.error("reaping stopped unexpectedly; letting the slot go", slot=self.held,
                                 error=f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
+                await self.release()
+            elif not self._eligible():
+                self._log.warning("letting the reaper slot go: this agent does not hold its own lease", slot=self.held)
                 await self.release()
             self._lease = None
 
@@ -182,6 +194,8 @@ class ReaperSlots:
         while True:
             await asyncio.sleep(delay)
             assert self._lease is not None
+            if not self._eligible():
+                return
             name = str(self._lease["metadata"]["name"])
             lease = copy.deepcopy(self._lease)
             lease["spec"]["renewTime"] = micro_time(self._now())
