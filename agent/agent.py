@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import math
 import time
@@ -60,6 +61,7 @@ class Agent:
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self._state_changed = asyncio.Event()
         self.failure = ""
         self.report: DiscoveryReport | None = None
         self.maintenance = MaintenanceStore(settings.state_dir)
@@ -271,8 +273,10 @@ class Agent:
             dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
             for r in self.tracked
         ]
-        if self.state.replace(desired) and self.reconciler:
-            self.reconciler.poke()
+        if self.state.replace(desired):
+            self._state_changed.set()  # the drain follows health while the endpoints are terminating
+            if self.reconciler:
+                self.reconciler.poke()
 
     def check_settings(self, registration: Registration) -> CheckSettings:
         declared = next((svc for svc in self.settings.service
@@ -379,8 +383,8 @@ class Agent:
         self._stopped = True
         deadline = (self._stop_requested_at or time.monotonic()) + self.settings.sync.stop_deadline
         self.notifier.notify("STOPPING=1", "STATUS=deregistering")  # no WATCHDOG=1 after this (Notifier)
+        # Health checks go on through the drain (serving follows them); they stop once the clean-up is over.
         await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload")
-        await self.health.close()
         cleanup = asyncio.create_task(self._deregister(deadline), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:
@@ -393,6 +397,7 @@ class Agent:
             for task in (cleanup, forced):
                 task.cancel()
             await asyncio.gather(cleanup, forced, return_exceptions=True)
+            await self.health.close()
             await self.tasks.cancel()
             await self.api.stop()
             for client in self._clients:
@@ -421,13 +426,26 @@ class Agent:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 
     async def _remove_own_objects(self, backend: Backend, deadline: float) -> None:
-        """Mark terminating (serving as health last said), hold for the drain, remove."""
+        """Mark terminating, hold for the drain with `serving` following the health checks, remove."""
         registrations = self.state.registrations
         if registrations:
+            self._state_changed.clear()
             await retry_transient(lambda: backend.mark_terminating(registrations))
             drain = min(self.settings.sync.drain, deadline - CLOSE_RESERVE - time.monotonic())
             if drain > 0:
                 self.notifier.notify("STATUS=draining: endpoints marked terminating")
                 self.log.info("endpoints marked terminating; draining before removal", seconds=round(drain, 3))
-                await asyncio.sleep(drain)  # the drain itself: consumers move traffic away meanwhile
+                await self._drain(backend, time.monotonic() + drain)
         await retry_transient(backend.remove_all)
+
+    async def _drain(self, backend: Backend, until: float) -> None:
+        """Hold the terminating endpoints until `until`; a health change meanwhile is written (serving)."""
+        while (left := until - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._state_changed.wait()
+            except TimeoutError:
+                return
+            self._state_changed.clear()
+            if self.state.registrations:
+                await retry_transient(functools.partial(backend.mark_terminating, self.state.registrations))

@@ -145,3 +145,25 @@ def test_endpoints_stay_terminating_and_serving_for_the_drain_then_go(
     assert held >= drain - 0.3
     assert seen[-1][1] == "null", "removed after the drain"
     assert vm.agent.wait(timeout=10) == 0
+
+
+def test_serving_follows_health_during_the_drain(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """The database dies while the agent drains: consumers must not keep sending to a terminating endpoint
+    that cannot serve any more."""
+    vm = make_vm("a")
+    mariadb = vm.start_mariadb(mariadb_template)
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), sync={"drain": "5s", "stop_deadline": "8s"}))
+    wait_until(lambda: (c := slice_state(cluster, vm, namespace)) and c["ready"], 20, "a ready endpoint")
+    assert vm.agent is not None
+    vm.agent.send_signal(signal.SIGTERM)
+    wait_until(lambda: slice_state(cluster, vm, namespace) == {"ready": False, "serving": True, "terminating": True},
+               3, "terminating and serving")
+    mariadb.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: slice_state(cluster, vm, namespace) == {"ready": False, "serving": False, "terminating": True},
+               3, "terminating and no longer serving")
+    print(f"serving=false {time.monotonic() - killed:.2f}s after the database was killed, mid-drain")
+    assert vm.agent.wait(timeout=10) == 0
+    assert slice_state(cluster, vm, namespace) is None
