@@ -93,9 +93,9 @@ class Heartbeat:
         if c is None or self._lease is not None:
             return ""
         if c.renewed:
-            return (f"conflict: lease {self.name} is being renewed by another live agent ({c.holder}), a clone of "
-                    f"this VM or a second agent with vm_name {self.vm!r}; not registering until it stops "
-                    "(give each VM its own vm_name)")
+            # One line for STATUS= (at most 200 characters): who, the likely cause, what happens next.
+            return (f"conflict: lease {self.name} is renewed by another live agent ({c.holder}): a clone of this "
+                    f"VM or a second agent with vm_name {self.vm}; not registering until it stops")
         return (f"lease {self.name} is held by {c.holder}; not registering unless it goes unrenewed "
                 "for its duration")
 
