@@ -36,6 +36,8 @@ def health(agent: Agent) -> dict[str, Any]:
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
     beat = agent.heartbeat
+    if beat is not None and beat.conflict:  # another live agent holds this VM's Lease: nothing is registered
+        (critical if beat.conflict_confirmed else warning).append(beat.conflict)
     if beat is not None and beat.consecutive_failures:
         (critical if beat.consecutive_failures >= HEARTBEAT_CRITICAL_FAILURES else warning).append(
             f"heartbeat failing ({beat.consecutive_failures} in a row)")
@@ -79,7 +81,9 @@ def status(agent: Agent) -> dict[str, Any]:
                       "seconds_ago": _ago(rec.last_success if rec else None)},
         "last_heartbeat": {"at": _wall(beat.last_renewal if beat else None),
                            "seconds_ago": _ago(beat.last_renewal if beat else None),
-                           "lease": beat.name if beat else None},
+                           "lease": beat.name if beat else None,
+                           "holder": str(beat.identity) if beat else None,
+                           "conflict": (beat.conflict or None) if beat else None},
         "reaper": reaper_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
     }

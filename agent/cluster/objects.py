@@ -190,9 +190,9 @@ def micro_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime) -> Body:
-    """The VM's heartbeat Lease."""
-    return lease_body(lease_name(vm), namespace, vm, duration_seconds, now,
+def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime, holder: str = "") -> Body:
+    """The VM's heartbeat Lease, held by `holder` (agent.identity: VM, machine, boot and process)."""
+    return lease_body(lease_name(vm), namespace, holder or vm, duration_seconds, now,
                       labels={LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm})
 
 

@@ -41,7 +41,7 @@ def identities(cluster: Cluster, namespace: str) -> dict[str, str]:
 
 
 def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
-    return {o["metadata"]["name"]: o["spec"].get("holderIdentity") or ""
+    return {o["metadata"]["name"]: (o["spec"].get("holderIdentity") or "").split("/")[0]
             for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
 
 

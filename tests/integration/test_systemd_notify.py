@@ -46,8 +46,10 @@ def test_ready_status_watchdog_stopping_in_order(
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)),
-                   env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"})
+    # The stop lasts at least the drain, ten watchdog intervals: a ping sent while stopping cannot slip past
+    # the assertion below by luck of timing.
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), sync={"drain": "1s"}),
+                   env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"})
 
     wait_until(lambda: "READY=1" in systemd.drain(), 20, "READY=1")
     ready_at = systemd.messages.index("READY=1")
@@ -70,6 +72,7 @@ def test_ready_status_watchdog_stopping_in_order(
     stopping_at = messages.index("STOPPING=1")
     assert ready_at < stopping_at
     assert messages.index("STATUS=starting") < ready_at
+    assert "STATUS=draining: endpoints marked terminating" in messages[stopping_at:]
     assert "WATCHDOG=1" not in messages[stopping_at:], "no watchdog pings once stopping"
 
 
