@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -20,7 +21,7 @@ LEASE = 5.0  # the test bed's lease_duration; heartbeat.interval is 1 s
 
 
 def addresses(cluster: Cluster, namespace: str, vm_name: str) -> list[str]:
-    s = cluster.get("endpointslice", f"mysqldb-{vm_name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm_name, 4), namespace)
     return sorted(a for e in (s or {}).get("endpoints") or [] for a in e["addresses"])
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -115,7 +116,7 @@ def test_stopping_before_the_first_sync_creates_nothing_even_when_the_cluster_co
 
 
 def slice_state(cluster: Cluster, vm: VM, namespace: str) -> dict[str, bool] | None:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     return s["endpoints"][0]["conditions"] if s and s.get("endpoints") else None
 
 
