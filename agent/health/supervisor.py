@@ -21,6 +21,8 @@ from agent.state import Registration
 # Threads for blocking checks (pymysql logins) of one agent: bounded, and apart from the loop's default
 # executor, which aiohttp's DNS lookups use. A check still running keeps its thread; no second one starts.
 BLOCKING_CHECK_THREADS = 4
+# The first sync waits this long at most for first check results: a slow check must not hold up the Lease.
+FIRST_RESULTS_WAIT = 2.0
 
 
 @dataclass
@@ -50,7 +52,7 @@ class HealthSupervisor:
         return monitor is not None and monitor.status == "passing"
 
     async def first_results(self) -> None:
-        """Until each monitored registration has had its first check result (each is bounded by its timeout)."""
+        """Until each monitored registration has had its first check result, or FIRST_RESULTS_WAIT at most."""
         waiting = [w for w in self._watched.values() if not w.monitor.first_result.is_set()]
         if not waiting:
             return
@@ -58,7 +60,7 @@ class HealthSupervisor:
         waits = [asyncio.create_task(w.monitor.first_result.wait()) for w in waiting]
         try:
             # A monitor stopped meanwhile never answers: the timeout bounds the wait, it is not a failure.
-            await asyncio.wait(waits, timeout=longest + 0.5)
+            await asyncio.wait(waits, timeout=min(longest + 0.5, FIRST_RESULTS_WAIT))
         finally:
             for wait in waits:
                 wait.cancel()
