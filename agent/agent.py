@@ -79,6 +79,9 @@ class Agent:
         self.slots: ReaperSlots | None = None
         self.watcher: OwnObjectsWatcher | None = None
         self._scanner = Scanner(settings.discovery.probe_timeout)
+        # The discovery loop and a reload both run passes: one at a time, or the health monitors race.
+        self._discovery_lock = asyncio.Lock()
+        self._discovered = asyncio.Event()  # the first registrations are known (or the first pass found none)
         self._vanish = VanishTracker(settings.discovery.remove_after)
         self._clients: list[KubeClient] = []
         self._reported: dict[tuple[str, int], str] = {}
@@ -173,11 +176,11 @@ class Agent:
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
-        await self.discover_once()
+        self.tasks.spawn("discovery", self._discovery_loop())
+        await self._first_registrations()
         self.tasks.spawn("reconciler", self.reconciler.run())
         self.tasks.spawn("heartbeat", heartbeat.run())
         self.tasks.spawn("watch", self._watch_after_first_sync(self.reconciler, self.watcher))
-        self.tasks.spawn("discovery", self._discovery_loop())
         self.tasks.spawn("reload", self._reload_loop())
         if s.reaper.enabled:
             self.tasks.spawn("reaper", self.slots.run(self.reaper.run))
@@ -221,10 +224,24 @@ class Agent:
                 WatchTarget(SERVICES, service, on_fresh=compare),
                 WatchTarget(LEASES, lease, field_selector=f"metadata.name={heartbeat.name}")]
 
+    async def _first_registrations(self) -> None:
+        """Until the first sync may start: the first listeners are identified (a silent one does not hold up the
+        others) and their first health checks have answered, so a healthy service is written once, ready."""
+        stop = asyncio.create_task(self.should_exit.wait(), name="stop-requested")
+        try:
+            for step in (self._discovered.wait, self.health.first_results):
+                first = asyncio.create_task(step(), name="first-discovery")
+                await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)
+                first.cancel()
+                if stop.done():
+                    return
+        finally:
+            stop.cancel()
+
     async def _discovery_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.discovery.interval)
             await self.discover_once()
+            await asyncio.sleep(self.settings.discovery.interval)
 
     async def _watchdog_loop(self, interval: float) -> None:
         """WATCHDOG=1 only while every root task is alive: a wedged or dead loop gets the unit restarted."""
@@ -236,11 +253,40 @@ class Agent:
     # -- discovery → desired state ---------------------------------------------------------------------
 
     async def discover_once(self) -> None:
+        """One pass. The discovery loop and reload both call it; the lock makes them take turns."""
+        async with self._discovery_lock:
+            await self._discover_locked()
+        self._discovered.set()
+
+    async def _publish_early(self, partial: DiscoveryReport) -> None:
+        """A probe has just found a service to register: follow it now, not after the slowest probe of the pass.
+        Nothing is dropped here; the end of the pass decides what is gone."""
+        present = set(self.present)
+        new = [r for r in self._registrations(partial) if r not in present]
+        if not new:
+            return
+        self.present = [*self.present, *new]
+        self.tracked = self._vanish.update(self.present, self._local(partial))
+        await self.health.follow(self.present)
+        self._refresh_state()
+        self._discovered.set()
+
+    def _registrations(self, report: DiscoveryReport) -> list[Registration]:
+        found = [Registration(d.service, d.listener.port, d.protocol, d.address)
+                 for d in report.decisions if d.register and d.address is not None]
+        return found + self._static_registrations(report.addresses.address)
+
+    @staticmethod
+    def _local(report: DiscoveryReport) -> set[IPAddress]:
+        choice = report.addresses
+        return {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
+
+    async def _discover_locked(self) -> None:
         s = self.settings
         # With discovery off only the address is needed: no listener scan, no probes, no /proc walk.
         report = await self._scanner.discover(s.discovery.allow, address=s.address.address,
                                               interface=s.address.interface, cidr=s.address.cidr,
-                                              scan=s.discovery.enabled)
+                                              scan=s.discovery.enabled, on_progress=self._publish_early)
         choice = report.addresses
         if self.report is None or self.report.addresses.address != choice.address:
             log = self.log.info if choice.address else self.log.error
@@ -258,14 +304,9 @@ class Agent:
             self._log_decision(decision, report.process_of(decision.listener))
         listening = {(d.listener.address, d.listener.port) for d in report.decisions}
         self._reported = {k: v for k, v in self._reported.items() if k in listening}
-        seen = [
-            Registration(d.service, d.listener.port, d.protocol, d.address)
-            for d in report.decisions if d.register and d.address is not None
-        ]
-        seen += self._static_registrations(choice.address)
-        local = {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
+        seen = self._registrations(report)
         self.present = seen
-        self.tracked = self._vanish.update(seen, local)
+        self.tracked = self._vanish.update(seen, self._local(report))
         await self.health.follow(seen)
         self._refresh_state()
 
@@ -375,8 +416,9 @@ class Agent:
                 self.heartbeat.duration_seconds = max(1, math.ceil(new.heartbeat.lease_duration))
             if self.reconciler is not None:
                 self.reconciler.resync_interval = new.sync.resync_interval
-            await self.health.restart_changed()
-            await self.discover_once()
+            async with self._discovery_lock:
+                await self.health.restart_changed()
+                await self._discover_locked()
             self.log.info("config reloaded", path=self.config_path)
             return True
         finally:

@@ -22,6 +22,8 @@ from agent.health.credentials import load_credentials
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# RFC 1035 label, what the apiserver demands of a Service name: it must start with a letter ("3db" is refused).
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
 MAX_REAPER_SLOTS = 16
 PROTOCOLS = ("mysql", "postgres", "redis", "http", "tcp")
@@ -72,6 +74,14 @@ class CheckSettings:
         if self.type != "auto":
             return self.type
         return {"mysql": "mysql", "http": "http"}.get(protocol, "tcp")
+
+    def path_for(self, kind: str) -> str:
+        """With type "auto", `path` is for the http checks only; the other kinds ignore it."""
+        return self.path if kind == "http" else "/"
+
+    def credentials_for(self, kind: str) -> str:
+        """With type "auto", `credentials_file` is for the mysql checks only; the other kinds ignore it."""
+        return self.credentials_file if kind == "mysql" else ""
 
 
 @dataclass(frozen=True)
@@ -336,17 +346,16 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
     for protocol, name in s.discovery.allow.items():
         if protocol not in PROTOCOLS:
             raise ConfigError(f"discovery.allow.{protocol}", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
-        if not _DNS_LABEL.match(name):
-            raise ConfigError(f"discovery.allow.{protocol}", f"{name!r} is not a valid Service name")
+        _validate_service_name(f"discovery.allow.{protocol}", name)
     for i, svc in enumerate(s.service):
-        if not _DNS_LABEL.match(svc.name):
-            raise ConfigError(f"service[{i}].name", f"{svc.name!r} is not a valid Service name")
+        _validate_service_name(f"service[{i}].name", svc.name)
         if not 1 <= svc.port <= 65535:
             raise ConfigError(f"service[{i}].port", f"{svc.port} is not a TCP port (1-65535)")
         if svc.protocol not in PROTOCOLS:
             raise ConfigError(f"service[{i}].protocol", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
     discovery = dataclasses.replace(s.discovery, check=_validate_check("discovery.check", s.discovery.check, base_dir))
-    services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check, base_dir))
+    services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check, base_dir,
+                                                                    protocol=svc.protocol))
                      for i, svc in enumerate(s.service))
     if s.heartbeat.lease_duration <= s.heartbeat.interval:
         raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
@@ -375,10 +384,30 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
 CHECK_KINDS = ("auto", "tcp", "mysql", "http", "exec")
 
 
-def _validate_check(key: str, c: CheckSettings, base_dir: Path) -> CheckSettings:
-    """Check one check's settings; returns them with credentials_file made absolute."""
+def _validate_service_name(key: str, name: str) -> None:
+    """As the apiserver validates a Service's name (DNS-1035 label), so that no name is refused there forever."""
+    if _DNS_1035_LABEL.match(name):
+        return
+    if name and len(name) > 63:
+        raise ConfigError(key, f"{name!r} is not a valid Service name: longer than 63 characters")
+    raise ConfigError(key, f"{name!r} is not a valid Service name: use lowercase letters, digits and '-', "
+                           "starting with a letter and ending with a letter or digit (DNS-1035 label)")
+
+
+def _validate_check(key: str, c: CheckSettings, base_dir: Path, protocol: str = "") -> CheckSettings:
+    """Check one check's settings; returns them with credentials_file made absolute.
+
+    `protocol` is the declared service's; "" for discovery.check, whose "auto" type serves every protocol and
+    so applies `path` to http checks and `credentials_file` to mysql checks only.
+    """
     if c.type not in CHECK_KINDS:
         raise ConfigError(f"{key}.type", f"{c.type!r} is not one of {', '.join(CHECK_KINDS)}")
+    kind = c.kind_for(protocol) if protocol or c.type != "auto" else "auto"
+    what = f"a {protocol} service's check is {kind}" if c.type == "auto" else f"this check is {kind}"
+    if c.path != "/" and kind not in ("http", "auto"):
+        raise ConfigError(f"{key}.path", f"only applies to http checks; {what}")
+    if c.credentials_file and kind not in ("mysql", "auto"):
+        raise ConfigError(f"{key}.credentials_file", f"only applies to mysql checks; {what}")
     if c.rise < 1 or c.fall < 1:
         raise ConfigError(f"{key}.{'rise' if c.rise < 1 else 'fall'}", "must be at least 1")
     if c.type == "exec" and not c.command:
@@ -388,8 +417,6 @@ def _validate_check(key: str, c: CheckSettings, base_dir: Path) -> CheckSettings
     if not c.path.startswith("/"):
         raise ConfigError(f"{key}.path", f"{c.path!r} must start with '/'")
     if c.credentials_file:
-        if c.type not in ("mysql", "auto"):
-            raise ConfigError(f"{key}.credentials_file", "only applies to mysql checks")
         path = c.credentials_file if Path(c.credentials_file).is_absolute() else str(base_dir / c.credentials_file)
         try:
             load_credentials(path)

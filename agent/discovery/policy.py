@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from agent.discovery.addresses import IPAddress
@@ -23,14 +23,29 @@ class ListenerDecision:
     reason: str
 
 
+def is_reachable(listener: Listener, local: Collection[IPAddress] | None) -> bool:
+    """False for a socket bound to one specific address that is not the VM's (`local`; None: not known)."""
+    if local is None or listener.is_wildcard or listener.is_loopback:
+        return True
+    return ipaddress.ip_address(listener.address) in local
+
+
 def decide(
-    listener: Listener, protocol: str, allow: Mapping[str, str], advertised: IPAddress | None
+    listener: Listener, protocol: str, allow: Mapping[str, str], advertised: IPAddress | None,
+    *, local: Collection[IPAddress] | None = None, unsettled: str = "",
 ) -> ListenerDecision:
+    """`local`: the VM's addresses (`hostname -I`), None when not known; `unsettled`: why the probe could not
+    tell the protocol yet (it is tried again), "" when its answer is final."""
     service = allow.get(protocol, "")
 
     def skip(reason: str) -> ListenerDecision:
         return ListenerDecision(listener, protocol, False, service, None, reason)
 
+    if not is_reachable(listener, local):
+        # The kernel keeps a socket bound to an address that was removed from the VM; nothing reaches it there.
+        return skip(f"bound to {listener.address}, which is not an address of this VM (any more)")
+    if unsettled:
+        return skip(unsettled)
     if protocol == "unknown":
         return skip("protocol not recognised; declare it as a [[service]] to register it")
     if not service:

@@ -6,8 +6,25 @@ Only the processes the agent may inspect are seen (under systemd, its own user's
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from pathlib import Path
+
+
+class ProcessNames:
+    """Names per socket inode, remembered for the socket's life: /proc is walked only when a socket is new."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self._known: dict[int, str] = {}  # "" for a socket whose process could not be seen
+
+    def lookup(self, inodes: Iterable[int]) -> dict[int, str]:
+        live = {i for i in inodes if i}
+        self._known = {i: name for i, name in self._known.items() if i in live}
+        new = live - self._known.keys()
+        if new:
+            found = process_names(new, self._proc)
+            self._known.update({i: found.get(i, "") for i in new})
+        return {i: name for i, name in self._known.items() if name}
 
 
 def process_names(inodes: Collection[int], proc: Path = Path("/proc")) -> dict[int, str]:

@@ -1,25 +1,26 @@
 """One discovery pass: listeners, probes, addresses, and the policy's decisions.
 
-Probing: a server-speaks-first read (MySQL greeting, SSH banner) is tried on any port when MySQL is
-allowed, so MySQL on a non-standard port is found; protocols where the client speaks first (PostgreSQL,
-Redis, HTTP) are only probed on their well-known ports, so unknown services never receive foreign bytes.
-Results are cached per socket (address, port, inode): a restarted server is probed again.
+What each socket speaks is remembered (agent/discovery/probe_memory.py): a steady host costs one netlink dump.
+Each listener's decision is handed on as soon as its own probe has decided (`on_progress`), so a silent
+listener never holds up the registration of the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.discovery import addresses, listeners
 from agent.discovery.addresses import AddressChoice
+from agent.discovery.identify import Identity, identify
 from agent.discovery.listeners import Listener
-from agent.discovery.policy import WELL_KNOWN_PORTS, ListenerDecision, decide
-from agent.discovery.probes import banner, http, mysql, postgres, redis
-from agent.discovery.processes import process_names
+from agent.discovery.policy import ListenerDecision, decide, is_reachable
+from agent.discovery.probe_memory import ProbeMemory
+from agent.discovery.processes import ProcessNames
 
-Probe = Callable[[str, int, float], Awaitable[object | None]]
 MAX_CONCURRENT_PROBES = 32
 
 
@@ -33,54 +34,65 @@ class DiscoveryReport:
         return self.processes.get(listener.inode, "")
 
 
-# Protocols where the client speaks first, probed only on their well-known ports (policy.WELL_KNOWN_PORTS).
-CLIENT_FIRST_PROBES: dict[str, Probe] = {"postgres": postgres.probe, "redis": redis.probe, "http": http.probe}
+Progress = Callable[[DiscoveryReport], Awaitable[None]]
 
 
 class Scanner:
-    """Discovery with memory: probe results cached per socket, so a steady host costs one netlink dump."""
+    """Discovery with memory: probe results and process names cached per socket."""
 
-    def __init__(self, probe_timeout: float = 1.0) -> None:
+    def __init__(self, probe_timeout: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 proc: Path = Path("/proc")) -> None:
         self.probe_timeout = probe_timeout
-        self._cache: dict[Listener, str] = {}
+        self._memory = ProbeMemory(clock)
+        self._names = ProcessNames(proc)
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
 
-    async def identify(self, listener: Listener, allow: Mapping[str, str]) -> str:
-        if listener in self._cache:
-            return self._cache[listener]
+    async def _probe(self, listener: Listener, allow: Mapping[str, str]) -> tuple[Listener, Identity]:
         async with self._limit:
-            protocol = await self._identify(listener, allow)
-        self._cache[listener] = protocol
-        return protocol
-
-    async def _identify(self, listener: Listener, allow: Mapping[str, str]) -> str:
-        host = listener.address
-        if listener.is_wildcard:
-            host = "127.0.0.1" if ":" not in host else "::1"
-        well_known = WELL_KNOWN_PORTS.get(listener.port)
-        if well_known in CLIENT_FIRST_PROBES and well_known in allow:
-            if await CLIENT_FIRST_PROBES[well_known](host, listener.port, self.probe_timeout) is not None:
-                return well_known
-            return "unknown"
-        if "mysql" not in allow and well_known != "mysql":
-            return "unknown"  # nothing allowed speaks first here: do not even connect
-        greeting = await banner.read(host, listener.port, self.probe_timeout)
-        if mysql.parse_greeting(greeting) is not None:
-            return "mysql"
-        if banner.is_ssh(greeting):
-            return "ssh"
-        return "unknown"
+            identity = await identify(listener, allow, self.probe_timeout)
+        self._memory.record(listener, identity)
+        return listener, identity
 
     async def discover(self, allow: Mapping[str, str], *, address: str = "", interface: str = "",
-                       cidr: str = "", scan: bool = True) -> DiscoveryReport:
-        """The VM's address and, with `scan`, its listeners and what each one is."""
+                       cidr: str = "", scan: bool = True, on_progress: Progress | None = None) -> DiscoveryReport:
+        """The VM's address and, with `scan`, its listeners and what each one is.
+
+        `on_progress` is awaited with the decisions so far whenever a probe has just found a listener that is
+        to be registered; the returned report is the whole pass.
+        """
         choice = addresses.choose_address(addresses.address_candidates(), address=address, interface=interface,
                                           cidr=cidr)
+        local = {c.address for c in choice.candidates}
         found = listeners.scan_listeners() if scan else []
-        live = set(found)
-        self._cache = {k: v for k, v in self._cache.items() if k in live}
-        protocols = await asyncio.gather(*(self.identify(lst, allow) for lst in found))
-        decisions = tuple(decide(lst, proto, allow, choice.address)
-                          for lst, proto in zip(found, protocols, strict=True))
-        names = process_names([d.listener.inode for d in decisions])
-        return DiscoveryReport(choice, decisions, names)
+        self._memory.keep_only(found)
+        names = self._names.lookup(lst.inode for lst in found)
+        known: dict[Listener, Identity] = {}
+        due: list[Listener] = []
+        for lst in found:
+            recalled = self._memory.recall(lst)
+            if not is_reachable(lst, local):
+                known[lst] = Identity("unknown")  # not probed: decided by its address alone
+            elif recalled is None:
+                due.append(lst)
+            else:
+                known[lst] = recalled
+
+        def report() -> DiscoveryReport:
+            decisions = tuple(
+                decide(lst, known[lst].protocol, allow, choice.address, local=local, unsettled=known[lst].unsettled)
+                for lst in found if lst in known
+            )
+            return DiscoveryReport(choice, decisions, names)
+
+        probes = [asyncio.create_task(self._probe(lst, allow), name=f"probe:{lst.address}:{lst.port}")
+                  for lst in due]
+        try:
+            for next_done in asyncio.as_completed(probes):
+                lst, identity = await next_done
+                known[lst] = identity
+                if on_progress is not None and allow.get(identity.protocol) and not identity.unsettled:
+                    await on_progress(report())
+        finally:
+            for task in probes:  # cancelled mid-pass (the agent stops): no probe outlives the pass
+                task.cancel()
+        return report()

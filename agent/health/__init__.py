@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Sequence
 
-from agent.health.checks import Check, CheckResult, ExecCheck, HttpCheck, MysqlCheck, TcpCheck
+from agent.health.checks import BrokenCheck, Check, CheckResult, ExecCheck, HttpCheck, MysqlCheck, TcpCheck
 from agent.health.credentials import Credentials, CredentialsError, load_credentials
 from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
 
 KINDS = ("tcp", "mysql", "http", "exec")
 
 __all__ = [
-    "CRITICAL", "KINDS", "PASSING", "Check", "CheckResult", "Credentials", "CredentialsError", "HealthMonitor",
-    "Status", "build_check", "load_credentials",
+    "CRITICAL", "KINDS", "PASSING", "BrokenCheck", "Check", "CheckResult", "Credentials", "CredentialsError",
+    "HealthMonitor", "Status", "build_check", "load_credentials",
 ]
 
 
 def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = "/",
-                command: Sequence[str] = (), credentials_file: str = "") -> Check:
+                command: Sequence[str] = (), credentials_file: str = "",
+                executor: concurrent.futures.Executor | None = None) -> Check:
     """The check for one service; ValueError (one line) for an unknown kind or a missing/misplaced parameter.
 
-    A credentials file is read here, once, so that a bad one is reported at start-up (or on reload).
+    A credentials file is read here, once, so that a bad one is reported at start-up (or on reload). A mysql
+    login check runs pymysql in `executor` (its own one-thread executor when None).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown check type {kind!r}; use one of {', '.join(KINDS)}")
@@ -38,7 +41,7 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
         return TcpCheck(host, port, timeout=timeout)
     if kind == "mysql":
         credentials = load_credentials(credentials_file) if credentials_file else None
-        return MysqlCheck(host, port, timeout=timeout, credentials=credentials)
+        return MysqlCheck(host, port, timeout=timeout, credentials=credentials, executor=executor)
     if kind == "http":
         if not path.startswith("/"):
             raise ValueError(f"http check: path {path!r} must start with '/'")

@@ -7,6 +7,7 @@ short human `output`, so that the monitor only ever deals with results.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -88,6 +89,21 @@ async def timed(timeout: float, body: Callable[[], Awaitable[tuple[bool, str]]],
     return CheckResult(ok=ok, output=short(output), duration=time.monotonic() - started)
 
 
+class BrokenCheck:
+    """A check that could not be built (a setting that does not fit the service): it fails with the reason, so
+    that the service is reported not ready and why, while every other service goes on."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        self.kind = kind
+        self.problem = short(f"check cannot run: {problem}")
+
+    async def __call__(self) -> CheckResult:
+        return CheckResult(ok=False, output=self.problem, duration=0.0)
+
+    async def aclose(self) -> None:
+        pass
+
+
 class TcpCheck:
     kind = "tcp"
 
@@ -118,9 +134,16 @@ class MysqlCheck:
 
     kind = "mysql"
 
-    def __init__(self, host: str, port: int, *, timeout: float, credentials: Credentials | None = None) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float, credentials: Credentials | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._credentials = credentials
+        # pymysql blocks, so a login runs in a thread: in the given (bounded, shared by the checks) executor, or
+        # in one of its own, never in the loop's default one that aiohttp's DNS lookups need.
+        self._own_executor = executor is None and credentials is not None
+        self._executor = executor or (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vmesh-check")
+                                      if credentials is not None else None)
+        self._login_running: concurrent.futures.Future[tuple[bool, str]] | None = None
 
     def __repr__(self) -> str:
         return f"MysqlCheck({self.host!r}, {self.port}, timeout={self.timeout}, credentials={self._credentials!r})"
@@ -149,9 +172,13 @@ class MysqlCheck:
         return True, f"{describe_server(greeting.version)} greeting"
 
     async def _login(self) -> tuple[bool, str]:
-        # pymysql blocks: it runs in a thread. Should our timeout fire first, the thread still ends by itself
-        # within the socket timeouts given to pymysql, and closes its connection.
-        return await asyncio.to_thread(self._select_one)
+        # Should our timeout fire first, the thread still ends by itself within the socket timeouts given to
+        # pymysql, and closes its connection. Until it has, no second login is started beside it.
+        if self._login_running is not None and not self._login_running.done():
+            return False, "the previous login check is still running; not starting another"
+        assert self._executor is not None
+        self._login_running = self._executor.submit(self._select_one)
+        return await asyncio.wrap_future(self._login_running)
 
     def _select_one(self) -> tuple[bool, str]:
         assert self._credentials is not None
@@ -175,7 +202,8 @@ class MysqlCheck:
                 conn.close()
 
     async def aclose(self) -> None:
-        pass
+        if self._own_executor and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _mysql_error(exc: pymysql.err.MySQLError) -> str:

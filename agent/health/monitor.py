@@ -1,7 +1,7 @@
 """One service's health over time: a check run on an interval, with rise/fall thresholds against flapping.
 
 - Before any result the status is critical, as in Consul: an endpoint nobody has checked is not advertised
-  as ready.
+  as ready (not even on the word of discovery's probe).
 - The very first result decides at once (rise does not apply to it), so a healthy server is ready after one
   check rather than `rise` of them. After that, `fall` consecutive failures make a passing status critical
   and `rise` consecutive successes make a critical one passing again.
@@ -53,6 +53,7 @@ class HealthMonitor:
         self.consecutive_failures = 0
         self.checks = 0  # results so far
         self.failures = 0  # failing results so far
+        self.first_result = asyncio.Event()
 
     async def run(self) -> None:
         """Check forever (until cancelled)."""
@@ -77,6 +78,7 @@ class HealthMonitor:
         first = self.last_result is None
         self.last_result = result
         self.checks += 1
+        self.first_result.set()
         if result.ok:
             self.consecutive_successes += 1
             self.consecutive_failures = 0

@@ -594,7 +594,8 @@ def test_odd_maintenance_reason_shows_in_every_view(target: Target, reason: str)
                                      path.split("?")[0])}
         assert not bad, f"reason {reason!r}: {bad}; agent log: {api_failures_logged(target.vm)[before:]}"
         health = views["/v1/health"]
-        assert health.status_code in (429, 503)  # warning; critical if something else is wrong as well
+        # Maintenance is a warning (429), and nothing else here is critical: a 503 would be a bug.
+        assert (health.status_code, health.json()["status"]) == (429, "warning"), health.json()
         assert any(r.endswith(f"in maintenance: {reason}") for r in health.json()["reasons"]), health.json()
         assert views[f"/v1/services/{SERVICE}"].json()["maintenance"] == reason
     finally:
@@ -609,9 +610,16 @@ def test_agent_still_serves_and_mysqldb_is_out_of_maintenance(target: Target) ->
     """After all of the above: the agent answers, runs, and mysqldb is out of maintenance."""
     off = set_maintenance(target, False)
     assert off.status_code == 200 and off.json() == {"service": SERVICE, "maintenance": None}
-    health = target.session.get(f"{BASE_URL}/v1/health", timeout=10)
-    assert health.status_code in HEALTH and health.json()["status"] in ("passing", "warning", "critical")
-    assert not any("in maintenance" in reason for reason in health.json()["reasons"]), health.json()
+
+    def health() -> dict[str, Any]:
+        response = target.session.get(f"{BASE_URL}/v1/health", timeout=10)
+        found: dict[str, Any] = {"code": response.status_code, **response.json()}
+        return found
+
+    # Out of maintenance, MariaDB up, the cluster reachable: passing with no reason, as before the fuzzing
+    # (a sync that failed under the load shows as a warning until the next one succeeds).
+    wait_until(lambda: health()["status"] == "passing", 20, "health passing again")
+    assert (health()["code"], health()["reasons"]) == (200, []), health()
     assert target.vm.agent is not None and target.vm.agent.poll() is None, "the agent process died"
     service = target.session.get(f"{BASE_URL}/v1/services/{SERVICE}", timeout=10).json()
     assert service["maintenance"] is None

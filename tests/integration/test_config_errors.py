@@ -1,4 +1,4 @@
-"""30 malformed configs: each is one line naming the key (and its line), exit 78, nothing written to the cluster."""
+"""32 malformed configs: each is one line naming the key (and its line), exit 78, nothing written to the cluster."""
 
 from __future__ import annotations
 
@@ -55,14 +55,19 @@ CASES: list[tuple[str, Callable[[str, Path], str], str]] = [
     ("world-readable credentials", lambda c, d: c.replace("[discovery]",
      f'[discovery]\ncheck = {{ type = "mysql", credentials_file = "{d / "creds.toml"}" }}'),
      "discovery.check.credentials_file"),
+    ("service name starting with a digit",
+     lambda c, d: c.replace("[discovery]", '[discovery]\nallow = { mysql = "3db" }'),
+     "discovery.allow.mysql"),
+    ("http path on a mysql service's check", lambda c, d: c + '\n[[service]]\nname = "db"\nport = 3306\n'
+     'protocol = "mysql"\ncheck = { path = "/healthz" }\n', "service[0].check.path"),
     ("bad log format", lambda c, d: c.replace('format = "json"', 'format = "xml"'), "log.format"),
     ("bad externalworkload template", lambda c, d: c + '\n[externalworkload]\nidentity = "spiffe://{host}"\n',
      "externalworkload.identity"),
 ]
 
 
-def test_there_are_thirty() -> None:
-    assert len(CASES) == 30
+def test_there_are_thirty_two() -> None:
+    assert len(CASES) == 32
 
 
 @pytest.mark.parametrize(("name", "breaks", "key"), CASES, ids=[c[0] for c in CASES])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from tests.testbed.waiting import wait_until
 
 ONE_INTERVAL = 1.0  # discovery.interval in the VMs' test config
 SLACK = 4.0  # one discovery interval, plus a sync round trip and process scheduling on a 2-core machine
+REMOVE_AFTER = 3.0  # discovery.remove_after where a test waits for a vanished port to go
 
 
 def candidates(vm: VM) -> list[str]:
@@ -119,7 +123,8 @@ def test_mariadb_started_later_then_stopped_then_moved_to_another_port(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
     vm = make_vm("a")
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace),
+                                   discovery={"remove_after": f"{REMOVE_AFTER:g}s"}))
     lease = wait_until(lambda: cluster.get("lease", f"vmesh-{vm.name}", namespace), 20, "the agent's Lease")
     assert lease
     assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
@@ -141,7 +146,9 @@ def test_mariadb_started_later_then_stopped_then_moved_to_another_port(
             return []
         return sorted((p["port"], all(e["conditions"]["ready"] for e in s["endpoints"])) for p in s["ports"])
 
-    wait_until(lambda: 3307 in [p for p, _ in ports()], ONE_INTERVAL + SLACK, "the new port registered")
+    # The old port goes after remove_after; then the new one, checked and passing, is ready.
+    wait_until(lambda: ports() == [(3307, True)], REMOVE_AFTER + ONE_INTERVAL + SLACK,
+               "the old port removed and the new one ready")
     svc = cluster.get("service", "mysqldb", namespace)
     assert svc is not None
     assert 3307 in [p["port"] for p in svc["spec"]["ports"]]
@@ -179,3 +186,79 @@ def test_address_change_moves_the_registration(
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(new, True)], ONE_INTERVAL + SLACK,
                "the new address within one interval, the old one gone")
 
+
+
+def silent_listener(vm: VM, port: int) -> subprocess.Popen[bytes]:
+    """A socket that listens (the kernel completes every handshake) and never says a word, as a service where
+    the client speaks first does on a port the agent only reads a greeting from."""
+    code = (f"import socket, time; s = socket.create_server(('0.0.0.0', {port})); print('up', flush=True); "
+            "time.sleep(3600)")
+    proc = subprocess.Popen(["ip", "netns", "exec", vm.netns, sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    return proc
+
+
+def test_a_silent_listener_does_not_delay_the_others_registration(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    silent = silent_listener(vm, 9000)
+    probe_timeout = 8.0
+    try:
+        config = vm.write_config(namespace, cluster.token(namespace),
+                                 discovery={"probe_timeout": f"{probe_timeout:g}s"})
+        started = time.monotonic()
+        vm.start_agent(config)
+        wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, True)], probe_timeout + SLACK,
+                   "mysqldb ready")
+        took = time.monotonic() - started
+        print(f"mysqldb ready {took:.2f}s after the agent was started, beside a listener silent for {probe_timeout:g}s")
+        assert took < probe_timeout / 2  # process start and imports included; waiting for the probe took >= 8 s
+    finally:
+        silent.kill()
+        silent.wait()
+        assert silent.stdout is not None
+        silent.stdout.close()
+
+
+def test_mariadb_that_greets_only_after_the_probe_timeout_is_registered_once_it_does(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """Busy at boot: the socket listens but the greeting comes late. Silence is not an answer."""
+    vm = make_vm("a")
+    db = vm.start_mariadb(mariadb_template)
+    db.pause()
+    try:
+        vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+        skipped = vm.wait_log(lambda line: line.get("event") == "listener skipped"
+                              and line.get("listener") == "0.0.0.0:3306", 20, "the silent MariaDB skipped")
+        assert skipped["reason"] == "no greeting within 1 s; will retry"
+        _, report = vm.discover()
+        assert listener(report, 3306)["reason"] == "no greeting within 1 s; will retry"
+    finally:
+        db.resume()
+    # Re-probed at the agent's next look (after 1 s, doubling): registered once the greeting comes.
+    wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, True)], 4 * ONE_INTERVAL + SLACK,
+               "registration once MariaDB greets")
+
+
+def test_a_listener_on_an_address_that_left_the_vm_is_unregistered(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    extra = vm.address.rsplit(".", 1)[0] + "." + str((int(vm.address.rsplit(".", 1)[1]) + 50) % 250 + 2)
+    vm.ip("addr", "add", f"{extra}/16", "dev", "eth0")
+    vm.start_mariadb(mariadb_template, bind=extra)
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(extra, True)], 20, "registration at the address")
+
+    vm.ip("addr", "del", f"{extra}/16", "dev", "eth0")
+    assert f"{extra}:3306" in vm.exec("ss", "-ltnH").stdout  # the kernel keeps the socket listening there
+    name = object_name("mysqldb", vm.name, 4)
+    wait_until(lambda: cluster.get("endpointslice", name, namespace) is None, ONE_INTERVAL + SLACK,
+               "the registration removed with its address")
+    _, report = vm.discover()
+    entry = listener(report, 3306)
+    assert entry["decision"] == "skip"
+    assert entry["reason"] == f"bound to {extra}, which is not an address of this VM (any more)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -97,6 +99,40 @@ async def test_mysql_checks_fail_fast_on_a_closed_port(tmp_path: Path, checks: l
     assert not result.ok
     assert result.output.startswith("2003: Can't connect to MySQL server"), result
     assert RATINGS_USER[1] not in result.output
+
+
+class DefaultExecutorWatch(concurrent.futures.ThreadPoolExecutor):
+    """Stands in for the loop's default executor (aiohttp's DNS lookups run there) and counts what it ran."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.used = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.used += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_hung_login_is_not_joined_by_another_and_never_runs_in_the_default_executor(
+    mariadb: MariaDB, tmp_path: Path, checks: list[Check]
+) -> None:
+    default = DefaultExecutorWatch()
+    asyncio.get_running_loop().set_default_executor(default)
+    check = build_check("mysql", LOOPBACK, mariadb.port, timeout=0.5,
+                        credentials_file=credentials_file(tmp_path, *RATINGS_USER))
+    checks.append(check)
+    assert (await check()).ok
+    mariadb.pause()  # connections are accepted by the kernel, the handshake never comes: pymysql blocks
+    try:
+        first, second = await asyncio.gather(check(), check())
+    finally:
+        mariadb.resume()
+    assert (first.ok, first.output) == (False, "timed out after 0.5s"), first
+    assert (second.ok, second.output) == (False, "the previous login check is still running; not starting another")
+    assert default.used == 0
+    wait_until(lambda: check._login_running is not None and check._login_running.done(), 5,  # type: ignore[attr-defined]
+               "the hung login to end by its own socket timeout")
+    assert (await check()).ok
 
 
 @pytest.mark.parametrize("login", [False, True], ids=["greeting", "login"])

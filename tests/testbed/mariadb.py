@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -81,10 +82,31 @@ class MariaDB:
             except OSError:
                 return False
 
+    def pause(self) -> None:
+        """SIGSTOP: the socket still listens and the kernel still accepts, but no greeting comes (a busy server)."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)  # `ip netns exec` execs mariadbd: same pid
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+
+    def run_sql(self, *statements: str) -> None:
+        """As root over the unix socket (the accounts TCP clients see are the ones the tests change)."""
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root")
+        try:
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self._proc is None:
             return
         if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)  # a paused server would never act on the signal
             self._proc.send_signal(sig)
             self._proc.wait(timeout=30)
         self._proc = None

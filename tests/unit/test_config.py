@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_settings, parse_settings
+from agent.config import ConfigError, Settings, load_settings, parse_settings
 
 BASE = """
 vm_name = "vm-a"
@@ -92,3 +92,47 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     token.write_text("t")
     settings = parse_settings(text.replace("/etc/vmesh-agent/token", str(token)))
     assert settings.namespace == "vm"
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('[discovery]\nallow = { mysql = "3db" }', "discovery.allow.mysql"),
+    ('[[service]]\nname = "3db"\nport = 3306', "service[0].name"),
+    ('[[service]]\nname = "-db"\nport = 3306', "service[0].name"),
+    ('[[service]]\nname = "' + "a" * 64 + '"\nport = 3306', "service[0].name"),
+])
+def test_service_names_are_dns_1035_labels_as_the_apiserver_demands(token: Path, extra: str, key: str) -> None:
+    # "3db" is a valid RFC 1123 label (a VM name may be one) but the apiserver refuses it as a Service name.
+    with pytest.raises(ConfigError) as err:
+        parse(token, extra)
+    assert err.value.key == key
+    assert "not a valid Service name" in str(err.value)
+
+
+def test_a_vm_name_may_start_with_a_digit(token: Path) -> None:
+    assert parse_settings(BASE.format(token=token).replace('"vm-a"', '"3vm"')).vm_name == "3vm"
+
+
+def test_auto_check_settings_for_some_protocols_apply_where_they_fit(token: Path) -> None:
+    s = parse(token, '[discovery]\nallow = { mysql = "mysqldb", http = "web" }\n'
+                     'check = { type = "auto", path = "/healthz" }')
+    assert isinstance(s, Settings)
+    check = s.discovery.check
+    assert (check.kind_for("http"), check.path_for("http")) == ("http", "/healthz")
+    assert (check.kind_for("mysql"), check.path_for("mysql")) == ("mysql", "/")
+
+
+@pytest.mark.parametrize(("extra", "key", "words"), [
+    ('[[service]]\nname = "db"\nport = 3306\nprotocol = "mysql"\ncheck = { path = "/healthz" }',
+     "service[0].check.path", "only applies to http checks; a mysql service's check is mysql"),
+    ('[[service]]\nname = "db"\nport = 1\ncheck = { type = "tcp", path = "/healthz" }',
+     "service[0].check.path", "only applies to http checks; this check is tcp"),
+    ('[discovery]\ncheck = { type = "tcp", path = "/healthz" }', "discovery.check.path", "only applies to http"),
+    ('[[service]]\nname = "web"\nport = 80\nprotocol = "http"\ncheck = { credentials_file = "/x" }',
+     "service[0].check.credentials_file", "only applies to mysql checks; a http service's check is http"),
+])
+def test_a_check_setting_that_cannot_apply_is_refused_naming_the_key(token: Path, extra: str, key: str,
+                                                                    words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(token, extra)
+    assert err.value.key == key
+    assert words in str(err.value)

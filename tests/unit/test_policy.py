@@ -28,3 +28,17 @@ def test_unknown_and_not_allowed_are_never_registered() -> None:
     assert not decide(Listener("0.0.0.0", 22), "unknown", ALLOW, VM).register
     assert not decide(Listener("0.0.0.0", 6379), "redis", ALLOW, VM).register
     assert not decide(Listener("0.0.0.0", 3306), "mysql", ALLOW, None).register
+
+
+def test_a_specific_address_that_is_not_the_vms_is_skipped_saying_so() -> None:
+    local = {VM, ip_address("10.0.0.7")}
+    assert decide(Listener("10.0.0.7", 3306), "mysql", ALLOW, VM, local=local).register
+    d = decide(Listener("10.0.0.8", 3306), "mysql", ALLOW, VM, local=local)
+    assert not d.register
+    assert d.reason == "bound to 10.0.0.8, which is not an address of this VM (any more)"
+    assert decide(Listener("0.0.0.0", 3306), "mysql", ALLOW, VM, local=local).register
+
+
+def test_an_unsettled_probe_says_why_and_registers_nothing() -> None:
+    d = decide(Listener("0.0.0.0", 3306), "unknown", ALLOW, VM, unsettled="no greeting within 1 s; will retry")
+    assert (d.register, d.reason) == (False, "no greeting within 1 s; will retry")

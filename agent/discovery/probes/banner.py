@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 MAX_BANNER = 512
 
 
-async def exchange(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> bytes:
+@dataclass(frozen=True)
+class Answer:
+    data: bytes
+    # Why nothing came, when nothing did: "timeout" (silent), "closed" (hung up without a word) or "refused".
+    silence: str = ""
+
+
+async def converse(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> Answer:
     """Send `request` (nothing for server-speaks-first protocols) and return at most `limit` bytes of the
-    reply, or b"" on timeout, refusal or silence. Never raises."""
+    reply, or why there was none. Never raises."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
@@ -17,11 +25,21 @@ async def exchange(host: str, port: int, timeout: float, request: bytes = b"", l
                 if request:
                     writer.write(request)
                     await writer.drain()
-                return await reader.read(limit)
+                data = await reader.read(limit)
+                return Answer(data, "" if data else "closed")
             finally:
                 writer.close()
-    except (OSError, TimeoutError):
-        return b""
+    except TimeoutError:  # before OSError: TimeoutError is one
+        return Answer(b"", "timeout")
+    except ConnectionRefusedError:
+        return Answer(b"", "refused")
+    except OSError:  # reset, unreachable
+        return Answer(b"", "closed")
+
+
+async def exchange(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> bytes:
+    """What `converse` got: b"" on timeout, refusal or silence."""
+    return (await converse(host, port, timeout, request, limit)).data
 
 
 async def read(host: str, port: int, timeout: float) -> bytes:

@@ -1,0 +1,62 @@
+"""What one listener speaks, found by one probe; silence is never taken for an answer.
+
+A server-speaks-first read (MySQL greeting, SSH banner) is tried on any port when MySQL is allowed, so MySQL
+on a non-standard port is found; protocols where the client speaks first (PostgreSQL, Redis, HTTP) are only
+probed on their well-known ports, so unknown services never receive foreign bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from agent.discovery.listeners import Listener
+from agent.discovery.policy import WELL_KNOWN_PORTS
+from agent.discovery.probes import banner, http, mysql, postgres, redis
+
+
+@dataclass(frozen=True)
+class Identity:
+    protocol: str  # "mysql", "postgres", "redis", "http", "ssh" or "unknown"
+    # Why the probe could not tell, when it could not (no answer: busy, or still starting): it is tried again.
+    unsettled: str = ""
+
+
+# Protocols where the client speaks first: (request, bytes to read at most, parser of the reply).
+CLIENT_FIRST: dict[str, tuple[bytes, int, Callable[[bytes], object | None]]] = {
+    "postgres": (postgres.SSL_REQUEST, postgres.MAX_ANSWER, postgres.parse_ssl_response),
+    "redis": (redis.PING, redis.MAX_REPLY, redis.parse_ping_reply),
+    "http": (http.REQUEST, http.MAX_RESPONSE, http.parse_response),
+}
+
+
+async def identify(listener: Listener, allow: Mapping[str, str], timeout: float) -> Identity:
+    host = listener.address
+    if listener.is_wildcard:
+        host = "127.0.0.1" if ":" not in host else "::1"
+    well_known = WELL_KNOWN_PORTS.get(listener.port)
+    if well_known in CLIENT_FIRST and well_known in allow:
+        request, limit, parse = CLIENT_FIRST[well_known]
+        answer = await banner.converse(host, listener.port, timeout, request, limit)
+        if parse(answer.data) is not None:
+            return Identity(well_known)
+        return _unrecognised(answer, f"no answer to the {well_known} probe", timeout)
+    if "mysql" not in allow and well_known != "mysql":
+        return Identity("unknown")  # nothing allowed speaks first here: do not even connect
+    answer = await banner.converse(host, listener.port, timeout)
+    if mysql.parse_greeting(answer.data) is not None:
+        return Identity("mysql")
+    if banner.is_ssh(answer.data):
+        return Identity("ssh")
+    return _unrecognised(answer, "no greeting", timeout)
+
+
+def _unrecognised(answer: banner.Answer, nothing: str, timeout: float) -> Identity:
+    """An answer that is not the protocol is final; no answer at all is not."""
+    if answer.data:
+        return Identity("unknown")
+    if answer.silence == "timeout":
+        return Identity("unknown", f"{nothing} within {timeout:g} s; will retry")
+    if answer.silence == "refused":
+        return Identity("unknown", "connection refused; will retry")
+    return Identity("unknown", f"{nothing}: the connection was closed; will retry")

@@ -1,0 +1,47 @@
+"""What each listening socket was found to be: definite answers are kept for the socket's life, silence is
+asked again after a doubling delay (a MariaDB busy at boot answers later; a silent service costs little)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+
+from agent.discovery.identify import Identity
+from agent.discovery.listeners import Listener
+
+RETRY_FIRST = 1.0  # seconds after the first silence; then doubling
+RETRY_CAP = 300.0
+
+
+class ProbeMemory:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, first: float = RETRY_FIRST,
+                 cap: float = RETRY_CAP) -> None:
+        self._clock = clock
+        self._first, self._cap = first, cap
+        self._settled: dict[Listener, Identity] = {}
+        self._unsettled: dict[Listener, tuple[Identity, float, int]] = {}  # last answer, retry due, silences
+
+    def recall(self, listener: Listener) -> Identity | None:
+        """The identity to use without probing, or None when the listener is due for a probe."""
+        if listener in self._settled:
+            return self._settled[listener]
+        if listener in self._unsettled:
+            identity, due, _ = self._unsettled[listener]
+            if self._clock() < due:
+                return identity
+        return None
+
+    def record(self, listener: Listener, identity: Identity) -> None:
+        if not identity.unsettled:
+            self._settled[listener] = identity
+            self._unsettled.pop(listener, None)
+            return
+        silences = self._unsettled[listener][2] + 1 if listener in self._unsettled else 1
+        delay = min(self._cap, self._first * 2.0 ** (silences - 1))
+        self._unsettled[listener] = (identity, self._clock() + delay, silences)
+
+    def keep_only(self, live: Collection[Listener]) -> None:
+        """Forget sockets that are gone: a restarted server (new inode) is probed afresh."""
+        alive = set(live)
+        self._settled = {k: v for k, v in self._settled.items() if k in alive}
+        self._unsettled = {k: v for k, v in self._unsettled.items() if k in alive}

@@ -1,0 +1,51 @@
+"""Which listeners are probed again: definite answers are kept, silence is retried with a doubling delay."""
+
+from __future__ import annotations
+
+from agent.discovery.identify import Identity
+from agent.discovery.listeners import Listener
+from agent.discovery.probe_memory import ProbeMemory
+
+MARIADB = Listener("0.0.0.0", 3306, inode=7)
+SILENT = Identity("unknown", "no greeting within 1 s; will retry")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_definite_answer_is_kept_for_the_sockets_life() -> None:
+    memory = ProbeMemory(Clock())
+    assert memory.recall(MARIADB) is None
+    memory.record(MARIADB, Identity("mysql"))
+    assert memory.recall(MARIADB) == Identity("mysql")
+    memory.record(Listener("0.0.0.0", 22, 8), Identity("unknown"))  # answered, but not a protocol we know
+    assert memory.recall(Listener("0.0.0.0", 22, 8)) == Identity("unknown")
+
+
+def test_silence_is_probed_again_after_a_doubling_delay() -> None:
+    clock = Clock()
+    memory = ProbeMemory(clock, first=1.0, cap=4.0)
+    due_after = []
+    for _ in range(5):
+        memory.record(MARIADB, SILENT)
+        start = clock.now
+        while memory.recall(MARIADB) is not None:
+            assert memory.recall(MARIADB) == SILENT  # until due, the last (unsettled) answer stands
+            clock.now += 0.5
+        due_after.append(clock.now - start)
+    assert due_after == [1.0, 2.0, 4.0, 4.0, 4.0]
+    memory.record(MARIADB, Identity("mysql"))  # MariaDB finished starting
+    clock.now += 1000
+    assert memory.recall(MARIADB) == Identity("mysql")
+
+
+def test_a_socket_that_is_gone_is_forgotten() -> None:
+    memory = ProbeMemory(Clock())
+    memory.record(MARIADB, Identity("mysql"))
+    memory.keep_only([Listener("0.0.0.0", 3306, inode=9)])  # restarted: a new socket
+    assert memory.recall(MARIADB) is None
