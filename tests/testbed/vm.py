@@ -45,6 +45,18 @@ def ensure_bridge(gateway: str) -> None:
     sh("ip", "link", "set", BRIDGE, "up")
 
 
+def add_netns(netns: str, host_if: str, address: str, gateway: str) -> None:
+    """A network namespace whose eth0 (a veth, the other end `host_if` on the bridge) has `address`, routed
+    through the gateway."""
+    ensure_bridge(gateway)
+    sh("ip", "netns", "add", netns)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    sh("ip", "link", "set", host_if, "master", BRIDGE, "up")
+    for args in (("addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0"), ("link", "set", "eth0", "up"),
+                 ("link", "set", "lo", "up"), ("route", "add", "default", "via", gateway)):
+        sh("ip", "-n", netns, *args)
+
+
 def next_address() -> str:
     """A fresh address, 198.18.1.1 upwards (the gateway's 198.18.0.x skipped), never one handed out before in
     this process: two VMs on one address fight over ARP and lose packets."""
@@ -75,15 +87,7 @@ class VM:
         self.mariadb: MariaDB | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = self.workdir / "agent.log"
-        gateway = cluster.env["GATEWAY"]
-        ensure_bridge(gateway)
-        sh("ip", "netns", "add", self.netns)
-        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
-        sh("ip", "link", "set", self.host_if, "master", BRIDGE, "up")
-        self.ip("addr", "add", f"{self.address}/{PREFIX_LEN}", "dev", "eth0")
-        self.ip("link", "set", "eth0", "up")
-        self.ip("link", "set", "lo", "up")
-        self.ip("route", "add", "default", "via", gateway)
+        add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"])
 
     def __enter__(self) -> VM:
         return self
