@@ -65,6 +65,7 @@ class Node:
         self.address = next_address()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.resolv_dir = Path("/etc/netns") / self.netns
+        self.search_namespace = search_namespace
         bins = node_binaries()
         try:
             add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"])
