@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import math
 import time
@@ -26,6 +27,7 @@ from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.health.supervisor import HealthSupervisor
 from agent.heartbeat import Heartbeat
+from agent.identity import read_identity
 from agent.logs import get_logger
 from agent.maintenance import MaintenanceStore
 from agent.reaper import Reaper
@@ -33,6 +35,7 @@ from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.sync.backend import Backend
+from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
 from agent.sync.registry import make_backend
 from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
@@ -41,6 +44,7 @@ from agent.tasks import TaskGroup
 Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
+CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and the cluster connections
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
 RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir", "reaper", "log",
                 "endpoints", "workloadentry", "externalworkload")
@@ -58,6 +62,7 @@ class Agent:
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self._state_changed = asyncio.Event()
         self.failure = ""
         self.report: DiscoveryReport | None = None
         self.maintenance = MaintenanceStore(settings.state_dir)
@@ -79,9 +84,12 @@ class Agent:
         self._reported: dict[tuple[str, int], str] = {}
         self._last_status = ""
         self._stopped = False
+        self._stop_requested_at: float | None = None  # monotonic: the stop deadline counts from the signal
+        self.identity = read_identity(settings.vm_name)
 
     def _fail(self, why: str) -> None:
         self.failure = self.failure or why
+        self._stop_requested_at = self._stop_requested_at or time.monotonic()
         self.should_exit.set()
 
     # -- what signal handlers call: they only set flags ------------------------------------------------
@@ -90,6 +98,7 @@ class Agent:
         """The first call asks for a graceful stop, a second forces it."""
         if self.should_exit.is_set():
             self.force_exit.set()
+        self._stop_requested_at = self._stop_requested_at or time.monotonic()
         self.should_exit.set()
 
     def request_reload(self) -> None:
@@ -100,14 +109,33 @@ class Agent:
     async def run(self) -> int:
         """Start, serve until asked to stop, stop. Returns the process exit code."""
         try:
-            await self.start()
-            await self.should_exit.wait()
+            if await self._start_unless_stopped():
+                await self.should_exit.wait()
         except (OSError, ClusterError) as exc:  # e.g. the socket is another agent's, a kubeconfig is unusable
             self.log.error("cannot start", error=str(exc))
             self.failure = f"cannot start: {exc}"
         finally:
             await asyncio.shield(self.stop())
         return EXIT_FAILED if self.failure else EXIT_OK
+
+    async def _start_unless_stopped(self) -> bool:
+        """start(), cut short by a stop request (with the cluster unreachable the first sync alone may take a
+        request timeout). True when it finished; its errors are raised."""
+        starting = asyncio.create_task(self.start(), name="start")
+        stop = asyncio.create_task(self.should_exit.wait(), name="stop-requested")
+        try:
+            await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (starting, stop):
+                task.cancel()
+            await asyncio.gather(starting, stop, return_exceptions=True)
+        if starting.cancelled():
+            self.log.info("start cut short by a stop request")
+            return False
+        exc = starting.exception()
+        if exc is not None:
+            raise exc
+        return True
 
     async def start(self) -> None:
         s = self.settings
@@ -122,20 +150,24 @@ class Agent:
             beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
             lease_duration=s.heartbeat.lease_duration, log=self.log,
             wall_clock=lambda: time.time() + self.settings.heartbeat.wall_clock_offset,
-            on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None,
+            on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None, identity=self.identity,
         )
 
         def backend_for(vm: str) -> Backend:
-            return make_backend(s, sync_client, vm, heartbeat, self.log)
+            own = vm == s.vm_name
+            return make_backend(s, sync_client, vm, heartbeat, self.log,
+                                preferred=(lambda: self.state.preferred) if own else tuple)
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
                              brake_fraction=s.reaper.brake_fraction, heartbeat=heartbeat,
                              backend_for=backend_for, log=self.log)
         # Slots are renewed on the heartbeat's connection: like the Lease, never queued behind bulk syncs.
-        self.slots = ReaperSlots(beat_client, s.namespace, s.vm_name, slots=s.reaper.slots,
+        self.slots = ReaperSlots(beat_client, s.namespace, str(self.identity), slots=s.reaper.slots,
                                  duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,
-                                 check_interval=s.reaper.slot_check, log=self.log)
+                                 check_interval=s.reaper.slot_check, log=self.log,
+                                 earlier_run=self.identity.earlier_run, eligible=lambda: heartbeat.held,
+                                 until_eligible=heartbeat.until_held)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
                                      log=self.log, on_done=self._report_status)
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
@@ -244,8 +276,17 @@ class Agent:
             dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
             for r in self.tracked
         ]
-        if self.state.replace(desired) and self.reconciler:
-            self.reconciler.poke()
+        if self.state.replace(desired, preferred=self._advertised_order()):
+            self._state_changed.set()  # the drain follows health while the endpoints are terminating
+            if self.reconciler:
+                self.reconciler.poke()
+
+    def _advertised_order(self) -> list[IPAddress]:
+        """The advertised address, then the other candidates in `hostname -I` order."""
+        if self.report is None:
+            return []
+        choice = self.report.addresses
+        return [*([choice.address] if choice.address else []), *(c.address for c in choice.candidates)]
 
     def check_settings(self, registration: Registration) -> CheckSettings:
         declared = next((svc for svc in self.settings.service
@@ -282,18 +323,22 @@ class Agent:
     def status_line(self) -> str:
         """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
         rec = self.reconciler
-        if rec is not None and rec.last_error:
+        if self.heartbeat is not None and self.heartbeat.conflict:
+            return self.heartbeat.conflict[:200]
+        if rec is not None and rec.last_error and not rec.service_errors:
             return f"waiting for cluster: {rec.last_error}"[:200]
         if self.report is not None and self.report.addresses.address is None:
             return f"no VM address: {self.report.addresses.reason}"
-        ready = sorted({r.service for r in self.state.registrations if r.ready})
-        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready))
-        if not ready and not waiting:
+        failed = rec.service_errors if rec is not None else {}
+        ready = sorted({r.service for r in self.state.registrations if r.ready} - failed.keys())
+        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready) - failed.keys())
+        if not ready and not waiting and not failed:
             return "running; nothing to register"
         address = self.report.addresses.address if self.report else ""
         parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
         parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
-        return "; ".join(parts)
+        parts += [f"{name} not registered: {error}" for name, error in sorted(failed.items())]
+        return "; ".join(parts)[:200]
 
     def _report_status(self) -> None:
         line = self.status_line()
@@ -340,22 +385,23 @@ class Agent:
     # -- shutdown --------------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """The shutdown order, in one place, bounded by sync.stop_deadline:
-        stop discovering and syncing → mark endpoints terminating → delete own objects → release the Lease
-        → close the API. A second signal (force_exit) abandons the cluster clean-up; the Lease expiry and
-        peers finish it.
+        """The shutdown order, in one place, bounded by sync.stop_deadline counted from the stop request:
+        stop the loops (the watchdog first) → mark endpoints terminating → hold them for sync.drain → delete own
+        objects → release the Lease and the reaper slot → close the API and the connections. A second signal
+        (force_exit) abandons the cluster clean-up at once; the Lease expiry and peers finish it.
         """
         if self._stopped:
             return
         self._stopped = True
-        self.notifier.notify("STOPPING=1", "STATUS=deregistering")
-        await self.tasks.cancel("discovery", "reconciler", "watch", "reaper", "reload")
-        await self.health.close()
-        cleanup = asyncio.create_task(self._deregister(), name="deregister")
+        deadline = (self._stop_requested_at or time.monotonic()) + self.settings.sync.stop_deadline
+        self.notifier.notify("STOPPING=1", "STATUS=deregistering")  # no WATCHDOG=1 after this (Notifier)
+        # Health checks go on through the drain (serving follows them); they stop once the clean-up is over.
+        await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload")
+        cleanup = asyncio.create_task(self._deregister(deadline), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:
-            done, _ = await asyncio.wait({cleanup, forced}, timeout=self.settings.sync.stop_deadline,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED,
+                                         timeout=max(0.0, deadline - CLOSE_RESERVE - time.monotonic()))
             if cleanup not in done:
                 why = "second signal" if forced in done else f"stop deadline of {self.settings.sync.stop_deadline}s"
                 self.log.warning("clean-up abandoned; the Lease expiry and peers will remove the rest", why=why)
@@ -363,6 +409,7 @@ class Agent:
             for task in (cleanup, forced):
                 task.cancel()
             await asyncio.gather(cleanup, forced, return_exceptions=True)
+            await self.health.close()
             await self.tasks.cancel()
             await self.api.stop()
             for client in self._clients:
@@ -371,15 +418,18 @@ class Agent:
             self._clients.clear()
         self.log.info("agent stopped", failure=self.failure or None)
 
-    async def _deregister(self) -> None:
+    async def _deregister(self, deadline: float) -> None:
         if self.backend is None or self.heartbeat is None:
             return
-        registrations = self.state.registrations
         backend, heartbeat = self.backend, self.heartbeat
         try:
-            if registrations:
-                await retry_transient(lambda: backend.mark_terminating(registrations))
-            await retry_transient(backend.remove_all)
+            if heartbeat.held:
+                await self._remove_own_objects(backend, deadline)
+            else:
+                # Nothing was written under this run's Lease (the cluster was never reached, or another agent
+                # holds it): nothing to remove, and creating objects only to delete them helps nobody.
+                self.log.info("nothing to deregister: this agent does not hold the VM's lease",
+                              conflict=heartbeat.conflict or None)
             await self.tasks.cancel("heartbeat")
             await retry_transient(heartbeat.release)
             if self.slots is not None:
@@ -387,3 +437,33 @@ class Agent:
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 
+    async def _remove_own_objects(self, backend: Backend, deadline: float) -> None:
+        """Mark terminating, hold for the drain with `serving` following the health checks, remove."""
+        registrations = self.state.registrations
+        if registrations:
+            self._state_changed.clear()
+            await self._mark_terminating(backend, registrations)
+            drain = min(self.settings.sync.drain, deadline - CLOSE_RESERVE - time.monotonic())
+            if drain > 0:
+                self.notifier.notify("STATUS=draining: endpoints marked terminating")
+                self.log.info("endpoints marked terminating; draining before removal", seconds=round(drain, 3))
+                await self._drain(backend, time.monotonic() + drain)
+        await retry_transient(backend.remove_all)
+
+    async def _mark_terminating(self, backend: Backend, registrations: frozenset[Registration]) -> None:
+        try:
+            await retry_transient(functools.partial(backend.mark_terminating, registrations))
+        except ServiceFailures as exc:  # the services that could not be marked are still removed after the drain
+            self.log.warning("not every service could be marked terminating", error=str(exc))
+
+    async def _drain(self, backend: Backend, until: float) -> None:
+        """Hold the terminating endpoints until `until`; a health change meanwhile is written (serving)."""
+        while (left := until - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._state_changed.wait()
+            except TimeoutError:
+                return
+            self._state_changed.clear()
+            if self.state.registrations:
+                await self._mark_terminating(backend, self.state.registrations)

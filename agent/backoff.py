@@ -34,7 +34,7 @@ def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] =
     return interval * (1 - fraction * rand())
 
 
-async def retry_transient(call: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
+async def retry_transient(call: Callable[[], Awaitable[object]], backoff: Backoff | None = None) -> None:
     """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after the
     server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline (the
     clean-up at shutdown: when a whole fleet stops at once, no peer is left to finish it)."""

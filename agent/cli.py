@@ -200,6 +200,7 @@ def _services_text(services: list[dict[str, Any]]) -> str:
     lines = []
     for svc in services:
         head = svc["name"] + (f"  [maintenance: {svc['maintenance']}]" if svc.get("maintenance") else "")
+        head += f"  [sync failed: {svc['error']}]" if svc.get("error") else ""
         lines.append(head)
         for reg in svc["registrations"]:
             check = reg.get("check") or {}

@@ -108,6 +108,9 @@ class SyncSettings:
     # the VM's own objects as they happen; this only catches what a watch could miss.
     resync_interval: float = _duration("5m")
     stop_deadline: float = _duration("10s")
+    # On shutdown the endpoints are marked terminating and held so this long before they are removed, so that
+    # consumers that propagate slowly (istiod) move traffic away first. Inside stop_deadline.
+    drain: float = _duration("1s")
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,9 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"externalworkload.{key}", f"{template!r} is not a valid template "
                               f"({exc}); use {{vm}}, {{namespace}}, {{service}}") from None
+    if s.sync.drain >= s.sync.stop_deadline:
+        raise ConfigError("sync.drain", f"must be shorter than sync.stop_deadline ({s.sync.stop_deadline:g}s): the "
+                          "drain is part of the stop")
     if not 1 <= s.reaper.slots <= MAX_REAPER_SLOTS:
         raise ConfigError("reaper.slots", f"{s.reaper.slots} is not between 1 and {MAX_REAPER_SLOTS}")
     if not 0 < s.reaper.brake_fraction <= 1:

@@ -2,6 +2,12 @@
 
 Shaped after Kubernetes' lease controller: no GET before a renew, re-read only on 409, bounded
 jittered backoff on failure. It uses its own cluster connection, so bulk syncing cannot delay it.
+
+The Lease records who holds it (agent.identity: VM, machine, boot, process). A Lease held by someone else is
+taken only when it was let go, is an earlier run of this agent on this boot, or has been *observed* not
+renewed for its duration on this agent's monotonic clock (client-go's leader-election rule; renewTime is
+never compared with local time). Until then nothing is registered: a cloned VM with the same vm_name must
+not replace the live VM's addresses.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import datetime
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,38 +28,87 @@ from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_name, micro_time
 from agent.cluster.resources import LEASES
+from agent.identity import HolderIdentity, process_alive, read_identity
 
 Body = dict[str, Any]
 WallClock = Callable[[], float]
 
 
+class LeaseHeld(ClusterError):
+    """The VM's Lease is held by another agent (a clone of this VM, or a second agent with its vm_name)."""
+
+
+@dataclass
+class _Contest:
+    """Another agent's hold on the Lease, as observed: its version and when this agent first saw it."""
+
+    holder: str
+    version: str
+    seen_at: float  # monotonic; a first sight counts as a renewal
+    renewed: bool = False  # a renewal by it was seen: it is alive
+
+
 class Heartbeat:
     def __init__(self, kube: KubeClient, namespace: str, vm: str, *, interval: float, lease_duration: float,
                  log: structlog.typing.FilteringBoundLogger, wall_clock: WallClock = time.time,
-                 on_new_lease: Callable[[], None] = lambda: None) -> None:
+                 on_new_lease: Callable[[], None] = lambda: None, identity: HolderIdentity | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 alive: Callable[[int], bool] = process_alive) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
+        self.identity = identity or read_identity(vm)
         self.name = lease_name(vm)
         self.interval = interval
         self.duration_seconds = max(1, math.ceil(lease_duration))
         self._log = log.bind(object=f"lease/{self.name}")
         self._wall_clock = wall_clock
+        self._clock = clock
+        self._alive = alive
         self._on_new_lease = on_new_lease
         self._lease: Body | None = None
+        self._contest: _Contest | None = None
         self._lock = asyncio.Lock()
         self._acquired = asyncio.Event()
+        self._attempted = asyncio.Event()  # the first acquisition was tried (by the sync), whatever came of it
         self._last_error = ""
         self.last_renewal: float | None = None  # monotonic time of the last successful write
         self.consecutive_failures = 0
         self.renewals = 0  # successful writes, for metrics
         self.failures = 0
 
+    @property
+    def held(self) -> bool:
+        """Whether this agent holds the Lease now (it created, adopted or took it, and has not lost it)."""
+        return self._lease is not None
+
+    async def until_held(self) -> None:
+        """Return once this agent holds the Lease (at once if it does)."""
+        await self._acquired.wait()
+
+    @property
+    def conflict(self) -> str:
+        """Why nothing is registered because another agent holds the Lease; empty when none does."""
+        c = self._contest
+        if c is None or self._lease is not None:
+            return ""
+        if c.renewed:
+            # One line for STATUS= (at most 200 characters): who, the likely cause, what happens next.
+            return (f"conflict: lease {self.name} is renewed by another live agent ({c.holder}): a clone of this "
+                    f"VM or a second agent with vm_name {self.vm}; not registering until it stops")
+        return (f"lease {self.name} is held by {c.holder}; not registering unless it goes unrenewed "
+                "for its duration")
+
+    @property
+    def conflict_confirmed(self) -> bool:
+        return bool(self._contest and self._contest.renewed and self._lease is None)
+
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
 
     async def ensure(self) -> Body:
-        """The Lease as last written; created (or adopted after a restart) on first use."""
+        """The Lease as last written; created, adopted or taken over on first use. LeaseHeld while another
+        agent holds it."""
         async with self._lock:
             if self._lease is None:
                 await self._acquire_locked()
@@ -62,31 +118,40 @@ class Heartbeat:
     async def renew(self) -> None:
         async with self._lock:
             if self._lease is None:
-                await self._acquire_locked()
-                return
-            lease = copy.deepcopy(self._lease)
-            lease["spec"]["renewTime"] = micro_time(self._now())
-            lease["spec"]["holderIdentity"] = self.vm
-            lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
-            try:
-                self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
-            except Conflict:
-                # Someone else wrote it (or our cache is stale): re-read, and renew on the next beat.
-                self._lease = await self._kube.get(LEASES, self.namespace, self.name)
-                raise
-            except NotFound:
-                await self._recreate_locked()
+                await self._acquire_locked()  # LeaseHeld while another agent holds it
             else:
-                self.last_renewal = time.monotonic()
-                return
-        self._on_new_lease()  # the old Lease's slices go with it (garbage collector): rewrite them
+                lease = copy.deepcopy(self._lease)
+                lease["spec"]["renewTime"] = micro_time(self._now())
+                lease["spec"]["holderIdentity"] = str(self.identity)
+                lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+                try:
+                    self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
+                except Conflict:
+                    # Someone else wrote it (or our cache is stale): re-read, and renew on the next beat, unless
+                    # another agent took it (this one was silent for a duration): then stop registering.
+                    current = await self._kube.get(LEASES, self.namespace, self.name)
+                    if _holder(current) == str(self.identity):
+                        self._lease = current
+                        raise
+                    self._lease = None
+                    self._acquired.clear()
+                    self._log.error("lease taken over by another agent; not registering any more",
+                                    holder=_holder(current))
+                    self._judge(current)
+                    raise LeaseHeld(self.conflict) from None
+                except NotFound:
+                    await self._recreate_locked()
+                else:
+                    self.last_renewal = self._clock()
+                    return
+        self._on_new_lease()  # a new (or newly taken) Lease: the slices are rewritten under it
 
     async def lost(self, uid: str) -> None:
         """The Lease `uid` was deleted (seen by the watch of the VM's own objects): make a new one now, not at
         the next renewal, so the objects it owns are rewritten under it at once."""
         async with self._lock:
             if self._lease is None or self._lease["metadata"].get("uid") != uid:
-                return  # released by us, or already replaced
+                return  # released by us, or already replaced, or never ours
             await self._recreate_locked()
         self._on_new_lease()
 
@@ -94,37 +159,90 @@ class Heartbeat:
         """Someone deleted the Lease: make a new one. Needs self._lock."""
         self._log.warning("lease deleted by someone else; recreating it")
         self._lease = None
+        self._acquired.clear()
         await self._acquire_locked()
 
     async def _acquire_locked(self) -> None:
-        """Create the Lease, or adopt the one a previous run of this agent left. Needs self._lock."""
-        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now())
+        """Create the Lease, or take the existing one if this agent may (see _judge). Needs self._lock."""
+        try:
+            await self._acquire_or_raise_locked()
+        finally:
+            self._attempted.set()
+
+    async def _acquire_or_raise_locked(self) -> None:
+        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now(), holder=str(self.identity))
         try:
             self._lease = await self._kube.create(LEASES, self.namespace, body)
-            self._log.info("lease created", duration_seconds=self.duration_seconds)
+            self._log.info("lease created", duration_seconds=self.duration_seconds, holder=str(self.identity))
         except Conflict as exc:
             if not exc.already_exists:
                 raise
             current = await self._kube.get(LEASES, self.namespace, self.name)
-            current["spec"].update({k: v for k, v in body["spec"].items() if k != "acquireTime"})
+            holder = _holder(current)
+            if not self._judge(current):
+                raise LeaseHeld(self.conflict) from None
+            spec = current.setdefault("spec", {})
+            if holder != str(self.identity):
+                spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+                spec["acquireTime"] = body["spec"]["acquireTime"]
+            spec.update(holderIdentity=str(self.identity), leaseDurationSeconds=self.duration_seconds,
+                        renewTime=body["spec"]["renewTime"])
+            # resourceVersion-checked: a holder that renews meanwhile makes this a 409, and it stays theirs.
             self._lease = await self._kube.replace(LEASES, self.namespace, self.name, current)
-            self._log.info("lease adopted from a previous run")
-        self.last_renewal = time.monotonic()
+            if not holder or holder == str(self.identity) or self.identity.earlier_run(holder, self._alive):
+                self._log.info("lease adopted from a previous run", previous_holder=holder or None)
+            else:
+                self._log.warning("lease taken over: its holder stopped renewing it", previous_holder=holder)
+        self._contest = None
+        self.last_renewal = self._clock()
         self._acquired.set()
+
+    def _judge(self, current: Body) -> bool:
+        """Whether this agent may take the Lease as it is now; otherwise remember what was seen of its holder.
+
+        Free (no holder), ours, or an earlier run of this agent on this boot: yes. Anyone else's: only once it
+        has been seen unchanged for its leaseDurationSeconds on this agent's monotonic clock. A change seen
+        meanwhile is a renewal: the holder lives, and this is a conflict."""
+        holder = _holder(current)
+        if not holder or holder == str(self.identity) or self.identity.earlier_run(holder, self._alive):
+            return True
+        version = str(current.get("metadata", {}).get("resourceVersion", ""))
+        now = self._clock()
+        c = self._contest
+        if c is None or c.holder != holder:
+            self._contest = _Contest(holder, version, now)
+            self._log.warning("lease held by another agent; watching whether it is renewed", holder=holder)
+            return False
+        if c.version != version:
+            if not c.renewed:
+                self._log.error("another live agent renews this VM's lease; not registering", holder=holder,
+                                hint=f"a clone of this VM, or a second agent with vm_name {self.vm!r}")
+            c.version, c.seen_at, c.renewed = version, now, True
+            return False
+        duration = float((current.get("spec") or {}).get("leaseDurationSeconds") or self.duration_seconds)
+        return now - c.seen_at > duration
 
     async def run(self, backoff: Backoff | None = None) -> None:
         """Renew every interval until cancelled; retry failures with a bounded jittered backoff.
 
         The sync loop creates the Lease (it owns the VM's objects and reports their errors); this loop
-        starts renewing once it exists.
+        starts renewing once it exists; while another agent holds it, this loop looks at it every interval
+        and takes it once it was seen unrenewed for its duration.
         """
         backoff = backoff or Backoff(base=0.2, cap=min(7.0, self.interval))
-        await self._acquired.wait()
+        await self._attempted.wait()
         delay = self.interval
         while True:
             await asyncio.sleep(delay)
+            if self.last_renewal is None and self._contest is None:
+                await self._acquired.wait()  # never held yet: the sync creates it and reports why it cannot
+                delay = self.interval
+                continue
             try:
                 await self.renew()
+            except LeaseHeld:
+                delay = self.interval  # watching another agent's Lease: not a failure of this one's heartbeat
+                continue
             except ClusterError as exc:
                 self.consecutive_failures += 1
                 self.failures += 1
@@ -143,14 +261,32 @@ class Heartbeat:
             delay = self.interval
 
     async def release(self) -> None:
-        """Delete the Lease, exactly the one this agent holds (uid precondition)."""
+        """Delete the Lease, exactly the one this agent holds and as it last wrote it (uid and resourceVersion
+        preconditions): a Lease another agent took over meanwhile keeps the uid, and is not ours to delete."""
         async with self._lock:
             lease = self._lease
             if lease is None:
                 return
+            meta = lease["metadata"]
             try:
-                await self._kube.delete(LEASES, self.namespace, self.name, uid=lease["metadata"]["uid"])
+                try:
+                    await self._kube.delete(LEASES, self.namespace, self.name, uid=meta["uid"],
+                                            resource_version=meta.get("resourceVersion", ""))
+                except Conflict:
+                    current = await self._kube.get(LEASES, self.namespace, self.name)
+                    if _holder(current) != str(self.identity):
+                        self._log.warning("lease not deleted: another agent holds it now", holder=_holder(current))
+                        self._lease = None
+                        self._acquired.clear()
+                        return
+                    await self._kube.delete(LEASES, self.namespace, self.name, uid=meta["uid"],
+                                            resource_version=current["metadata"].get("resourceVersion", ""))
                 self._log.info("lease deleted")
             except (NotFound, Conflict):
                 pass
             self._lease = None  # only once it is gone: a failed delete may be tried again
+            self._acquired.clear()
+
+
+def _holder(lease: Body) -> str:
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")

@@ -6,8 +6,8 @@ import asyncio
 
 from agent.cluster.errors import NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import own_slices_selector
-from agent.cluster.resources import ENDPOINT_SLICES, LEASES
+from agent.cluster.objects import lease_name
+from agent.cluster.resources import LEASES
 from agent.config import Settings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
@@ -17,23 +17,15 @@ from agent.sync.registry import make_backend
 
 
 async def deregister(settings: Settings) -> list[str]:
-    """Delete this VM's objects (its slices, or its entries in the backend's objects) and its Lease; the
-    shared Service stays."""
+    """Delete this VM's objects (its own, or its entries in shared ones), through the backend's own removal, and
+    its Lease; the shared Service stays."""
     kube = await KubeClient.connect(settings.cluster)
-    removed: list[str] = []
     try:
-        if settings.backend == "endpointslice":
-            for s in await kube.list(ENDPOINT_SLICES, settings.namespace, own_slices_selector(settings.vm_name)):
-                name = s["metadata"]["name"]
-                await kube.delete(ENDPOINT_SLICES, settings.namespace, name)
-                removed.append(f"endpointslice/{name}")
-        else:
-            log = get_logger(vm=settings.vm_name)
-            heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
-                                  lease_duration=settings.heartbeat.lease_duration, log=log)
-            await make_backend(settings, kube, settings.vm_name, heartbeat, log).remove_all()
-            removed.append(f"{settings.backend} entries of {settings.vm_name}")
-        lease = f"vmesh-{settings.vm_name}"
+        log = get_logger(vm=settings.vm_name)
+        heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
+                              lease_duration=settings.heartbeat.lease_duration, log=log)
+        removed = await make_backend(settings, kube, settings.vm_name, heartbeat, log).remove_all()
+        lease = lease_name(settings.vm_name)
         try:
             await kube.delete(LEASES, settings.namespace, lease)
             removed.append(f"lease/{lease}")

@@ -220,8 +220,10 @@ class Reaper:
 
     async def reap_expired(self) -> int:
         beat = self._heartbeat
-        if beat is not None and beat.consecutive_failures:
-            self.observer.restart()  # probably the one cut off: judge nobody, and start over once back
+        if beat is not None and (beat.consecutive_failures or not beat.held):
+            # Probably the one cut off, or not holding its own Lease (another agent with this vm_name does, whose
+            # renewals would pass for this one's): judge nobody, and start over once back.
+            self.observer.restart()
             return 0
         slack = 1.5 * beat.interval if beat is not None else None
         expired = self.observer.expired(slack)

@@ -11,8 +11,9 @@ The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection
 - writes are resourceVersion-checked, so of two agents taking a slot at once exactly one wins;
 - a holder that stops lets its slot go (holderIdentity "", as client-go's ReleaseOnCancel), so another
   agent takes it at its next look instead of after a duration.
-An agent holds at most one slot. Agents without a slot look at the slots every `check_interval` with one
-LIST, and watch nothing.
+The holder identity is the agent's per-boot one (agent.identity), as in the VM's own Lease: two agents with one
+vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot. Agents
+without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import datetime
 import math
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +62,11 @@ class _Seen:
 class SlotObserver:
     """Pure bookkeeping: when each slot was last seen change, on an injected monotonic clock."""
 
-    def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic,
+                 earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
         self.identity = identity
         self.clock = clock
+        self._earlier_run = earlier_run  # whether a holder is an earlier run of this agent on this boot, now gone
         self._seen: dict[str, _Seen] = {}
 
     def takeable(self, lease: Body) -> bool:
@@ -74,7 +77,7 @@ class SlotObserver:
         seen = self._seen.get(name)
         if seen is None or seen.version != version:
             seen = self._seen[name] = _Seen(version, self.clock())  # a first sight counts as a renewal
-        if not holder or holder == self.identity:
+        if not holder or holder == self.identity or self._earlier_run(holder):
             return True
         duration = float(spec.get("leaseDurationSeconds") or 0)
         return self.clock() - seen.seen_at > duration
@@ -83,8 +86,15 @@ class SlotObserver:
 class ReaperSlots:
     def __init__(self, kube: KubeClient, namespace: str, identity: str, *, slots: int, duration: float,
                  renew_interval: float, check_interval: float, log: structlog.typing.FilteringBoundLogger,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 earlier_run: Callable[[str], bool] = lambda holder: False,
+                 eligible: Callable[[], bool] = lambda: True,
+                 until_eligible: Callable[[], Awaitable[None]] | None = None) -> None:
         self._kube = kube
+        # Whether this agent may hold a slot now: not while it does not hold its own Lease (another agent with
+        # its vm_name does), since then it reaps nothing and the slot would be lost to the fleet.
+        self._eligible = eligible
+        self._until_eligible = until_eligible
         self.namespace = namespace
         self.identity = identity
         self.slots = slots
@@ -93,7 +103,7 @@ class ReaperSlots:
         self.renew_deadline = max(renew_interval, self.duration_seconds * 2 / 3)  # client-go: 10 s of 15 s
         self.check_interval = check_interval
         self._log = log
-        self.observer = SlotObserver(identity, clock)
+        self.observer = SlotObserver(identity, clock, earlier_run)
         self._clock = clock
         self._wall_clock = wall_clock
         self._lease: Body | None = None  # the slot this agent holds, as last written
@@ -110,7 +120,10 @@ class ReaperSlots:
         """Look for a slot until one is taken; run `work` while it is held; start over when it is lost."""
         await asyncio.sleep(random.uniform(0, min(FIRST_LOOK_SPREAD, self.check_interval)))
         while True:
-            if not await self._look():
+            if not self._eligible() and self._until_eligible is not None:
+                await self._until_eligible()
+                continue
+            if not self._eligible() or not await self._look():
                 await asyncio.sleep(jittered(self.check_interval))
                 continue
             task = asyncio.create_task(work(), name="reaper-work")
@@ -125,6 +138,9 @@ class ReaperSlots:
                 exc = task.exception()
                 self._log.error("reaping stopped unexpectedly; letting the slot go", slot=self.held,
                                 error=f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
+                await self.release()
+            elif not self._eligible():
+                self._log.warning("letting the reaper slot go: this agent does not hold its own lease", slot=self.held)
                 await self.release()
             self._lease = None
 
@@ -178,6 +194,8 @@ class ReaperSlots:
         while True:
             await asyncio.sleep(delay)
             assert self._lease is not None
+            if not self._eligible():
+                return
             name = str(self._lease["metadata"]["name"])
             lease = copy.deepcopy(self._lease)
             lease["spec"]["renewTime"] = micro_time(self._now())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.discovery.addresses import IPAddress
@@ -34,19 +34,23 @@ def group_by_service(registrations: Iterable[Registration]) -> dict[str, list[Re
 
 
 class DesiredState:
-    """The current set of registrations. Replacing it tells whether anything changed."""
+    """The current set of registrations, and the VM's addresses in the order it advertises them (the advertised
+    one, then the other candidates as `hostname -I` lists them: a backend that takes one address per family
+    takes the first it can). Replacing them tells whether anything changed."""
 
     def __init__(self) -> None:
         self._registrations: frozenset[Registration] = frozenset()
+        self.preferred: tuple[IPAddress, ...] = ()
 
     @property
     def registrations(self) -> frozenset[Registration]:
         return self._registrations
 
-    def replace(self, registrations: Iterable[Registration]) -> bool:
+    def replace(self, registrations: Iterable[Registration], *, preferred: Sequence[IPAddress] | None = None) -> bool:
         new = frozenset(registrations)
-        changed = new != self._registrations
-        self._registrations = new
+        order = self.preferred if preferred is None else tuple(dict.fromkeys(preferred))
+        changed = new != self._registrations or order != self.preferred
+        self._registrations, self.preferred = new, order
         return changed
 
 

@@ -104,6 +104,7 @@ OPENAPI: dict[str, Any] = {
             "name": {"type": "string"},
             "maintenance": {"type": "string", "nullable": True},
             "registered": {"type": "boolean"},
+            "error": {"type": "string", "nullable": True},
             "registrations": {"type": "array", "items": {"type": "object", "properties": {
                 "port": {"type": "integer"}, "protocol": {"type": "string"}, "address": {"type": "string"},
                 "present": {"type": "boolean"}, "ready": {"type": "boolean"},

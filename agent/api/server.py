@@ -40,6 +40,7 @@ class ApiError(Exception):
         self.status = status
 
 
+STOP_GRACE = 1.0  # seconds a request in flight may still take when the server stops
 HEALTH_MAX_AGE = 0.1  # seconds a computed health answer is reused: health checkers poll hard
 
 
@@ -64,6 +65,7 @@ class ApiServer:
         self.latency = Histogram()
         self._health: tuple[float, dict[str, Any]] = (-1.0, {})
         self._runner: web.AppRunner | None = None
+        self._socket_file: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
         self.app = web.Application(middlewares=[self._errors_and_timing], client_max_size=64 * 1024)
         self.app.router.add_get("/v1/health", self.get_health)
         self.app.router.add_get("/v1/status", self.get_status)
@@ -76,7 +78,8 @@ class ApiServer:
     async def start(self) -> None:
         _clear_stale_socket(self.path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # A request still running at shutdown gets a second, not aiohttp's 60: the stop has a deadline.
+        runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=STOP_GRACE)
         await runner.setup()
         try:
             await web.UnixSite(runner, self.path).start()
@@ -84,6 +87,8 @@ class ApiServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        made = os.stat(self.path)
+        self._socket_file = (made.st_dev, made.st_ino)
         os.chmod(self.path, SOCKET_MODE)
         with contextlib.suppress(KeyError, PermissionError):
             os.chown(self.path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
@@ -94,8 +99,15 @@ class ApiServer:
             return
         await self._runner.cleanup()
         self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        made, self._socket_file = self._socket_file, None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        # Someone may have removed ours and another agent bound the path since: that file is not ours to remove.
+        if made == (found.st_dev, found.st_ino):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     @web.middleware
     async def _errors_and_timing(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -36,6 +36,8 @@ def health(agent: Agent) -> dict[str, Any]:
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
     beat = agent.heartbeat
+    if beat is not None and beat.conflict:  # another live agent holds this VM's Lease: nothing is registered
+        (critical if beat.conflict_confirmed else warning).append(beat.conflict)
     if beat is not None and beat.consecutive_failures:
         (critical if beat.consecutive_failures >= HEARTBEAT_CRITICAL_FAILURES else warning).append(
             f"heartbeat failing ({beat.consecutive_failures} in a row)")
@@ -71,14 +73,17 @@ def status(agent: Agent) -> dict[str, Any]:
         },
         "cluster": {
             "server": agent.server,
-            "reachable": bool(rec and rec.last_success is not None and not rec.last_error),
+            # Only some services failing means the cluster answered (and refused those).
+            "reachable": bool(rec and (rec.service_errors or (rec.last_success is not None and not rec.last_error))),
             "last_error": rec.last_error if rec and rec.last_error else None,
         },
         "last_sync": {"at": _wall(rec.last_success if rec else None),
                       "seconds_ago": _ago(rec.last_success if rec else None)},
         "last_heartbeat": {"at": _wall(beat.last_renewal if beat else None),
                            "seconds_ago": _ago(beat.last_renewal if beat else None),
-                           "lease": beat.name if beat else None},
+                           "lease": beat.name if beat else None,
+                           "holder": str(beat.identity) if beat else None,
+                           "conflict": (beat.conflict or None) if beat else None},
         "reaper": reaper_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
     }
@@ -133,10 +138,11 @@ def services(agent: Agent) -> list[dict[str, Any]]:
         })
     for name in agent.maintenance.reasons.keys() - by_name.keys():
         by_name[name] = []
+    rec = agent.reconciler
     return [
         {"name": name, "maintenance": agent.maintenance.reasons.get(name), "registrations": regs,
-         "registered": agent.reconciler is not None and agent.reconciler.last_success is not None
-         and not agent.reconciler.last_error}
+         "registered": rec is not None and rec.registered(name),
+         "error": rec.service_errors.get(name) if rec is not None else None}
         for name, regs in sorted(by_name.items())
     ]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+from agent.discovery.addresses import IPAddress
 from agent.state import Registration
 
 MANAGER = "vmesh-agent"
@@ -16,6 +18,11 @@ LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CREATED_BY = "vmesh.dev/created-by-vm"
+MAX_NAME = 63  # a DNS label: what every kind of object accepts
+NAME_HASH_CHARS = 10
+# What the agent writes of its own objects besides metadata; everything else there is left as it is.
+SLICE_CONTENT = ("addressType", "ports", "endpoints")
+WORKLOAD_CONTENT = ("spec",)
 
 # Istio reads the protocol from the port name's prefix; appProtocol says the same to everyone else.
 _APP_PROTOCOL = {"mysql": "mysql", "postgres": "postgresql", "redis": "redis", "http": "http"}
@@ -27,8 +34,16 @@ def lease_name(vm: str) -> str:
     return f"vmesh-{vm}"
 
 
-def slice_name(service: str, vm: str, family: int) -> str:
-    return f"{service}-{vm}" if family == 4 else f"{service}-{vm}-v6"
+def object_name(service: str, vm: str, family: int) -> str:
+    """The name of this VM's object (EndpointSlice, WorkloadEntry, ExternalWorkload) of one service and family.
+
+    `<service>-<vm>[-v6]-<hash of (service, VM, family)>`, cut to 63 characters (a DNS label). The readable
+    part alone is ambiguous (VM `a` serving `mysqldb-replica` and VM `replica-a` serving `mysqldb`), and whether
+    it is depends on other VMs' names, which no agent knows; the hash makes it unique by construction.
+    """
+    digest = hashlib.sha256(f"{service}/{vm}/{family}".encode()).hexdigest()[:NAME_HASH_CHARS]
+    readable = f"{service}-{vm}" if family == 4 else f"{service}-{vm}-v6"
+    return f"{readable[:MAX_NAME - NAME_HASH_CHARS - 1].rstrip('-')}-{digest}"
 
 
 def own_slices_selector(vm: str) -> str:
@@ -110,7 +125,7 @@ def build_endpoint_slice(
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": slice_name(first.service, vm, first.family),
+            "name": object_name(first.service, vm, first.family),
             "namespace": namespace,
             "labels": {
                 LABEL_SERVICE_NAME: first.service,
@@ -118,14 +133,7 @@ def build_endpoint_slice(
                 LABEL_MANAGED_BY: MANAGER,
                 LABEL_VM: vm,
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "name": lease["metadata"]["name"],
-                    "uid": lease["metadata"]["uid"],
-                }
-            ],
+            "ownerReferences": [lease_owner_reference(lease)],
         },
         "addressType": "IPv4" if first.family == 4 else "IPv6",
         "ports": slice_ports,
@@ -134,22 +142,47 @@ def build_endpoint_slice(
 
 
 def slice_differs(current: Body, desired: Body) -> bool:
-    """True when the fields the agent owns differ (labels it sets, owner, ports, endpoints)."""
+    return owned_differs(current, desired, SLICE_CONTENT)
+
+
+def owned_differs(current: Body, desired: Body, content: Collection[str]) -> bool:
+    """True when what the agent owns of its object differs: its labels and annotations, its Lease owner
+    reference, and the `content` fields. Server fields and what others added are not compared."""
     cur_meta, want_meta = current.get("metadata", {}), desired["metadata"]
-    cur_labels = cur_meta.get("labels") or {}
-    if any(cur_labels.get(k) != v for k, v in want_meta["labels"].items()):
+    for key in ("labels", "annotations"):
+        have = cur_meta.get(key) or {}
+        if any(have.get(k) != v for k, v in (want_meta.get(key) or {}).items()):
+            return True
+    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or [] if _is_lease_reference(o)]
+    if cur_owners != [o["uid"] for o in want_meta.get("ownerReferences") or []]:
         return True
-    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or []]
-    if cur_owners != [o["uid"] for o in want_meta["ownerReferences"]]:
-        return True
-    if current.get("addressType") != desired["addressType"]:
-        return True
-    return _normalise(current.get("ports")) != _normalise(desired["ports"]) or \
-        _normalise(current.get("endpoints")) != _normalise(desired["endpoints"])
+    return any(_normalise(current.get(f)) != _normalise(desired.get(f)) for f in content)
 
 
-def _normalise(items: Any) -> list[str]:
-    return sorted(json.dumps(i, sort_keys=True) for i in items or [])
+def merge_owned(current: Body, desired: Body, content: Collection[str]) -> Body:
+    """`current` with what the agent owns set as `desired` has it: its labels and annotations merged over
+    others', its Lease reference in place of the old one (other owners kept), the `content` fields. Finalizers,
+    others' labels and annotations, and the status stay as they are."""
+    cur, want = current["metadata"], desired["metadata"]
+    owners = [o for o in cur.get("ownerReferences") or [] if not _is_lease_reference(o)]
+    metadata = {
+        **cur,
+        "labels": {**(cur.get("labels") or {}), **(want.get("labels") or {})},
+        "annotations": {**(cur.get("annotations") or {}), **(want.get("annotations") or {})},
+        "ownerReferences": [*owners, *(want.get("ownerReferences") or [])],
+    }
+    return {**current, "metadata": metadata, **{f: desired[f] for f in content if f in desired}}
+
+
+def _is_lease_reference(owner: Body) -> bool:
+    return owner.get("kind") == "Lease" and str(owner.get("apiVersion", "")).startswith("coordination.k8s.io/")
+
+
+def _normalise(value: Any) -> Any:
+    """Lists compare as sets of their entries (the server keeps order, but the agent does not rely on it)."""
+    if isinstance(value, list):
+        return sorted(json.dumps(i, sort_keys=True) for i in value)
+    return json.dumps(value, sort_keys=True)
 
 
 def micro_time(moment: datetime.datetime) -> str:
@@ -157,9 +190,9 @@ def micro_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime) -> Body:
-    """The VM's heartbeat Lease."""
-    return lease_body(lease_name(vm), namespace, vm, duration_seconds, now,
+def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime, holder: str = "") -> Body:
+    """The VM's heartbeat Lease, held by `holder` (agent.identity: VM, machine, boot and process)."""
+    return lease_body(lease_name(vm), namespace, holder or vm, duration_seconds, now,
                       labels={LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm})
 
 
@@ -197,11 +230,6 @@ REASON_TERMINATING = "Terminating"
 def own_objects_selector(vm: str) -> str:
     """The objects one VM owns alone (WorkloadEntries, ExternalWorkloads)."""
     return f"{LABEL_VM}={vm},{LABEL_MANAGED_BY}={MANAGER}"
-
-
-def workload_name(service: str, vm: str, family: int) -> str:
-    """Named like the VM's slices: `<service>-<vm>`, `-v6` for the second family."""
-    return slice_name(service, vm, family)
 
 
 def lease_owner_reference(lease: Body) -> Body:
@@ -275,18 +303,24 @@ def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
     return result
 
 
-def _one_address(registrations: Collection[Registration]) -> tuple[str, list[Registration]]:
-    """WorkloadEntry and ExternalWorkload carry one address per family: the lowest, when a service listens on
-    several addresses of one family (rare: listeners bound to specific addresses)."""
-    address = min((r.address for r in registrations), key=lambda a: (a.version, int(a)))
+def one_address(registrations: Collection[Registration],
+                preferred: Sequence[IPAddress] = ()) -> tuple[str, list[Registration]]:
+    """WorkloadEntry and ExternalWorkload carry one address per family. When a service listens on several
+    addresses of one family (listeners bound to specific addresses), the one the agent advertises: the first of
+    `preferred` (the advertised address, then the candidates in `hostname -I` order) it listens on; the lowest
+    only when none of them is (no preference known: `deregister`, a reaper)."""
+    listening = {r.address for r in registrations}
+    address = next((a for a in preferred if a in listening), None) or \
+        min(listening, key=lambda a: (a.version, int(a)))
     return str(address), [r for r in registrations if r.address == address]
 
 
 def build_workload_entry(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
-                         lease: Body, *, service_account: str = "", network: str = "") -> Body:
+                         lease: Body, *, service_account: str = "", network: str = "",
+                         preferred: Sequence[IPAddress] = ()) -> Body:
     """Istio WorkloadEntry of one VM, service and family; the Service selects it by spec.labels `app`."""
     first = min(registrations)
-    address, regs = _one_address(registrations)
+    address, regs = one_address(registrations, preferred)
     labels = {LABEL_APP: first.service, LABEL_VM: vm}
     spec: Body = {
         "address": address,
@@ -301,7 +335,7 @@ def build_workload_entry(service: Body, vm: str, namespace: str, registrations: 
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
         "metadata": {
-            "name": workload_name(first.service, vm, first.family),
+            "name": object_name(first.service, vm, first.family),
             "namespace": namespace,
             "labels": {**labels, LABEL_MANAGED_BY: MANAGER},
             "annotations": {ANNOTATION_ISTIO_HEALTH_CHECKS: "true"},
@@ -312,16 +346,17 @@ def build_workload_entry(service: Body, vm: str, namespace: str, registrations: 
 
 
 def build_external_workload(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
-                            lease: Body, *, identity: str, server_name: str) -> Body:
+                            lease: Body, *, identity: str, server_name: str,
+                            preferred: Sequence[IPAddress] = ()) -> Body:
     """Linkerd ExternalWorkload of one VM, service and family (Linkerd takes one workload IP); the Service
     selects it by the metadata label `app`."""
     first = min(registrations)
-    address, regs = _one_address(registrations)
+    address, regs = one_address(registrations, preferred)
     return {
         "apiVersion": "workload.linkerd.io/v1beta1",
         "kind": "ExternalWorkload",
         "metadata": {
-            "name": workload_name(first.service, vm, first.family),
+            "name": object_name(first.service, vm, first.family),
             "namespace": namespace,
             "labels": {LABEL_APP: first.service, LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER},
             "ownerReferences": [lease_owner_reference(lease)],
@@ -336,16 +371,7 @@ def build_external_workload(service: Body, vm: str, namespace: str, registration
 
 
 def workload_differs(current: Body, desired: Body) -> bool:
-    """True when what the agent owns differs: its labels and annotations, the owner, the whole spec."""
-    cur_meta, want_meta = current.get("metadata", {}), desired["metadata"]
-    for key in ("labels", "annotations"):
-        have = cur_meta.get(key) or {}
-        if any(have.get(k) != v for k, v in (want_meta.get(key) or {}).items()):
-            return True
-    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or []]
-    if cur_owners != [o["uid"] for o in want_meta["ownerReferences"]]:
-        return True
-    return bool(current.get("spec") != desired["spec"])
+    return owned_differs(current, desired, WORKLOAD_CONTENT)
 
 
 def health_of(registrations: Collection[Registration], vm: str, *, terminating: bool = False) -> tuple[bool, str, str]:

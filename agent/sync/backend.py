@@ -18,11 +18,13 @@ class Backend(Protocol):
         """Whether a change to `obj` that the agent did not make needs a sync of this VM."""
 
     async def sync(self, registrations: Collection[Registration]) -> None:
-        """Make the cluster hold exactly these registrations for this VM (full compare, idempotent)."""
+        """Make the cluster hold exactly these registrations for this VM (full compare, idempotent). Each service is
+        synced on its own: the ones that failed are raised together (failures.ServiceFailures) after the rest."""
 
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         """Tell consumers the endpoints are going away (before they are removed)."""
 
-    async def remove_all(self) -> None:
-        """Remove every object this VM owns; shared objects (the Service) stay."""
+    async def remove_all(self) -> list[str]:
+        """Remove every object this VM owns (or its entries in shared ones); shared objects (the Service) stay.
+        Returns what was removed, as `kind/name`."""
 

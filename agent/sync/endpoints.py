@@ -11,8 +11,8 @@ account is configured. Unlike `istioctl register` it is safe with many writers:
   recognised. (`hostname` would also fit, but it means something to DNS for headless Services.) Istio and
   kube-proxy read targetRef only when its kind is Pod. An entry without the marker (e.g. written by
   `istioctl register` or by hand) belongs to somebody else and is never changed or removed.
-- Every write is a read-modify-write checked by resourceVersion; a 409 re-reads and merges again after a short
-  jittered backoff, a bounded number of times (then the reconciler retries later).
+- Every write goes through the conflict-safe write path (update.py): checked by resourceVersion, a 409 re-reads
+  and merges again after a short jittered pause, a bounded number of times (then the reconciler retries later).
 - An IP is never added to a subset that already lists it (ready or not) under another owner.
 - Not ready (failing checks, or terminating) -> the entry moves to `notReadyAddresses`.
 - Dead VMs: the garbage collector cannot clean a shared object, so when `reap` is on, a sync also drops entries
@@ -28,14 +28,12 @@ ignores.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
 import structlog
 
-from agent.backoff import Backoff
-from agent.cluster.errors import Conflict, NotFound
+from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import (
     LABEL_MANAGED_BY,
@@ -47,12 +45,13 @@ from agent.cluster.objects import (
 from agent.cluster.resources import ENDPOINTS, LEASES, Resource
 from agent.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
+from agent.sync.failures import raise_failures
 from agent.sync.services import SharedServices
+from agent.sync.update import UPDATE_ATTEMPTS, Change, Delete, Put, update
 
 Body = dict[str, Any]
 Owner = tuple[str, str]  # (Lease name, Lease uid)
 FIELDS = ("addresses", "notReadyAddresses")
-UPDATE_ATTEMPTS = 12
 
 
 class WantedAddress(NamedTuple):
@@ -197,30 +196,42 @@ class EndpointsBackend:
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()  # the marker names it, and it must exist before any entry does
         wanted: dict[str, list[WantedAddress]] = {}
+        failures: dict[str, ClusterError] = {}
         for service, group in group_by_service(registrations).items():
-            svc = await self._services.ensure(service, {(r.protocol, r.port) for r in group},
-                                              service_account=self.service_account)
+            try:
+                svc = await self._services.ensure(service, {(r.protocol, r.port) for r in group},
+                                                  service_account=self.service_account)
+            except ClusterError as exc:
+                failures[service] = exc  # the others go ahead; this one's addresses stay as they are
+                continue
             if svc.get("spec", {}).get("selector"):
                 self._warn_once(service, "selector", "service has a selector: Kubernetes' endpoints controller owns "
                                 "its Endpoints and replaces this VM's addresses; use a selector-less Service")
             wanted[service] = wanted_addresses(svc, group, terminating=terminating)
-        await self._write_all(lease_reference(lease), wanted)
+        await self._write_all(lease_reference(lease), wanted, failures)
 
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         await self.sync(registrations, terminating=True)
 
-    async def remove_all(self) -> None:
+    async def remove_all(self) -> list[str]:
         # Entries are ours by Lease name; no Lease is needed (or created) to remove them.
-        await self._write_all({"kind": "Lease", "name": lease_name(self.vm)}, {}, reap=False)
+        return await self._write_all({"kind": "Lease", "name": lease_name(self.vm)}, {}, {}, reap=False)
 
-    async def _write_all(self, owner: Body, wanted: dict[str, list[WantedAddress]], *, reap: bool = True) -> None:
+    async def _write_all(self, owner: Body, wanted: dict[str, list[WantedAddress]],
+                         failures: dict[str, ClusterError], *, reap: bool = True) -> list[str]:
         # Every Endpoints of the namespace: ours may sit in one that an admin created (`istioctl register`).
         items = {e["metadata"]["name"]: e for e in await self._kube.list(ENDPOINTS, self.namespace)}
         forget = await self._dead_owners(items.values(), owner["name"]) if reap and self.reap else set()
         touched = {name for name, e in items.items()
                    if owned_addresses(e.get("subsets"), owner["name"]) or lease_owners(e.get("subsets")) & forget}
-        for name in sorted(touched | wanted.keys()):
-            await self._update(name, items.get(name), owner, wanted.get(name, []), forget)
+        removed: list[str] = []
+        for name in sorted((touched | wanted.keys()) - failures.keys()):
+            try:
+                removed += await self._update(name, items.get(name), owner, wanted.get(name, []), forget)
+            except ClusterError as exc:
+                failures[name] = exc
+        raise_failures(failures)
+        return removed
 
     async def _dead_owners(self, items: Iterable[Body], own: str) -> set[Owner]:
         """Lease (name, uid)s named by entries of other VMs that no longer exist. Judged only on entries read
@@ -232,56 +243,41 @@ class EndpointsBackend:
         return others - live
 
     async def _update(self, name: str, current: Body | None, owner: Body, wanted: list[WantedAddress],
-                      forget: set[Owner]) -> None:
-        """Read-modify-write one Endpoints; on 409 (or a concurrent create/delete) re-read and merge again."""
+                      forget: set[Owner]) -> list[str]:
+        """Read-modify-write one Endpoints through the conflict-safe write path: on 409 (or a concurrent create or
+        delete) it is re-read and merged again. Returns what was removed (for remove_all)."""
         log = self._log.bind(service=name, object=f"endpoints/{name}")
-        backoff = Backoff(base=0.05, cap=2.0, jitter=1.0)
-        for attempt in range(self._attempts):
-            if attempt:
-                await asyncio.sleep(backoff.next())
-                current = await self._get(name)
-            subsets = (current or {}).get("subsets") or []
+        before: dict[str, bool] = {}
+        gone: set[Owner] = set()
+
+        def decide(found: Body | None) -> Change:
+            nonlocal before, gone
+            subsets = (found or {}).get("subsets") or []
             merged, refused = merge_subsets(subsets, owner, wanted, forget=forget)
+            before, gone = owned_addresses(subsets, owner["name"]), lease_owners(subsets) & forget
             self._mine[name] = owned_addresses(merged, owner["name"])  # what the cluster holds once this returns
             for ip in refused:
                 self._warn_once(name, ip, "address already listed in this port set by another owner; not added twice",
                                 address=ip)
-            try:
-                if current is None:
-                    if not merged:
-                        return
-                    await self._kube.create(ENDPOINTS, self.namespace,
-                                            build_endpoints(name, self.namespace, self.vm, merged))
-                    log.info("endpoints created", **_summary({}, owned_addresses(merged, owner["name"])))
-                    return
-                if merged == canonical_subsets(subsets):
-                    return
-                rv = current["metadata"]["resourceVersion"]
-                labels = current["metadata"].get("labels") or {}
-                if not merged and labels.get(LABEL_MANAGED_BY) == MANAGER:
-                    await self._kube.delete(ENDPOINTS, self.namespace, name, resource_version=rv)
-                    log.info("endpoints deleted, no addresses left")
-                else:
-                    body = {**current, "apiVersion": "v1", "kind": "Endpoints", "subsets": merged}
-                    await self._kube.replace(ENDPOINTS, self.namespace, name, body)
-                    before = owned_addresses(subsets, owner["name"])
-                    after = owned_addresses(merged, owner["name"])
-                    if before != after:
-                        log.info("endpoints updated", **_summary(before, after))
-                gone = lease_owners(subsets) & forget
-                if gone:
-                    log.info("addresses of VMs whose Lease is gone removed", leases=sorted(n for n, _ in gone))
-                return
-            except (Conflict, NotFound) as exc:
-                # Changed, created or deleted meanwhile: re-read and merge again.
-                log.debug("endpoints changed meanwhile; merging again", attempt=attempt + 1, error=str(exc))
-        raise Conflict(f"endpoints {name} kept changing under us ({self._attempts} attempts); will retry")
+            if found is None:
+                return Put(build_endpoints(name, self.namespace, self.vm, merged)) if merged else None
+            if merged == canonical_subsets(subsets):
+                return None
+            if not merged and (found["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER:
+                return Delete()  # ours and empty: it goes (the version read only: a newcomer's address stays)
+            return Put({**found, "apiVersion": "v1", "kind": "Endpoints", "subsets": merged})
 
-    async def _get(self, name: str) -> Body | None:
-        try:
-            return await self._kube.get(ENDPOINTS, self.namespace, name)
-        except NotFound:
-            return None
+        outcome = await update(self._kube, ENDPOINTS, self.namespace, name, decide, current=current,
+                               attempts=self._attempts)
+        after = self._mine.get(name, {})
+        if outcome.verb == "deleted":
+            log.info("endpoints deleted, no addresses left")
+        elif outcome.verb != "unchanged" and before != after:
+            log.info(f"endpoints {outcome.verb}", **_summary(before, after))
+        if gone and outcome.verb != "unchanged":
+            log.info("addresses of VMs whose Lease is gone removed", leases=sorted(n for n, _ in gone))
+        removed = sorted(before.keys() - after.keys())
+        return [f"endpoints/{name} ({', '.join(removed)})"] if removed else []
 
     def _warn_once(self, service: str, key: str, message: str, **fields: object) -> None:
         if (service, key) not in self._warned:

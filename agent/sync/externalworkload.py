@@ -1,15 +1,16 @@
 """Backend `externalworkload`: a Linkerd ExternalWorkload (workload.linkerd.io/v1beta1) per VM, service and family.
 
-`<service>-<vm>` (`-v6` for IPv6: Linkerd takes one workload IP per object) holds the IP, the ports named as the
-Service names them, and `meshTLS`; its labels `app: <service>` and `vmesh.dev/vm: <vm>` are what the Service
-`<service>` selects, and Linkerd turns the selected workloads into EndpointSlices. Health is the `Ready` status
-condition, written through the status subresource. The Lease owns every object (garbage-collected with it).
-The create / update / readiness / delete cycle is `WorkloadBackend`'s (agent/sync/workloads.py).
+`object_name(service, vm, family)` (one per family: Linkerd takes one workload IP per object) holds the IP the
+agent advertises, the ports named as the Service names them, and `meshTLS`; its labels `app: <service>` and
+`vmesh.dev/vm: <vm>` are what the Service `<service>` selects, and Linkerd turns the selected workloads into
+EndpointSlices. Health is the `Ready` status condition, written through the status subresource. The Lease owns
+every object (garbage-collected with it). The create / update / readiness / delete cycle is `WorkloadBackend`'s
+(agent/sync/workloads.py).
 
 meshTLS must match the certificate of the Linkerd proxy on the VM (usually issued through SPIRE). The defaults
-follow Linkerd's mesh-expansion guide with the VM name as the workload name:
-identity `spiffe://root.linkerd.cluster.local/{vm}`, serverName `{vm}.cluster.local`. Both are templates:
-`{vm}`, `{namespace}` and `{service}` are replaced.
+follow Linkerd's mesh-expansion guide with the VM name as the workload name: identity
+`spiffe://root.linkerd.cluster.local/{vm}`, serverName `{vm}.cluster.local`. Both are templates: `{vm}`,
+`{namespace}` and `{service}` are replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from agent.cluster.objects import CONDITION_READY, build_external_workload
 from agent.cluster.resources import EXTERNAL_WORKLOADS
 from agent.heartbeat import Heartbeat
 from agent.state import Registration
+from agent.sync.owned import Preferred
 from agent.sync.workloads import Body, WallClock, WorkloadBackend
 
 DEFAULT_IDENTITY = "spiffe://root.linkerd.cluster.local/{vm}"
@@ -40,8 +42,9 @@ class ExternalWorkloadBackend(WorkloadBackend):
 
     def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
                  log: structlog.typing.FilteringBoundLogger, *, identity: str = DEFAULT_IDENTITY,
-                 server_name: str = DEFAULT_SERVER_NAME, wall_clock: WallClock = time.time) -> None:
-        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock)
+                 server_name: str = DEFAULT_SERVER_NAME, wall_clock: WallClock = time.time,
+                 preferred: Preferred = tuple) -> None:
+        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock, preferred=preferred)
         self.identity = identity
         self.server_name = server_name
         self.mesh_tls("service")  # a broken template fails here, at start-up, not in every sync
@@ -55,10 +58,11 @@ class ExternalWorkloadBackend(WorkloadBackend):
             raise ValueError(f"externalworkload identity {self.identity!r} / server_name {self.server_name!r}: "
                              f"only {{vm}}, {{namespace}} and {{service}} can be filled in ({exc!r})") from exc
 
-    def _build(self, service: str, svc: Body, registrations: list[Registration], lease: Body) -> Body:
-        identity, server_name = self.mesh_tls(service)
+    def _build(self, svc: Body, registrations: list[Registration], lease: Body, *, terminating: bool) -> Body:
+        identity, server_name = self.mesh_tls(registrations[0].service)
         return build_external_workload(svc, self.vm, self.namespace, registrations, lease,
-                                       identity=identity, server_name=server_name)
+                                       identity=identity, server_name=server_name,
+                                       preferred=self._preferred())
 
     def _write_fields(self, body: Body) -> dict[str, Any]:
         return {"addresses": [w["ip"] for w in body["spec"]["workloadIPs"]],

@@ -18,6 +18,7 @@ from agent.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError
 from agent.state import DesiredState
 from agent.sync.backend import Backend
+from agent.sync.failures import ServiceFailures
 
 
 class Reconciler:
@@ -33,6 +34,7 @@ class Reconciler:
         self.first_attempt_done = asyncio.Event()
         self.last_success: float | None = None  # monotonic
         self.last_error = ""
+        self.service_errors: dict[str, str] = {}  # of the last sync, when only some services failed
         self.runs = 0
         self.errors = 0
         self._last_error_type: type[ClusterError] | None = None
@@ -61,6 +63,7 @@ class Reconciler:
         except ClusterError as exc:
             self.errors += 1
             message = str(exc)
+            self._report_services(exc)
             if type(exc) is not self._last_error_type:
                 # A new kind of failure starts its backoff afresh: a 403 while a restarted apiserver is still
                 # loading RBAC must not inherit the long delay that a minute of refused connections built up.
@@ -68,7 +71,7 @@ class Reconciler:
                 self._last_error_type = type(exc)
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
             delay = self._backoff.next(cap=2.0 if exc.transient else None)
-            if message != self.last_error:
+            if message != self.last_error and not isinstance(exc, ServiceFailures):
                 # An unreachable or busy apiserver (timeouts, 429, 503) is retried and usually passes: a warning.
                 # Anything else (403, 422, …) needs someone to act: an error.
                 report = self._log.warning if exc.transient else self._log.error
@@ -81,7 +84,27 @@ class Reconciler:
         if self.last_error:
             self._log.info("sync recovered", previous_error=self.last_error)
         self.last_error = ""
+        self.service_errors = {}
         self._last_error_type = None
         self.last_success = time.monotonic()
         self._backoff.reset()
         return jittered(self.resync_interval)
+
+    def registered(self, service: str) -> bool:
+        """Whether the last sync wrote `service`: it succeeded, or failed only for other services."""
+        if not self.last_error:
+            return self.last_success is not None
+        return bool(self.service_errors) and service not in self.service_errors
+
+    def _report_services(self, exc: ClusterError) -> None:
+        """Each failing service on its own line, once per distinct error. A failure of the whole run (the Lease,
+        the list) says nothing of any one service."""
+        failures = exc.errors if isinstance(exc, ServiceFailures) else {}
+        for name, error in sorted(failures.items()):
+            if self.service_errors.get(name) != str(error):
+                # As for the whole run: a busy or unreachable apiserver is a warning, anything else an error.
+                report = self._log.warning if error.transient else self._log.error
+                report("sync failed", service=name, error=str(error))
+        for name in sorted(self.service_errors.keys() - failures.keys()) if failures else ():
+            self._log.info("sync recovered", service=name, previous_error=self.service_errors[name])
+        self.service_errors = {name: str(error) for name, error in failures.items()}

@@ -11,12 +11,14 @@ from agent.sync.backend import Backend
 from agent.sync.endpoints import EndpointsBackend
 from agent.sync.endpointslice import EndpointSliceBackend
 from agent.sync.externalworkload import ExternalWorkloadBackend
+from agent.sync.owned import Preferred
 from agent.sync.workloadentry import WorkloadEntryBackend
 
 
 def make_backend(settings: Settings, kube: KubeClient, vm: str, heartbeat: Heartbeat,
-                 log: structlog.typing.FilteringBoundLogger) -> Backend:
-    """The backend the config names, for `vm` (this VM, or a dead peer being reaped)."""
+                 log: structlog.typing.FilteringBoundLogger, *, preferred: Preferred = tuple) -> Backend:
+    """The backend the config names, for `vm` (this VM, or a dead peer being reaped). `preferred`: the addresses
+    in the order the agent advertises them (the mesh backends register one address per family)."""
     ns = settings.namespace
     if settings.backend == "endpoints":
         return EndpointsBackend(kube, ns, vm, heartbeat, log, service_account=settings.endpoints.service_account,
@@ -24,8 +26,8 @@ def make_backend(settings: Settings, kube: KubeClient, vm: str, heartbeat: Heart
     if settings.backend == "workloadentry":
         return WorkloadEntryBackend(kube, ns, vm, heartbeat, log,
                                     service_account=settings.workloadentry.service_account,
-                                    network=settings.workloadentry.network)
+                                    network=settings.workloadentry.network, preferred=preferred)
     if settings.backend == "externalworkload":
         return ExternalWorkloadBackend(kube, ns, vm, heartbeat, log, identity=settings.externalworkload.identity,
-                                       server_name=settings.externalworkload.server_name)
-    return EndpointSliceBackend(kube, ns, vm, heartbeat, log)
+                                       server_name=settings.externalworkload.server_name, preferred=preferred)
+    return EndpointSliceBackend(kube, ns, vm, heartbeat, log, preferred=preferred)

@@ -1,7 +1,7 @@
 """The shared Service of a service name, as every backend needs it: created if missing, only ever extended.
 
-Many VMs write the same Service at once, so a change is a resourceVersion-checked replace, re-read and merged
-again on 409. It is never deleted here.
+Many VMs write the same Service at once, so a change goes through the conflict-safe write path (update.py):
+resourceVersion-checked, re-read and merged again on 409. It is never deleted here.
 """
 
 from __future__ import annotations
@@ -10,18 +10,17 @@ from typing import Any
 
 import structlog
 
-from agent.cluster.errors import Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_service_with, extend_service
 from agent.cluster.resources import SERVICES
+from agent.sync.update import UPDATE_ATTEMPTS, Change, Put, read, update
 
 Body = dict[str, Any]
-SERVICE_UPDATE_ATTEMPTS = 5
 
 
 class SharedServices:
     def __init__(self, kube: KubeClient, namespace: str, vm: str, log: structlog.typing.FilteringBoundLogger,
-                 *, attempts: int = SERVICE_UPDATE_ATTEMPTS) -> None:
+                 *, attempts: int = UPDATE_ATTEMPTS) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
@@ -34,34 +33,27 @@ class SharedServices:
         """The Service `name` with at least these (protocol, port)s, and with `selector` if it is ours to set
         (see objects.extend_service); `service_account` joins Istio's service-account annotation."""
         log = self._log.bind(service=name, object=f"service/{name}")
-        for _ in range(self._attempts):
-            try:
-                svc = await self._kube.get(SERVICES, self.namespace, name)
-            except NotFound:
-                body = build_service_with(name, self.namespace, self.vm, ports, selector=selector,
-                                          service_account=service_account)
-                try:
-                    svc = await self._kube.create(SERVICES, self.namespace, body)
-                except Conflict as exc:
-                    if exc.already_exists:
-                        continue  # another VM created it first; merge into theirs
-                    raise
-                log.info("service created", ports=[p["name"] for p in svc["spec"]["ports"]],
-                         selector=selector or None)
-                return svc
-            updated, changes = extend_service(svc, ports, selector=selector, service_account=service_account)
-            if changes:
-                try:
-                    svc = await self._kube.replace(SERVICES, self.namespace, name, updated)
-                except Conflict:
-                    continue  # another VM changed it meanwhile: re-read and merge again
-                except NotFound:
-                    continue  # deleted meanwhile: create it
-                log.info("service updated", added=changes)
-            if selector:
-                self._check_selector(svc, selector, log)
-            return svc
-        raise Conflict(f"service {name} kept changing under us ({self._attempts} attempts); will retry")
+        added: list[str] = []
+
+        def decide(current: Body | None) -> Change:
+            nonlocal added
+            if current is None:
+                return Put(build_service_with(name, self.namespace, self.vm, ports, selector=selector,
+                                              service_account=service_account))
+            updated, added = extend_service(current, ports, selector=selector, service_account=service_account)
+            return Put(updated) if added else None
+
+        outcome = await update(self._kube, SERVICES, self.namespace, name, decide,
+                               current=await read(self._kube, SERVICES, self.namespace, name), attempts=self._attempts)
+        svc = outcome.obj
+        assert svc is not None  # a Put leaves the object in place
+        if outcome.verb == "created":
+            log.info("service created", ports=[p["name"] for p in svc["spec"]["ports"]], selector=selector or None)
+        elif outcome.verb == "updated":
+            log.info("service updated", added=added)
+        if selector:
+            self._check_selector(svc, selector, log)
+        return svc
 
     def _check_selector(self, svc: Body, selector: dict[str, str], log: structlog.typing.FilteringBoundLogger) -> None:
         have = svc.get("spec", {}).get("selector") or {}

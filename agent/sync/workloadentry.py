@@ -1,11 +1,11 @@
 """Backend `workloadentry`: an Istio WorkloadEntry (networking.istio.io/v1) per VM, service and address family.
 
-`<service>-<vm>` (`-v6` for IPv6) holds the address, the ports named as the Service names them, and the labels
-`app: <service>` and `vmesh.dev/vm: <vm>`; the Service `<service>` selects `app: <service>`. Health is the
-`Healthy` status condition, written through the status subresource; the annotation
-`proxy.istio.io/health-checks-enabled: "true"` makes Istio honour it (without it Istio counts every entry
-healthy). The Lease owns every entry, so a VM that dies and is reaped loses them to the garbage collector.
-The create / update / health / delete cycle is `WorkloadBackend`'s (agent/sync/workloads.py).
+`object_name(service, vm, family)` holds the address the agent advertises, the ports named as the Service names
+them, and the labels `app: <service>` and `vmesh.dev/vm: <vm>`; the Service `<service>` selects `app: <service>`.
+Health is the `Healthy` status condition, written through the status subresource; the annotation
+`proxy.istio.io/health-checks-enabled: "true"` makes Istio honour it (without it Istio counts every entry healthy).
+The Lease owns every entry, so a VM that dies and is reaped loses them to the garbage collector. The create /
+update / health / delete cycle is `WorkloadBackend`'s (agent/sync/workloads.py, owned.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from agent.cluster.objects import CONDITION_HEALTHY, build_workload_entry
 from agent.cluster.resources import WORKLOAD_ENTRIES
 from agent.heartbeat import Heartbeat
 from agent.state import Registration
+from agent.sync.owned import Preferred
 from agent.sync.workloads import Body, WallClock, WorkloadBackend
 
 
@@ -31,20 +32,15 @@ class WorkloadEntryBackend(WorkloadBackend):
 
     def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
                  log: structlog.typing.FilteringBoundLogger, *, service_account: str = "", network: str = "",
-                 wall_clock: WallClock = time.time) -> None:
-        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock)
+                 wall_clock: WallClock = time.time, preferred: Preferred = tuple) -> None:
+        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock, preferred=preferred)
         self.service_account = service_account
         self.network = network
 
-    def _build(self, service: str, svc: Body, registrations: list[Registration], lease: Body) -> Body:
+    def _build(self, svc: Body, registrations: list[Registration], lease: Body, *, terminating: bool) -> Body:
         return build_workload_entry(svc, self.vm, self.namespace, registrations, lease,
-                                    service_account=self.service_account, network=self.network)
+                                    service_account=self.service_account, network=self.network,
+                                    preferred=self._preferred())
 
     def _write_fields(self, body: Body) -> dict[str, Any]:
         return {"address": body["spec"]["address"], "ports": body["spec"]["ports"]}
-
-    def _owned_metadata(self, current: Body, desired: Body) -> Body:
-        """Also the agent's annotations (the Istio health-checks switch), merged over others'."""
-        annotations = current["metadata"].get("annotations") or {}
-        return {**super()._owned_metadata(current, desired),
-                "annotations": {**annotations, **(desired["metadata"].get("annotations") or {})}}

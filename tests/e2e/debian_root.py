@@ -26,7 +26,7 @@ EXTRA = ["mariadb-server", "mariadb-client"]
 PACKAGES = BASE + EXTRA
 # Bump when the recipe below changes in a way the package list does not show.
 RECIPE = "2"
-# The VM name the agent uses by default (the hostname): objects are mysqldb-<it> and vmesh-<it>.
+# The VM name the agent uses by default (the hostname): objects are mysqldb-<it>-<hash> and vmesh-<it>.
 HOSTNAME = "debian12"
 CACHE = Path(os.environ.get("VMESH_CACHE", Path.home() / ".cache" / "vmesh-agent"))
 

@@ -59,6 +59,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agent.api.openapi import OPENAPI
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -206,7 +207,7 @@ class Target:
 
 
 def ready_endpoints(cluster: Cluster, vm: VM, namespace: str) -> list[bool]:
-    s = cluster.get("endpointslice", f"{SERVICE}-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name(SERVICE, vm.name, 4), namespace)
     return [bool(e["conditions"].get("ready")) for e in (s or {}).get("endpoints") or []]
 
 

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from agent.cluster.kube import KubeClient
-from agent.config import ClusterSettings
+from agent.cluster.objects import object_name
+from agent.config import ClusterSettings, Settings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
+from agent.oneshot import deregister
 from agent.state import Registration
 from agent.sync.backend import Backend
 from agent.sync.endpoints import EndpointsBackend
@@ -255,7 +257,7 @@ async def test_workloadentry_spec_health_and_removal(
         return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
 
     def entry() -> Body | None:
-        return cluster.get(WLE, "mysqldb-vm-a", namespace)
+        return cluster.get(WLE, object_name("mysqldb", "vm-a", 4), namespace)
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         await vm.backend.sync([reg("198.18.9.1")])
@@ -308,8 +310,8 @@ async def test_externalworkload_spec_readiness_and_removal(
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
         return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
 
-    def workload(name: str = "mysqldb-vm-a") -> Body | None:
-        return cluster.get(EW, name, namespace)
+    def workload(family: int = 4) -> Body | None:
+        return cluster.get(EW, object_name("mysqldb", "vm-a", family), namespace)
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         both = [reg("198.18.9.1"), reg("fd00:198:18::1")]
@@ -323,7 +325,7 @@ async def test_externalworkload_spec_readiness_and_removal(
         }
         assert ew["metadata"]["labels"]["app"] == "mysqldb"
         assert ew["metadata"]["labels"]["vmesh.dev/vm"] == "vm-a"
-        v6 = workload("mysqldb-vm-a-v6")
+        v6 = workload(6)
         assert v6 is not None, "Linkerd takes one workload IP: the IPv6 address gets its own object"
         assert v6["spec"]["workloadIPs"] == [{"ip": "fd00:198:18::1"}]
         ready = condition(ew, "Ready")
@@ -334,7 +336,7 @@ async def test_externalworkload_spec_readiness_and_removal(
         assert svc["spec"]["selector"] == {"app": "mysqldb"}
 
         await vm.backend.sync([reg("198.18.9.1", ready=False)])
-        assert workload("mysqldb-vm-a-v6") is None, "the address that went is removed"
+        assert workload(6) is None, "the address that went is removed"
         sick = condition(workload(), "Ready")
         assert sick is not None
         assert (sick["status"], sick["reason"]) == ("False", "HealthCheckFailing")
@@ -347,3 +349,41 @@ async def test_externalworkload_spec_readiness_and_removal(
         await vm.backend.remove_all()
         assert workload() is None
         assert cluster.get("service", "mysqldb", namespace) is not None
+
+
+@pytest.mark.parametrize("kind", [WLE, EW])
+async def test_mesh_backends_register_the_advertised_address_not_the_lowest(
+    cluster: Cluster, namespace: str, settings: ClusterSettings, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """MySQL bound to two addresses of the VM; the agent advertises 198.18.9.5 (it comes first in `hostname -I`)."""
+    request.getfixturevalue("istio_crds" if kind == WLE else "linkerd_crds")
+    advertised = [ip_address("198.18.9.5"), ip_address("198.18.9.1")]
+
+    def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
+        if kind == WLE:
+            return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
+        return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
+
+    async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
+        await vm.backend.sync([reg("198.18.9.1"), reg("198.18.9.5")])
+        obj = cluster.get(kind, object_name("mysqldb", "vm-a", 4), namespace)
+        assert obj is not None
+        spec = obj["spec"]
+        assert (spec["address"] if kind == WLE else spec["workloadIPs"][0]["ip"]) == "198.18.9.5"
+
+
+async def test_deregister_removes_a_mesh_vms_objects_through_its_backend_and_names_them(
+    cluster: Cluster, namespace: str, settings: ClusterSettings, istio_crds: None
+) -> None:
+    def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
+        return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
+
+    async with fleet(settings, namespace, ["vm-a", "vm-b"], make) as [a, b]:
+        await a.backend.sync([reg("198.18.9.1"), reg("fd00:198:18::1")])
+        await b.backend.sync([reg("198.18.9.2")])
+    config = Settings(vm_name="vm-a", namespace=namespace, backend="workloadentry", cluster=settings)
+    removed = await deregister(config)
+    names = [object_name("mysqldb", "vm-a", family) for family in (4, 6)]
+    assert sorted(removed) == sorted([*(f"workloadentry/{n}" for n in names), "lease/vmesh-vm-a"])
+    assert all(cluster.get(WLE, n, namespace) is None for n in names)
+    assert cluster.get(WLE, object_name("mysqldb", "vm-b", 4), namespace) is not None, "another VM's stays"

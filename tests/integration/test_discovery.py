@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import AGENT, VM
 from tests.testbed.waiting import wait_until
@@ -82,7 +83,7 @@ def test_human_output_is_a_short_table(make_vm: Callable[[str], VM], mariadb_tem
 
 
 def slice_addresses(cluster: Cluster, vm: VM, namespace: str) -> list[tuple[str, bool]]:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     if not s:
         return []
     return [(a, bool(e["conditions"].get("ready"))) for e in s.get("endpoints") or [] for a in e["addresses"]]
@@ -105,7 +106,7 @@ def test_loopback_only_mariadb_is_skipped_with_the_fix_then_registered_when_rebo
     vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
     vm.wait_log(lambda line: line.get("event") == "listener skipped" and "bind-address" in line.get("reason", ""),
                 10, "the bind-address warning")
-    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is None
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
 
     db.stop()
     db.bind = "0.0.0.0"
@@ -121,7 +122,7 @@ def test_mariadb_started_later_then_stopped_then_moved_to_another_port(
     vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
     lease = wait_until(lambda: cluster.get("lease", f"vmesh-{vm.name}", namespace), 20, "the agent's Lease")
     assert lease
-    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is None
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
 
     db = vm.start_mariadb(mariadb_template)
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, True)], ONE_INTERVAL + SLACK,
@@ -135,7 +136,7 @@ def test_mariadb_started_later_then_stopped_then_moved_to_another_port(
     db.start()
 
     def ports() -> list[tuple[int, bool]]:
-        s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+        s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
         if not s:
             return []
         return sorted((p["port"], all(e["conditions"]["ready"] for e in s["endpoints"])) for p in s["ports"])
@@ -156,7 +157,7 @@ def test_vanished_service_is_removed_after_the_grace(
     db.stop()
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, False)], ONE_INTERVAL + SLACK,
                "not ready first")
-    wait_until(lambda: cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is None, 3 + SLACK,
+    wait_until(lambda: cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None, 3 + SLACK,
                "removal after remove_after")
 
 

@@ -54,7 +54,7 @@ socket = "{workdir}/agent-{index}.sock"
 
 
 def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
-    return {o["metadata"]["name"]: o["spec"].get("holderIdentity") or ""
+    return {o["metadata"]["name"]: (o["spec"].get("holderIdentity") or "").split("/")[0]
             for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
 
 

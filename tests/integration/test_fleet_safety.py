@@ -24,7 +24,9 @@ OUTAGE = 12.0  # longer than a Lease + grace: without outage safety every VM wou
 
 
 def ready_slice(cluster: Cluster, namespace: str, vm: VM) -> dict[str, object] | None:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    """The VM's one mysqldb slice, found by its labels (the previous release named it differently)."""
+    found = cluster.list("endpointslice", namespace, f"vmesh.dev/vm={vm.name},kubernetes.io/service-name=mysqldb")
+    s = found[0] if len(found) == 1 else None
     endpoints = (s or {}).get("endpoints") or []
     if s and [e["addresses"] for e in endpoints] == [[vm.address]] and endpoints[0]["conditions"]["ready"]:
         return s
@@ -39,12 +41,14 @@ def identities(cluster: Cluster, namespace: str) -> dict[str, str]:
 
 
 def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
-    return {o["metadata"]["name"]: o["spec"].get("holderIdentity") or ""
+    return {o["metadata"]["name"]: (o["spec"].get("holderIdentity") or "").split("/")[0]
             for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
 
 
 def own_objects(cluster: Cluster, namespace: str, vm: VM) -> list[str]:
-    return [k for k in identities(cluster, namespace) if k.endswith(f"-{vm.name}") or k.endswith(f"/vmesh-{vm.name}")]
+    """The VM's Lease and slices, by their vmesh.dev/vm label."""
+    return [f"{o['kind']}/{o['metadata']['name']}" for kind in ("lease", "endpointslice")
+            for o in cluster.list(kind, namespace, f"vmesh.dev/vm={vm.name}")]
 
 
 def reaped(vms: list[VM]) -> list[str]:

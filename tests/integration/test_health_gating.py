@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
 
 def readiness(cluster: Cluster, vm: VM, namespace: str) -> list[tuple[bool, bool]]:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     return [(e["conditions"]["ready"], e["conditions"]["serving"]) for e in (s or {}).get("endpoints") or []]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import AGENT, VM
 from tests.testbed.waiting import wait_until
@@ -91,7 +92,7 @@ def test_health_levels_and_text_format(vm: VM) -> None:
 
 def test_maintenance_marks_not_ready_and_survives_a_restart(cluster: Cluster, namespace: str, vm: VM) -> None:
     def ready() -> list[bool]:
-        s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+        s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
         return [e["conditions"]["ready"] for e in (s or {}).get("endpoints") or []]
 
     result = vm.cli("maintenance", "mysqldb", "on", "--reason", "upgrading MariaDB")
@@ -207,11 +208,12 @@ def test_stale_socket_from_a_crash_is_replaced(vm: VM) -> None:
 
 def test_deregister_and_reap_commands(cluster: Cluster, namespace: str, vm: VM) -> None:
     vm.stop_agent(signal.SIGKILL)  # a dead agent left its objects behind
-    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is not None
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is not None
     result = vm.cli("deregister", "--json")
     assert result.returncode == 0, result.stderr
-    assert sorted(as_json(result)["removed"]) == [f"endpointslice/mysqldb-{vm.name}", f"lease/vmesh-{vm.name}"]
-    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is None
+    removed = [f"endpointslice/{object_name('mysqldb', vm.name, 4)}", f"lease/vmesh-{vm.name}"]
+    assert sorted(as_json(result)["removed"]) == removed
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
     assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
     again = vm.cli("deregister")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing registered for this VM")

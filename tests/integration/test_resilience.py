@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -19,7 +20,7 @@ REPAIR_WITHIN = 1.5  # seconds from the kubectl call's start: the target is 1 s,
 
 
 def registered(cluster: Cluster, vm: VM, namespace: str) -> dict[str, Any] | None:
-    s = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     if s and [a for e in s.get("endpoints") or [] for a in e["addresses"]] == [vm.address]:
         return s
     return None
@@ -50,7 +51,7 @@ def test_deleted_or_edited_slice_is_repaired_from_the_watch_and_foreign_slices_a
     uid = registered(cluster, vm, namespace)["metadata"]["uid"]  # type: ignore[index]
 
     deleted_at = time.monotonic()
-    cluster.kubectl("delete", "endpointslice", f"mysqldb-{vm.name}", "-n", namespace)
+    cluster.kubectl("delete", "endpointslice", object_name("mysqldb", vm.name, 4), "-n", namespace)
     restored = wait_until(lambda: (s := registered(cluster, vm, namespace)) and s["metadata"]["uid"] != uid and s,
                           REPAIR_WITHIN, "the deleted slice recreated")
     took = time.monotonic() - deleted_at
@@ -59,8 +60,8 @@ def test_deleted_or_edited_slice_is_repaired_from_the_watch_and_foreign_slices_a
     version = restored["metadata"]["resourceVersion"]
     patch = [{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.77.77"}]
     edited_at = time.monotonic()
-    edited = cluster.kubectl("patch", "endpointslice", f"mysqldb-{vm.name}", "-n", namespace, "--type=json",
-                             "-p", json.dumps(patch), "-o", "json")
+    edited = cluster.kubectl("patch", "endpointslice", object_name("mysqldb", vm.name, 4), "-n", namespace,
+                             "--type=json", "-p", json.dumps(patch), "-o", "json")
     edited_version = json.loads(edited.stdout)["metadata"]["resourceVersion"]
     assert edited_version != version
     repaired = wait_until(lambda: (s := registered(cluster, vm, namespace))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.mariadb import RATINGS_USER
 from tests.testbed.vm import VM
@@ -22,7 +23,7 @@ def test_no_token_or_password_in_logs(
     token = cluster.token(namespace)
     config = vm.write_config(namespace, token, discovery={"check": {"type": "mysql", "credentials_file": str(creds)}})
     vm.start_agent(config)
-    wait_until(lambda: cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace), 20, "registration")
+    wait_until(lambda: cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace), 20, "registration")
     # An expired/garbage token: the cluster answers 401 and the agent says so, without echoing it.
     (vm.workdir / "token").write_text(token[:-10] + "AAAAAAAAAA")
     vm.wait_log(lambda line: "credentials" in str(line.get("error", "")), 20, "the 401 reported")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -45,14 +46,16 @@ def test_ready_status_watchdog_stopping_in_order(
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)),
-                   env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"})
+    # The stop lasts at least the drain, ten watchdog intervals: a ping sent while stopping cannot slip past
+    # the assertion below by luck of timing.
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), sync={"drain": "1s"}),
+                   env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"})
 
     wait_until(lambda: "READY=1" in systemd.drain(), 20, "READY=1")
     ready_at = systemd.messages.index("READY=1")
     # READY=1 only once the API serves and the first sync attempt is done.
     assert vm.cli("status", "--json").returncode == 0
-    assert cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace) is not None
+    assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is not None
     statuses = [m for m in systemd.messages if m.startswith("STATUS=")]
     assert statuses[0] == "STATUS=starting"
     wait_until(lambda: f"STATUS=registered mysqldb at {vm.address}" in systemd.drain(), 5, "the status in words")
@@ -69,6 +72,7 @@ def test_ready_status_watchdog_stopping_in_order(
     stopping_at = messages.index("STOPPING=1")
     assert ready_at < stopping_at
     assert messages.index("STATUS=starting") < ready_at
+    assert "STATUS=draining: endpoints marked terminating" in messages[stopping_at:]
     assert "WATCHDOG=1" not in messages[stopping_at:], "no watchdog pings once stopping"
 
 
@@ -80,17 +84,18 @@ def test_reload_sends_reloading_then_ready_and_keeps_the_old_config_when_invalid
     config = vm.write_config(namespace, cluster.token(namespace))
     agent = vm.start_agent(config, env={"NOTIFY_SOCKET": str(systemd.path)})
     wait_until(lambda: "READY=1" in systemd.drain(), 20, "READY=1")
-    slice_before = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    slice_before = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     assert slice_before is not None
 
     good = config.read_text()
     config.write_text(good + '\n[[service]]\nname = "billing"\nport = 3306\nprotocol = "tcp"\n')
     agent.send_signal(signal.SIGHUP)
-    wait_until(lambda: cluster.get("endpointslice", f"billing-{vm.name}", namespace), 10, "the new service")
+    billing = object_name("billing", vm.name, 4)
+    wait_until(lambda: cluster.get("endpointslice", billing, namespace), 10, "the new service")
     messages = systemd.drain()
     reloading = messages.index("RELOADING=1")
     assert "READY=1" in messages[reloading:]
-    after = cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    after = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
     assert after is not None
     assert after["metadata"]["resourceVersion"] == slice_before["metadata"]["resourceVersion"], \
         "an unchanged registration is left untouched by a reload"
@@ -101,4 +106,4 @@ def test_reload_sends_reloading_then_ready_and_keeps_the_old_config_when_invalid
                        "the rejection")
     assert "discovery.interval" in line["error"]
     assert agent.poll() is None
-    assert cluster.get("endpointslice", f"billing-{vm.name}", namespace) is not None
+    assert cluster.get("endpointslice", billing, namespace) is not None

@@ -9,6 +9,7 @@ from typing import Any
 
 import pymysql
 
+from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.mariadb import RATINGS_USER
 from tests.testbed.vm import VM
@@ -25,7 +26,7 @@ def running_vm(make_vm: Callable[[str], VM], label: str, template: Path, cluster
 
 
 def slice_of(cluster: Cluster, vm: VM, namespace: str) -> dict[str, Any] | None:
-    return cluster.get("endpointslice", f"mysqldb-{vm.name}", namespace)
+    return cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
 
 
 def ready_slice(cluster: Cluster, vm: VM, namespace: str) -> dict[str, Any] | None:
@@ -71,7 +72,7 @@ def test_registers_mysql_at_the_vm_address_and_the_ratings_are_readable(
     created = vm.wait_log(lambda line: line.get("event") == "endpointslice created", 5, "slice creation logged")
     assert created["vm"] == vm.name
     assert created["service"] == "mysqldb"
-    assert created["object"] == f"endpointslice/mysqldb-{vm.name}"
+    assert created["object"] == f"endpointslice/{object_name('mysqldb', vm.name, 4)}"
 
 
 def test_lease_renew_time_advances(
@@ -88,7 +89,7 @@ def test_lease_renew_time_advances(
     assert later > first
     lease = cluster.get("lease", f"vmesh-{vm.name}", namespace)
     assert lease is not None
-    assert lease["spec"]["holderIdentity"] == vm.name
+    assert lease["spec"]["holderIdentity"].split("/")[0] == vm.name  # VM/machine/boot/process
     assert lease["spec"]["leaseDurationSeconds"] == 5
 
 

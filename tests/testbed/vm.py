@@ -121,9 +121,10 @@ class VM:
         self.mariadb.start()
         return self.mariadb
 
-    def write_config(self, namespace: str, token: str, **overrides: dict[str, Any]) -> Path:
+    def write_config(self, namespace: str, token: str, vm_name: str = "", **overrides: dict[str, Any]) -> Path:
         """The agent's config for this VM: fast test intervals; `overrides` merge into its tables,
-        e.g. write_config(ns, token, discovery={"remove_after": "3s"})."""
+        e.g. write_config(ns, token, discovery={"remove_after": "3s"}). `vm_name` defaults to the VM's name
+        (another VM's: a clone)."""
         token_file = self.workdir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -138,7 +139,7 @@ class VM:
         }
         for table, values in overrides.items():
             tables.setdefault(table, {}).update(values)
-        lines = [f'vm_name = "{self.name}"', f'namespace = "{namespace}"',
+        lines = [f'vm_name = "{vm_name or self.name}"', f'namespace = "{namespace}"',
                  f'state_dir = "{self.workdir / "state"}"']
         for table, values in tables.items():
             lines += ["", f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
@@ -147,12 +148,20 @@ class VM:
         return config
 
     def start_agent(self, config: Path, env: dict[str, str] | None = None,
-                    tree: Path = ROOT) -> subprocess.Popen[bytes]:
-        """Run the agent from `tree` (this checkout, or another release's) inside the VM."""
+                    tree: Path = ROOT, boot_id: str = "") -> subprocess.Popen[bytes]:
+        """Run the agent from `tree` (this checkout, or another release's) inside the VM. With `boot_id`, the
+        agent sees that as /proc/sys/kernel/random/boot_id (a mount namespace of its own): a VM booted apart
+        from the host, as a clone of a VM image is."""
         log = self.agent_log.open("ab")
         env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
+        command = [*AGENT, "run", "--config", str(config)]
+        if boot_id:
+            fake = self.workdir / "boot_id"
+            fake.write_text(boot_id + "\n")
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"', str(fake), *command]
         self.agent = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *AGENT, "run", "--config", str(config)],
+            ["ip", "netns", "exec", self.netns, *command],
             stdout=log, stderr=log, env=env, cwd=tree,
         )
         log.close()
@@ -164,6 +173,16 @@ class VM:
         code = self.agent.wait(timeout=timeout)
         self.agent = None
         return code
+
+    def blackhole(self, address: str) -> None:
+        """Drop every packet this VM sends to `address` (nftables, inside the VM's namespace): no reset, no ICMP,
+        as a partition or a dead route looks, unlike a refused connection."""
+        self.exec("nft", "add table inet vmesh_blackhole")
+        self.exec("nft", "add chain inet vmesh_blackhole out { type filter hook output priority 0; policy accept; }")
+        self.exec("nft", f"add rule inet vmesh_blackhole out ip daddr {address} drop")
+
+    def lift_blackhole(self) -> None:
+        self.exec("nft", "delete table inet vmesh_blackhole", check=False)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """`vmesh-agent ARGS` inside the VM, against this VM's config (and so its socket)."""

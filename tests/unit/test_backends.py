@@ -20,6 +20,7 @@ from agent.cluster.objects import (
     extend_service,
     health_of,
     named_ports,
+    object_name,
     set_condition,
     workload_differs,
 )
@@ -36,6 +37,7 @@ from agent.sync.endpoints import (
     wanted_addresses,
 )
 from agent.sync.externalworkload import ExternalWorkloadBackend
+from agent.sync.failures import ServiceFailures
 
 Body = dict[str, Any]
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
@@ -206,7 +208,7 @@ def test_workload_entry_shape() -> None:
     entry = build_workload_entry(svc, "a", "vm", [reg(), reg(33060, "tcp")], lease("a"),
                                  service_account="vm-sa", network="vms")
     assert entry["apiVersion"] == "networking.istio.io/v1"
-    assert entry["metadata"]["name"] == "mysqldb-a"
+    assert entry["metadata"]["name"] == object_name("mysqldb", "a", 4)
     assert entry["metadata"]["labels"] == {"app": "mysqldb", "vmesh.dev/vm": "a",
                                            "app.kubernetes.io/managed-by": "vmesh-agent"}
     assert entry["metadata"]["annotations"] == {ANNOTATION_ISTIO_HEALTH_CHECKS: "true"}
@@ -225,7 +227,7 @@ def test_one_address_per_object_and_family() -> None:
     entry = build_workload_entry(svc, "a", "vm", [reg(address="198.18.1.9"), reg(address="198.18.1.10")], lease("a"))
     assert entry["spec"]["address"] == "198.18.1.9"
     v6 = build_workload_entry(svc, "a", "vm", [reg(address="fd00::5")], lease("a"))
-    assert v6["metadata"]["name"] == "mysqldb-a-v6"
+    assert v6["metadata"]["name"] == object_name("mysqldb", "a", 6)
     assert v6["spec"]["address"] == "fd00::5"
 
 
@@ -236,7 +238,7 @@ def test_external_workload_shape_and_mesh_tls_templates() -> None:
     workload = build_external_workload(svc, "a", "vm", [reg()], lease("a"), identity=identity,
                                        server_name=server_name)
     assert workload["apiVersion"] == "workload.linkerd.io/v1beta1"
-    assert workload["metadata"]["name"] == "mysqldb-a"
+    assert workload["metadata"]["name"] == object_name("mysqldb", "a", 4)
     assert workload["metadata"]["labels"]["app"] == "mysqldb"
     assert workload["metadata"]["ownerReferences"][0]["uid"] == "uid-a"
     assert workload["spec"] == {
@@ -312,6 +314,6 @@ class AlwaysModified:
 async def test_endpoints_retry_a_bounded_number_of_times_then_say_so() -> None:
     kube = AlwaysModified()
     backend = EndpointsBackend(kube, "vm", "a", None, get_logger(), attempts=3)  # type: ignore[arg-type]
-    with pytest.raises(Conflict, match="kept changing under us"):
+    with pytest.raises(ServiceFailures, match="service mysqldb: endpoints/mysqldb kept changing under us"):
         await backend.remove_all()
     assert kube.replaces == 3

@@ -1,11 +1,18 @@
 import datetime
+import re
 from ipaddress import ip_address
 
 from agent.cluster.objects import (
+    SLICE_CONTENT,
     build_endpoint_slice,
+    build_external_workload,
     build_service,
+    build_workload_entry,
+    merge_owned,
     micro_time,
     missing_service_ports,
+    object_name,
+    one_address,
     slice_differs,
 )
 from agent.state import DesiredState, Registration, VanishTracker
@@ -31,7 +38,7 @@ def test_slice_conditions_and_owner() -> None:
     svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
     regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"), ready=False)]
     s = build_endpoint_slice(svc, "vm-a", "vm", regs, LEASE)
-    assert s["metadata"]["name"] == "mysqldb-vm-a"
+    assert s["metadata"]["name"] == object_name("mysqldb", "vm-a", 4)
     assert s["endpoints"] == [{"addresses": ["10.0.0.5"],
                                "conditions": {"ready": False, "serving": False, "terminating": False}}]
     assert s["metadata"]["ownerReferences"][0]["uid"] == "u-1"
@@ -93,3 +100,72 @@ def test_registration_at_an_address_the_vm_lost_is_dropped_at_once() -> None:
     tracker.update([Registration("mysqldb", 3306, "mysql", old_ip)], [old_ip])
     new = Registration("mysqldb", 3306, "mysql", new_ip)
     assert tracker.update([new], [new_ip]) == [new]
+
+
+# --- names, ownership, the advertised address ---------------------------------------------------------------------
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def test_object_names_are_unique_per_vm_service_and_family_and_stay_readable() -> None:
+    # Joined plainly these collide: VM `a` serving `mysqldb-replica`, VM `replica-a` serving `mysqldb`;
+    # `web-v6` on IPv4 and `web` on IPv6.
+    assert object_name("mysqldb-replica", "a", 4) != object_name("mysqldb", "replica-a", 4)
+    assert object_name("web-v6", "a", 4) != object_name("web", "a", 6)
+    assert object_name("mysqldb", "vm-a", 4) == object_name("mysqldb", "vm-a", 4), "stable across runs"
+    assert object_name("mysqldb", "vm-a", 4).startswith("mysqldb-vm-a-")
+    assert object_name("mysqldb", "vm-a", 6).startswith("mysqldb-vm-a-v6-")
+    longest = object_name("s" * 63, "v" * 62 + "-", 6)
+    assert len(longest) == 63
+    names = {object_name(service, vm, family) for service in ("db", "d", "db-x", "x" * 63)
+             for vm in ("x", "x-db", "a" * 63, "a" * 62 + "b") for family in (4, 6)}
+    assert len(names) == 32
+    assert all(DNS_LABEL.match(name) for name in names | {longest})
+
+
+def test_a_write_keeps_what_others_added_and_sets_what_the_agent_owns() -> None:
+    svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
+    regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"))]
+    want = build_endpoint_slice(svc, "vm-a", "vm", regs, LEASE)
+    foreign_owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "keeper", "uid": "cm-1"}
+    current = {**want, "metadata": {
+        **want["metadata"], "resourceVersion": "7", "finalizers": ["example.com/keep"],
+        "labels": {**want["metadata"]["labels"], "team": "db", "vmesh.dev/vm": "vm-a"},
+        "annotations": {"note": "by hand"},
+        "ownerReferences": [foreign_owner, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                            "name": "vmesh-vm-a", "uid": "u-0"}]},
+        "endpoints": [{"addresses": ["10.9.9.9"], "conditions": {"ready": True}}]}
+    assert slice_differs(current, want)
+    merged = merge_owned(current, want, SLICE_CONTENT)
+    assert merged["metadata"]["finalizers"] == ["example.com/keep"]
+    assert merged["metadata"]["labels"]["team"] == "db"
+    assert merged["metadata"]["annotations"] == {"note": "by hand"}
+    assert merged["metadata"]["ownerReferences"] == [foreign_owner, *want["metadata"]["ownerReferences"]]
+    assert merged["metadata"]["resourceVersion"] == "7"
+    assert merged["endpoints"] == want["endpoints"]
+    assert not slice_differs(merged, want), "others' additions are no difference"
+
+
+def test_one_address_per_family_is_the_advertised_one_not_the_lowest() -> None:
+    regs = [Registration("mysqldb", 3306, "mysql", ip_address(a)) for a in ("10.0.0.1", "198.18.0.5", "fd00::9")]
+    v4 = [r for r in regs if r.family == 4]
+    advertised = [ip_address("198.18.0.5"), ip_address("10.0.0.1")]
+    assert one_address(v4, advertised)[0] == "198.18.0.5"
+    # Not listening on the advertised address: the next candidate in `hostname -I` order it listens on.
+    assert one_address(v4, [ip_address("198.18.0.9"), ip_address("fd00::9"), ip_address("10.0.0.1")])[0] == "10.0.0.1"
+    assert one_address(v4)[0] == "10.0.0.1", "no order known (deregister, a reaper): the lowest"
+    entry = build_workload_entry(svc := build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)]), "vm-a", "vm",
+                                 v4, LEASE, preferred=advertised)
+    assert entry["spec"]["address"] == "198.18.0.5"
+    workload = build_external_workload(svc, "vm-a", "vm", v4, LEASE, identity="i", server_name="s",
+                                       preferred=advertised)
+    assert workload["spec"]["workloadIPs"] == [{"ip": "198.18.0.5"}]
+
+
+def test_desired_state_changes_when_only_the_address_order_does() -> None:
+    state = DesiredState()
+    reg = Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"))
+    assert state.replace([reg], preferred=[ip_address("10.0.0.5")])
+    assert not state.replace([reg], preferred=[ip_address("10.0.0.5")])
+    assert state.replace([reg], preferred=[ip_address("10.0.0.6"), ip_address("10.0.0.5")])
+    assert not state.replace([reg]), "no order given: the last one stays"

@@ -131,6 +131,7 @@ def test_the_brake_counts_what_was_reaped_within_one_lease_duration() -> None:
 class StubHeartbeat:
     interval = 5.0
     consecutive_failures = 0
+    held = True
 
 
 class RemovedBackend:

@@ -1,0 +1,35 @@
+"""The local API's socket file, with a real aiohttp server on a real unix socket: stop removes only its own."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from agent.api.server import ApiServer
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+
+async def test_stop_leaves_a_socket_file_that_another_server_made_at_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    first = ApiServer(cast("Agent", None), str(path))  # no request is made: the agent is never asked
+    await first.start()
+    os.unlink(path)  # removed by hand (or by a careless script) while the first still runs...
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second:
+        second.bind(str(path))  # ...and another agent now serves there
+        second.listen()
+        inode = os.stat(path).st_ino
+        await first.stop()
+        assert path.exists() and os.stat(path).st_ino == inode, "the other agent's socket stays"
+
+
+async def test_stop_removes_its_own_socket_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sock"
+    server = ApiServer(cast("Agent", None), str(path))
+    await server.start()
+    assert path.exists()
+    await server.stop()
+    assert not path.exists()
