@@ -121,10 +121,11 @@ class VM:
         self.mariadb.start()
         return self.mariadb
 
-    def write_config(self, namespace: str, token: str, vm_name: str = "", **overrides: dict[str, Any]) -> Path:
+    def write_config(self, namespace: str, token: str, vm_name: str = "", backend: str = "",
+                     **overrides: dict[str, Any]) -> Path:
         """The agent's config for this VM: fast test intervals; `overrides` merge into its tables,
         e.g. write_config(ns, token, discovery={"remove_after": "3s"}). `vm_name` defaults to the VM's name
-        (another VM's: a clone)."""
+        (another VM's: a clone); `backend` to the agent's default."""
         token_file = self.workdir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -140,7 +141,7 @@ class VM:
         for table, values in overrides.items():
             tables.setdefault(table, {}).update(values)
         lines = [f'vm_name = "{vm_name or self.name}"', f'namespace = "{namespace}"',
-                 f'state_dir = "{self.workdir / "state"}"']
+                 f'state_dir = "{self.workdir / "state"}"', *([f'backend = "{backend}"'] if backend else [])]
         for table, values in tables.items():
             lines += ["", f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
         config = self.workdir / "config.toml"
