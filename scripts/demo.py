@@ -1,8 +1,10 @@
 """The README's demo: Istio's mesh-expansion scenario, done by vmesh-agent instead of by hand.
 
-Brings up the test control plane and one simulated VM running MariaDB with the ratings table, runs the
-agent inside it, shows what it registered, reads the ratings through the registered endpoint, stops the
-agent and shows the endpoint gone.
+Brings up the test control plane, a node (a network namespace running kube-proxy and CoreDNS, where a pod's
+client runs) and one simulated VM running MariaDB with the ratings table; runs the agent inside the VM,
+shows what it registered, and has the pod resolve `mysqldb.vm.svc.cluster.local`, connect through the
+ClusterIP, read the ratings, and see a rating changed on the VM; then stops the agent and shows the
+endpoint gone and the client refused.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import pymysql
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.cluster.objects import object_name  # noqa: E402
 from tests.testbed.cluster import TESTCLUSTER, Cluster  # noqa: E402
-from tests.testbed.mariadb import RATINGS_USER, make_template  # noqa: E402
+from tests.testbed.mariadb import make_template  # noqa: E402
+from tests.testbed.node import Node  # noqa: E402
 from tests.testbed.vm import VM  # noqa: E402
 from tests.testbed.waiting import wait_until  # noqa: E402
 
 NAMESPACE = "vm"
+NAME = f"mysqldb.{NAMESPACE}.svc.cluster.local"
+RATINGS = "SELECT ReviewID, Rating FROM ratings ORDER BY ReviewID"
 
 
 def step(text: str) -> None:
@@ -39,46 +42,73 @@ def show(cluster: Cluster, *args: str) -> None:
     print(cluster.kubectl(*args).stdout.rstrip())
 
 
+def own_slice(cluster: Cluster, vm: VM) -> dict[str, Any] | None:
+    found = cluster.list("endpointslice", NAMESPACE, f"vmesh.dev/vm={vm.name}")
+    return found[0] if found else None
+
+
+def run_agent(cluster: Cluster, node: Node, vm: VM) -> None:
+    step("Starting vmesh-agent on the VM with a ServiceAccount token bound to the shipped Role")
+    config = vm.write_config(NAMESPACE, cluster.token(NAMESPACE))
+    started = time.monotonic()
+    vm.start_agent(config)
+    wait_until(lambda: own_slice(cluster, vm), 30, "registration")
+    print(f"registered {time.monotonic() - started:.2f}s after `vmesh-agent run`")
+    show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
+
+    step("A pod on the node reads the ratings through the Service name, as Istio's ratings service would")
+    print(f"(on the node) $ getent hosts {NAME}")
+    cluster_ip = wait_until(lambda: node.resolve(NAME), 30, f"{NAME} in CoreDNS")[0]
+    print(f"{cluster_ip}  {NAME}   (the Service's ClusterIP; kube-proxy routes it to {vm.address}:3306)")
+    print(f"(on the node) $ mariadb -h {NAME} -u ratings -e '{RATINGS}' test")
+    print(wait_until(lambda: read(node), 30, "the ratings through the ClusterIP"))
+
+    step("On the VM, review 2's rating changes from 4 to 1; the pod reads the change through the name")
+    vm.exec("mariadb", "--no-defaults", f"--socket={vm.mariadb.socket if vm.mariadb else ''}", "-u", "root",
+            "-e", "UPDATE test.ratings SET Rating = 1 WHERE ReviewID = 2")
+    print(f"(on the node) $ mariadb -h {NAME} -u ratings -e '{RATINGS}' test")
+    print(read(node))
+
+    step("Stopping the agent (SIGTERM): it removes its EndpointSlice and Lease")
+    print(f"agent exited with {vm.stop_agent(signal.SIGTERM)}")
+    show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
+    outcome, took = wait_until(lambda: refused(node), 30, "the endpoint gone from kube-proxy")
+    print(f"(on the node) a connect to {NAME}:3306 is now {outcome} within {took:.3f}s: not left hanging")
+
+    step("The agent's log (JSON lines, as journald would keep them)")
+    print(vm.agent_log.read_text().rstrip())
+
+
+def refused(node: Node) -> tuple[str, float] | None:
+    attempt = node.connect(NAME, 3306)
+    return attempt if attempt[0] != "ok" else None
+
+
+def read(node: Node) -> str:
+    try:
+        return node.mysql(NAME, RATINGS, timeout=2)
+    except AssertionError:
+        return ""
+
+
 def main() -> int:
     if os.geteuid() != 0:
         sys.exit("the demo needs root (network namespaces); run it with sudo")
+    begun = time.monotonic()
     step("Starting the test control plane (etcd, kube-apiserver, kube-controller-manager)")
     cluster = Cluster.up()
     cluster.kubectl("apply", "-f", str(ROOT / "packaging/kubernetes/rbac.yaml"))
     with tempfile.TemporaryDirectory(prefix="vmesh-demo-") as tmp:
         work = Path(tmp)
-        step("Creating VM 'mysql-vm' (a network namespace) running MariaDB with test.ratings")
-        template = make_template(work)
-        with VM("mysql-vm", work, cluster) as vm:
-            vm.start_mariadb(template)
-            print(f"(on the VM) $ hostname -I\n{' '.join(vm.hostname_i())}")
-
-            step("Starting vmesh-agent on the VM with a ServiceAccount token bound to the shipped Role")
-            config = vm.write_config(NAMESPACE, cluster.token(NAMESPACE))
-            started = time.monotonic()
-            vm.start_agent(config)
-            name = object_name("mysqldb", vm.name, 4)
-            wait_until(lambda: cluster.get("endpointslice", name, NAMESPACE), 30, "registration")
-            print(f"registered {time.monotonic() - started:.2f}s after `vmesh-agent run`")
-            show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
-
-            step("Reading the ratings through the registered endpoint, as the ratings service would")
-            s = cluster.get("endpointslice", name, NAMESPACE)
-            assert s is not None
-            address, port = s["endpoints"][0]["addresses"][0], s["ports"][0]["port"]
-            conn = pymysql.connect(host=address, port=port, user=RATINGS_USER[0], password=RATINGS_USER[1],
-                                   database="test", connect_timeout=5)
-            with conn.cursor() as cur:
-                cur.execute("SELECT ReviewID, Rating FROM ratings ORDER BY ReviewID")
-                print(f"{address}:{port} test.ratings -> {cur.fetchall()}")
-            conn.close()
-
-            step("Stopping the agent (SIGTERM): it removes its EndpointSlice and Lease")
-            print(f"agent exited with {vm.stop_agent(signal.SIGTERM)}")
-            show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
-
-            step("The agent's log (JSON lines, as journald would keep them)")
-            print(vm.agent_log.read_text().rstrip())
+        step("Starting a node: kube-proxy (nftables) and CoreDNS in a network namespace, where a pod runs")
+        with Node(work, cluster, search_namespace=NAMESPACE) as node:
+            step("Creating VM 'mysql-vm' (a network namespace) running MariaDB with test.ratings")
+            template = make_template(work)
+            with VM("mysql-vm", work, cluster) as vm:
+                vm.start_mariadb(template)
+                print(f"(on the VM) $ hostname -I\n{' '.join(vm.hostname_i())}")
+                run_agent(cluster, node, vm)
+    print(f"\nthe demo took {time.monotonic() - begun:.1f}s")
     if not os.environ.get("VMESH_KEEP_CLUSTER"):
         subprocess.run([str(TESTCLUSTER), "down"], check=False)
     else:

@@ -45,6 +45,18 @@ def ensure_bridge(gateway: str) -> None:
     sh("ip", "link", "set", BRIDGE, "up")
 
 
+def add_netns(netns: str, host_if: str, address: str, gateway: str) -> None:
+    """A network namespace whose eth0 (a veth, the other end `host_if` on the bridge) has `address`, routed
+    through the gateway."""
+    ensure_bridge(gateway)
+    sh("ip", "netns", "add", netns)
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    sh("ip", "link", "set", host_if, "master", BRIDGE, "up")
+    for args in (("addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0"), ("link", "set", "eth0", "up"),
+                 ("link", "set", "lo", "up"), ("route", "add", "default", "via", gateway)):
+        sh("ip", "-n", netns, *args)
+
+
 def next_address() -> str:
     """A fresh address, 198.18.1.1 upwards (the gateway's 198.18.0.x skipped), never one handed out before in
     this process: two VMs on one address fight over ARP and lose packets."""
@@ -75,15 +87,7 @@ class VM:
         self.mariadb: MariaDB | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = self.workdir / "agent.log"
-        gateway = cluster.env["GATEWAY"]
-        ensure_bridge(gateway)
-        sh("ip", "netns", "add", self.netns)
-        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
-        sh("ip", "link", "set", self.host_if, "master", BRIDGE, "up")
-        self.ip("addr", "add", f"{self.address}/{PREFIX_LEN}", "dev", "eth0")
-        self.ip("link", "set", "eth0", "up")
-        self.ip("link", "set", "lo", "up")
-        self.ip("route", "add", "default", "via", gateway)
+        add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"])
 
     def __enter__(self) -> VM:
         return self
@@ -117,10 +121,11 @@ class VM:
         self.mariadb.start()
         return self.mariadb
 
-    def write_config(self, namespace: str, token: str, vm_name: str = "", **overrides: dict[str, Any]) -> Path:
+    def write_config(self, namespace: str, token: str, vm_name: str = "", backend: str = "",
+                     **overrides: dict[str, Any]) -> Path:
         """The agent's config for this VM: fast test intervals; `overrides` merge into its tables,
         e.g. write_config(ns, token, discovery={"remove_after": "3s"}). `vm_name` defaults to the VM's name
-        (another VM's: a clone)."""
+        (another VM's: a clone); `backend` to the agent's default."""
         token_file = self.workdir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -136,7 +141,7 @@ class VM:
         for table, values in overrides.items():
             tables.setdefault(table, {}).update(values)
         lines = [f'vm_name = "{vm_name or self.name}"', f'namespace = "{namespace}"',
-                 f'state_dir = "{self.workdir / "state"}"']
+                 f'state_dir = "{self.workdir / "state"}"', *([f'backend = "{backend}"'] if backend else [])]
         for table, values in tables.items():
             lines += ["", f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in values.items())]
         config = self.workdir / "config.toml"
