@@ -9,8 +9,9 @@ not a flood.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -21,10 +22,21 @@ from agent.sync.backend import Backend
 from agent.sync.failures import ServiceFailures
 
 
+async def wait_for_trigger(trigger: asyncio.Event, delay: float) -> None:
+    """Until `trigger` is set or `delay` seconds have passed, whichever is first."""
+    try:
+        async with asyncio.timeout(delay):
+            await trigger.wait()
+    except TimeoutError:
+        pass
+
+
 class Reconciler:
     def __init__(self, backend: Backend, state: DesiredState, *, resync_interval: float,
                  log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None,
-                 on_done: Callable[[], None] = lambda: None) -> None:
+                 on_done: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_for_trigger,
+                 rand: Callable[[], float] = random.random) -> None:
         self._backend = backend
         self._state = state
         self.resync_interval = resync_interval
@@ -39,6 +51,7 @@ class Reconciler:
         self.errors = 0
         self._last_error_type: type[ClusterError] | None = None
         self._on_done = on_done
+        self._clock, self._wait, self._rand = clock, wait, rand
 
     def poke(self) -> None:
         """Ask for a sync soon; pokes that arrive while one is pending collapse into it."""
@@ -47,11 +60,7 @@ class Reconciler:
     async def run(self) -> None:
         delay = 0.0
         while True:
-            try:
-                async with asyncio.timeout(delay):
-                    await self._trigger.wait()
-            except TimeoutError:
-                pass
+            await self._wait(self._trigger, delay)
             self._trigger.clear()
             delay = await self.sync_once()
 
@@ -86,9 +95,9 @@ class Reconciler:
         self.last_error = ""
         self.service_errors = {}
         self._last_error_type = None
-        self.last_success = time.monotonic()
+        self.last_success = self._clock()
         self._backoff.reset()
-        return jittered(self.resync_interval)
+        return jittered(self.resync_interval, rand=self._rand)
 
     def registered(self, service: str) -> bool:
         """Whether the last sync wrote `service`: it succeeded, or failed only for other services."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from typing import Any
 
+import pytest
 import structlog
 from structlog.testing import capture_logs
 
@@ -71,3 +73,50 @@ async def test_while_only_some_services_fail_the_others_are_registered() -> None
     assert loop.registered("mysqldb") and not loop.registered("3db")
     await loop.sync_once()  # the whole run fails: nothing is known of any service
     assert not loop.registered("mysqldb") and loop.service_errors == {}
+
+
+class FakeTime:
+    """The reconciler's clock and waits, under the test's control: each wait either runs out (time advances by
+    its delay) or is cut short by a poke scripted for a moment inside it."""
+
+    def __init__(self, pokes: list[float], stop_after: int) -> None:
+        self.now = 0.0
+        self.pokes = pokes  # moments at which someone pokes the reconciler
+        self.waits: list[tuple[float, float]] = []  # (when the wait began, its delay)
+        self.stop_after = stop_after
+
+    def clock(self) -> float:
+        return self.now
+
+    async def wait(self, trigger: asyncio.Event, delay: float) -> None:
+        if len(self.waits) == self.stop_after:
+            raise asyncio.CancelledError
+        self.waits.append((self.now, delay))
+        due = [p for p in self.pokes if self.now <= p < self.now + delay]
+        if trigger.is_set():
+            return
+        if due:
+            self.pokes.remove(due[0])
+            self.now = due[0]
+        else:
+            self.now += delay
+
+
+async def test_the_loop_resyncs_on_its_interval_runs_at_once_when_poked_and_backs_off_on_failures() -> None:
+    busy = Unavailable("cannot reach https://198.18.0.1:6443: timed out")
+    time_ = FakeTime(pokes=[100.0], stop_after=6)
+    loop = Reconciler(ScriptedBackend(busy, busy), DesiredState(), resync_interval=300.0, log=structlog.get_logger(),
+                      backoff=Backoff(base=1.0, cap=10.0, jitter=0.0), clock=time_.clock, wait=time_.wait,
+                      rand=lambda: 0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run()
+    assert time_.waits == [
+        (0.0, 0.0),  # the first sync at once: it fails (unreachable) ...
+        (0.0, 1.0),  # ... and is retried after 1 s, then 2 s (transient failures are capped at 2 s)
+        (1.0, 2.0),
+        (3.0, 270.0),  # it succeeded at t=3: the next resync is the interval, jittered (0.9 of 300 here)
+        (100.0, 270.0),  # a poke at t=100 ran a sync at once, and the interval starts again from there
+        (370.0, 270.0),
+    ]
+    assert loop.last_success == 640.0
+    assert loop.runs == 6 and loop.errors == 2
