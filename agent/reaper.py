@@ -15,7 +15,8 @@ Safety before speed (the node lifecycle controller's stance when a whole zone lo
   silence observed after the gap;
 - the brake: while more than `brake_fraction` of the VMs (and at least two) stopped renewing within one lease
   duration (a Lease silent for half its duration has missed a renewal; those reaped within the last duration
-  count too), nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume;
+  count too), nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume
+  (a gap too: every VM is observed afresh);
 - a failed delete backs off per Lease; a 403 is one clear line and "reaping is off: ..." in status.
 """
 
@@ -237,8 +238,13 @@ class Reaper:
             self.braking = reason
             return 0
         if self.braking:
-            self._log.info("reaping brake released", expired=len(expired))
+            # Releasing is a gap too: VMs resume one by one after a mass silence (a partition heals, a paused
+            # host resumes), and the last ones must not be reaped for renewing a moment after the others. Every
+            # VM gets a full lease duration + grace again before anyone is judged.
+            self._log.info("reaping brake released", expired=len(expired), then="every VM observed afresh")
             self.braking = ""
+            self.observer.restart()
+            return 0
         now = self._clock()
         self._retry_at = {name: retry for name, retry in self._retry_at.items() if name in self.observer.leases}
         due = [(name, obs) for name, obs in expired if now >= self._retry_at.get(name, (None, 0.0))[1]]

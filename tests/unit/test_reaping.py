@@ -177,16 +177,44 @@ async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume()
     api, clock = FakeLeases(), FakeClock()
     leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(5)]
     reaper, removed = reaper_on(api, clock)
-    reaper.observer.replace_all([*leases, lease("me", "t0")])
+    reaper.observer.replace_all([*leases, api._stored(lease("me", "t0"))])
     clock.advance(DURATION + GRACE + 1)  # five of six go silent at once
     assert await reaper.reap_expired() == 0
     assert reaper.braking.startswith("5 of 6 VMs stopped renewing")
     assert removed == []
     for i in range(4):  # they were alive after all: four renew
         reaper.observer.observe(api.renew(f"vmesh-vm{i}", "t1"))
-    assert await reaper.reap_expired() == 1  # one of six is no mass expiry: it is reaped
+    # One of six is no mass expiry: the brake lifts. Releasing is a gap, as the VMs resume one by one: the fifth
+    # gets a full lease duration + grace again before it is judged ...
+    assert await reaper.reap_expired() == 0
     assert reaper.braking == ""
+    clock.advance(DURATION)
+    for name in ("vm0", "vm1", "vm2", "vm3", "me"):
+        reaper.observer.observe(api.renew(f"vmesh-{name}", "t2"))
+    assert await reaper.reap_expired() == 0
+    assert removed == []
+    # ... and is reaped once it has stayed silent that long.
+    clock.advance(GRACE + 1)
+    for name in ("vm0", "vm1", "vm2", "vm3", "me"):
+        reaper.observer.observe(api.renew(f"vmesh-{name}", "t3"))
+    assert await reaper.reap_expired() == 1
     assert removed == ["vm4"]
+
+
+async def test_a_vm_renewing_just_after_the_brake_lifts_is_not_reaped() -> None:
+    api, clock = FakeLeases(), FakeClock()
+    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(5)]
+    reaper, removed = reaper_on(api, clock)
+    reaper.observer.replace_all([*leases, lease("me", "t0")])
+    clock.advance(DURATION + GRACE + 1)  # a paused host: all five silent at once
+    assert await reaper.reap_expired() == 0
+    for i in range(4):  # resumed: four renew first ...
+        reaper.observer.observe(api.renew(f"vmesh-vm{i}", "t1"))
+    assert await reaper.reap_expired() == 0
+    clock.advance(1)  # ... the fifth a second later
+    reaper.observer.observe(api.renew("vmesh-vm4", "t1"))
+    assert await reaper.reap_expired() == 0
+    assert removed == []
 
 
 async def test_failed_deletes_back_off_per_lease_and_a_403_says_reaping_is_off() -> None:
