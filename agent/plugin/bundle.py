@@ -29,8 +29,8 @@ class DeclaredService:
 
     @classmethod
     def parse(cls, text: str) -> DeclaredService:
-        name, _, port = text.partition(":")
-        if not name or (port and not port.isdigit()) or (port and not 0 < int(port) < 65536):
+        name, colon, port = text.partition(":")
+        if not name or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
             raise ValueError(f"--service {text!r}: write NAME or NAME:PORT, e.g. mysqldb:3306")
         return cls(name, int(port) if port else 0)
 
