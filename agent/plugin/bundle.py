@@ -71,7 +71,9 @@ class Bundle:
 
     def files(self) -> list[tuple[str, bytes, int]]:
         """(name, content, mode) of each file, in the order they are written."""
-        found = [("config.toml", self.config_toml().encode(), 0o640), ("token", self.token.encode() + b"\n", 0o600)]
+        # The agent's user reads config.toml (its directory, root:vmesh-agent 0750, keeps others out); the token is
+        # root's until the package's postinst hands it to the agent's group.
+        found = [("config.toml", self.config_toml().encode(), 0o644), ("token", self.token.encode() + b"\n", 0o600)]
         if self.ca_certificate:
             found.append(("ca.crt", self.ca_certificate, 0o644))
         return found

@@ -106,7 +106,7 @@ def test_bundle_config_is_what_the_agent_reads() -> None:
 def test_bundle_as_a_directory_keeps_the_token_private(tmp_path: Path) -> None:
     make_bundle().write(tmp_path / "out")
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
-    assert modes == {"config.toml": 0o640, "token": 0o600, "ca.crt": 0o644}
+    assert modes == {"config.toml": 0o644, "token": 0o600, "ca.crt": 0o644}
     assert (tmp_path / "out" / "token").read_text() == "tok.en\n"
     (tmp_path / "out" / "token").chmod(0o644)
     make_bundle(token="new").write(tmp_path / "out")  # re-enrolled: rewritten, mode corrected
@@ -117,7 +117,7 @@ def test_bundle_as_a_tarball_unpacks_into_the_config_dir(tmp_path: Path) -> None
     make_bundle().write(tmp_path / "db1.tar.gz")
     assert stat.S_IMODE((tmp_path / "db1.tar.gz").stat().st_mode) == 0o600
     with tarfile.open(tmp_path / "db1.tar.gz") as tar:
-        assert {m.name: m.mode for m in tar.getmembers()} == {"config.toml": 0o640, "token": 0o600, "ca.crt": 0o644}
+        assert {m.name: m.mode for m in tar.getmembers()} == {"config.toml": 0o644, "token": 0o600, "ca.crt": 0o644}
 
 
 @pytest.mark.parametrize("text", ["", "db:", "db:x", "db:0", "db:70000", ":3306"])
