@@ -198,6 +198,15 @@ async def _list(kube: KubeClient, resource: Resource, namespace: str, selector: 
         return []
 
 
+async def _served(kube: KubeClient, resource: Resource, namespace: str) -> bool:
+    """Whether the cluster has the resource (a mesh backend's CRD may not be installed)."""
+    try:
+        await kube.list(resource, namespace, "vmesh.dev/none-such")
+    except NotFound:
+        return False
+    return True
+
+
 async def get_vms(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     rows = fleet.fleet(
         leases=await _list(kube, LEASES, namespace, f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"),
@@ -231,13 +240,12 @@ async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
     # then its Lease.
     log = get_logger(vm=vm)
     heartbeat = Heartbeat(kube, namespace, vm, interval=5, lease_duration=15, log=log)
+    mesh = {"workloadentry": WORKLOAD_ENTRIES, "externalworkload": EXTERNAL_WORKLOADS}
     for backend in BACKENDS:
-        try:
-            removed = await make_backend(Settings(vm_name=vm, namespace=namespace, backend=backend), kube, vm,
-                                         heartbeat, log).remove_all()
-        except NotFound:  # a mesh backend's CRD that is not installed
+        if backend in mesh and not await _served(kube, mesh[backend], namespace):
             continue
-        for name in removed:
+        settings = Settings(vm_name=vm, namespace=namespace, backend=backend)
+        for name in await make_backend(settings, kube, vm, heartbeat, log).remove_all():
             print(f"{name} deleted")
     try:
         await kube.delete(LEASES, namespace, lease_name(vm))
