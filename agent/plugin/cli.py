@@ -3,7 +3,7 @@
   install            apply the shipped manifests (namespace, Role, policy, bindings); prints what changed
   enroll VM          the VM's own ServiceAccount and RoleBinding, and its bundle for /etc/vmesh-agent/
   get vms            the fleet: holder machine, last renewal, services and endpoints, backend, identity
-  revoke VM          delete the VM's ServiceAccount (its token stops working at once), RoleBinding, objects
+  revoke VM          delete the VM's ServiceAccount and RoleBinding (its token is refused at once), objects
 
 kubectl hands a plugin its arguments as they are, so kubectl's own --kubeconfig, --context and -n are taken
 anywhere on the line. Exit codes: 0 success, 1 a cluster call failed (the message says which), 2 usage.
