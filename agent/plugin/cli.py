@@ -228,7 +228,8 @@ async def get_vms(kube: KubeClient, args: argparse.Namespace, namespace: str) ->
 
 async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     vm, account = args.vm, fleet.service_account_name(args.vm)
-    # The account first: deleting it invalidates every token minted for it, at once.
+    # The account first: its tokens stop authenticating (once the apiserver's 10 s token cache lets them go); the
+    # RoleBinding right after takes away what they may do at once.
     for resource, name, kind in ((SERVICE_ACCOUNTS, account, "serviceaccount"),
                                  (ROLE_BINDINGS, account, "rolebinding.rbac.authorization.k8s.io")):
         try:
