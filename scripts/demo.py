@@ -1,10 +1,11 @@
 """The README's demo: Istio's mesh-expansion scenario, done by vmesh-agent instead of by hand.
 
 Brings up the test control plane, a node (a network namespace running kube-proxy and CoreDNS, where a pod's
-client runs) and one simulated VM running MariaDB with the ratings table; runs the agent inside the VM,
-shows what it registered, and has the pod resolve `mysqldb.vm.svc.cluster.local`, connect through the
-ClusterIP, read the ratings, and see a rating changed on the VM; then stops the agent and shows the
-endpoint gone and the client refused.
+client runs) and one simulated VM running MariaDB with the ratings table; installs the manifests with
+`kubectl vmesh install`, enrolls the VM with `kubectl vmesh enroll` and runs the agent inside it on that bundle
+alone, shows what it registered (and `kubectl vmesh get vms`), and has the pod resolve
+`mysqldb.vm.svc.cluster.local`, connect through the ClusterIP, read the ratings, and see a rating changed on the
+VM; then stops the agent and shows the endpoint gone and the client refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.testbed.cluster import TESTCLUSTER, Cluster  # noqa: E402
 from tests.testbed.mariadb import make_template  # noqa: E402
 from tests.testbed.node import Node  # noqa: E402
+from tests.testbed.plugin import install_bundle, kubectl_vmesh  # noqa: E402
 from tests.testbed.vm import VM  # noqa: E402
 from tests.testbed.waiting import wait_until  # noqa: E402
 
@@ -47,14 +49,33 @@ def own_slice(cluster: Cluster, vm: VM) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def run_agent(cluster: Cluster, node: Node, vm: VM) -> None:
-    step("Starting vmesh-agent on the VM with a ServiceAccount token bound to the shipped Role")
-    config = vm.write_config(NAMESPACE, cluster.token(NAMESPACE))
+def vmesh(cluster: Cluster, *args: str, cwd: Path | None = None) -> None:
+    print(f"$ kubectl vmesh {shlex.join(args)}")
+    print(kubectl_vmesh(cluster, *args, cwd=cwd).stdout.rstrip())
+
+
+def enroll(cluster: Cluster, vm: VM, work: Path) -> Path:
+    step(f"Enrolling the VM: its own ServiceAccount vmesh-vm-{vm.name}, and the bundle for /etc/vmesh-agent/")
+    # --server: the apiserver as the VM reaches it (the admin's kubeconfig says 127.0.0.1).
+    vmesh(cluster, "enroll", vm.name, "-n", NAMESPACE, "--server", cluster.url_from_vms, cwd=work)
+    bundle = work / f"vmesh-{vm.name}"
+    print(f"$ ls -l {bundle.name}/ && cat {bundle.name}/config.toml")
+    print("\n".join(f"{oct(p.stat().st_mode & 0o777)[2:]}  {p.name}" for p in sorted(bundle.iterdir())))
+    print((bundle / "config.toml").read_text().rstrip())
+    return bundle
+
+
+def run_agent(cluster: Cluster, node: Node, vm: VM, bundle: Path) -> None:
+    step("Copying the bundle to the VM and starting vmesh-agent there, with nothing else set up")
+    config = install_bundle(vm, bundle)
     started = time.monotonic()
     vm.start_agent(config)
     wait_until(lambda: own_slice(cluster, vm), 30, "registration")
     print(f"registered {time.monotonic() - started:.2f}s after `vmesh-agent run`")
     show(cluster, "get", "svc,endpointslices,leases", "-n", NAMESPACE)
+    wait_until(lambda: '"ready": 1' in kubectl_vmesh(cluster, "get", "vms", "-n", NAMESPACE, "-o", "json").stdout,
+               30, "the endpoint ready")
+    vmesh(cluster, "get", "vms", "-n", NAMESPACE)
 
     step("A pod on the node reads the ratings through the Service name, as Istio's ratings service would")
     print(f"(on the node) $ getent hosts {NAME}")
@@ -97,7 +118,8 @@ def main() -> int:
     begun = time.monotonic()
     step("Starting the test control plane (etcd, kube-apiserver, kube-controller-manager)")
     cluster = Cluster.up()
-    cluster.kubectl("apply", "-f", str(ROOT / "packaging/kubernetes/rbac.yaml"))
+    step("Installing what vmesh-agent needs in the cluster, once (namespace, Role, policy)")
+    vmesh(cluster, "install")
     with tempfile.TemporaryDirectory(prefix="vmesh-demo-") as tmp:
         work = Path(tmp)
         step("Starting a node: kube-proxy (nftables) and CoreDNS in a network namespace, where a pod runs")
@@ -107,7 +129,7 @@ def main() -> int:
             with VM("mysql-vm", work, cluster) as vm:
                 vm.start_mariadb(template)
                 print(f"(on the VM) $ hostname -I\n{' '.join(vm.hostname_i())}")
-                run_agent(cluster, node, vm)
+                run_agent(cluster, node, vm, enroll(cluster, vm, work))
     print(f"\nthe demo took {time.monotonic() - begun:.1f}s")
     if not os.environ.get("VMESH_KEEP_CLUSTER"):
         subprocess.run([str(TESTCLUSTER), "down"], check=False)

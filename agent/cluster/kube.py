@@ -31,8 +31,9 @@ from agent.cluster.resources import Resource
 from agent.config import ClusterSettings
 
 Body = dict[str, Any]
-PatchKind = Literal["merge", "strategic", "json"]
+PatchKind = Literal["merge", "strategic", "json", "apply"]
 _PATCH_TYPES = {
+    "apply": "application/apply-patch+yaml",  # server-side apply; JSON is YAML
     "merge": "application/merge-patch+json",
     "strategic": "application/strategic-merge-patch+json",
     "json": "application/json-patch+json",
@@ -96,6 +97,14 @@ class KubeClient:
 
     async def close(self) -> None:
         await self._api.close()
+
+    def ca_certificate(self) -> bytes:
+        """The PEM of the CA this client trusts (from the kubeconfig's file or inline data); empty if none."""
+        path = self._configuration.ssl_ca_cert
+        if not path:
+            return b""
+        with open(path, "rb") as fh:
+            return fh.read()
 
     async def reconnect(self) -> None:
         """Drop pooled connections, e.g. after the VM lost the address they were made from: packets
@@ -195,6 +204,18 @@ class KubeClient:
     async def patch(self, resource: Resource, namespace: str, name: str, patch: Any,
                     kind: PatchKind = "merge") -> Body:
         return await self._call("PATCH", resource, namespace, name, body=patch, content_type=_PATCH_TYPES[kind])
+
+    async def apply(self, resource: Resource, namespace: str, body: Body, *, field_manager: str) -> Body:
+        """Server-side apply of `body` as `field_manager`, taking over fields others set (kubectl apply
+        --server-side --force-conflicts). An apply that changes nothing leaves the resourceVersion as it was."""
+        name = str(body["metadata"]["name"])
+        return await self._call("PATCH", resource, namespace, name, body=body, content_type=_PATCH_TYPES["apply"],
+                                query={"fieldManager": field_manager, "force": "true"})
+
+    async def create_subresource(self, resource: Resource, namespace: str, name: str, subresource: str,
+                                 body: Body) -> Body:
+        """POST to a subresource, e.g. a TokenRequest to serviceaccounts/NAME/token."""
+        return await self._call("POST", resource, namespace, f"{name}/{subresource}", body=body, remember=False)
 
     async def delete(self, resource: Resource, namespace: str, name: str, *,
                      resource_version: str = "", uid: str = "") -> None:

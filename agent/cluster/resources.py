@@ -10,6 +10,7 @@ class Resource:
     group: str  # "" for the core group
     version: str
     plural: str
+    cluster_scoped: bool = False  # Namespaces, admission policies: no namespace in their path
 
     @property
     def qualified(self) -> str:
@@ -18,7 +19,8 @@ class Resource:
 
     def path(self, namespace: str, name: str = "") -> str:
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        collection = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        scope = "" if self.cluster_scoped else f"/namespaces/{namespace}"
+        collection = f"{prefix}{scope}/{self.plural}"
         return f"{collection}/{name}" if name else collection
 
 
@@ -28,3 +30,6 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 WORKLOAD_ENTRIES = Resource("networking.istio.io", "v1", "workloadentries")
 EXTERNAL_WORKLOADS = Resource("workload.linkerd.io", "v1beta1", "externalworkloads")
+# What the admin's plugin (kubectl vmesh) manages besides the agent's own objects.
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")

@@ -1,0 +1,3 @@
+from agent.plugin.cli import main
+
+raise SystemExit(main())
