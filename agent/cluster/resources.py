@@ -10,6 +10,7 @@ class Resource:
     group: str  # "" for the core group
     version: str
     plural: str
+    namespaced: bool = True
 
     @property
     def qualified(self) -> str:
@@ -18,7 +19,7 @@ class Resource:
 
     def path(self, namespace: str, name: str = "") -> str:
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        collection = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        collection = f"{prefix}/namespaces/{namespace}/{self.plural}" if self.namespaced else f"{prefix}/{self.plural}"
         return f"{collection}/{name}" if name else collection
 
 
@@ -28,3 +29,5 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 WORKLOAD_ENTRIES = Resource("networking.istio.io", "v1", "workloadentries")
 EXTERNAL_WORKLOADS = Resource("workload.linkerd.io", "v1beta1", "externalworkloads")
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")  # the agent only creates serviceaccounts/<own>/token
+SELF_SUBJECT_REVIEWS = Resource("authentication.k8s.io", "v1", "selfsubjectreviews", namespaced=False)
