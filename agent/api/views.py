@@ -114,6 +114,7 @@ def credentials_status(agent: Agent) -> dict[str, Any]:
         "expires": utc(claims.expires_at) if claims and claims.expires_at else None,
         "next_renewal": utc(renewal.next_renewal) if renewal and renewal.next_renewal else None,
         "renewals": renewal.renewals if renewal else 0,
+        "refused_requests": agent.guard.rejections if agent.guard else 0,  # 401s: the slow probes included
     }
 
 
