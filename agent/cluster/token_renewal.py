@@ -58,12 +58,17 @@ class TokenRenewal:
         if not self._tokens.renewed_path:
             return
         retry_at = 0.0
+        said_no_expiry = False
         while True:
             token = self._tokens.current()
             due = renewal_due(token, self.fraction)
-            if due is None:
-                self._log.info("the token has no expiry; it is not renewed", token_file=token.path)
-                return
+            if due is None:  # an admin put a token without expiry in place: nothing to renew, unless it changes
+                if not said_no_expiry:
+                    self._log.info("the token has no expiry; it is not renewed", token_file=token.path)
+                said_no_expiry = True
+                await self._sleep(MAX_WAIT)
+                continue
+            said_no_expiry = False
             now = self._clock()
             self.next_renewal = max(due, retry_at)
             if now < self.next_renewal:
