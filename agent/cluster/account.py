@@ -11,6 +11,7 @@ cannot answer (unreachable at boot, or older than 1.28) does the token's own `su
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from enum import Enum
 
@@ -22,6 +23,9 @@ from agent.cluster.tokens import TokenFiles, service_account_of
 
 VM_ACCOUNT_PREFIX = "vmesh-vm-"
 LEGACY_ACCOUNT = "vmesh-agent"
+# An unreachable (blackholed) apiserver must not hold the start up for a whole request timeout before the first
+# sync waits one more: past this, the token's claim decides.
+ASK_TIMEOUT = 3.0
 
 
 def vm_account(vm: str) -> str:
@@ -76,11 +80,13 @@ async def check_account(kube: KubeClient, tokens: TokenFiles | None, vm: str, na
                         log: structlog.typing.FilteringBoundLogger) -> Verdict:
     """Ask the apiserver who the agent is; fall back to the token's claim when it cannot say."""
     try:
-        return judge(await kube.who_am_i(), vm, namespace)
+        async with asyncio.timeout(ASK_TIMEOUT):
+            return judge(await kube.who_am_i(), vm, namespace)
     except Unauthorized as exc:
         return Verdict(Kind.REJECTED, "", str(exc))
-    except ClusterError as exc:
-        why = "the apiserver has no SelfSubjectReview API" if isinstance(exc, NotFound) else str(exc)
+    except (ClusterError, TimeoutError) as exc:
+        why = ("the apiserver has no SelfSubjectReview API" if isinstance(exc, NotFound) else
+               str(exc) or f"no answer within {ASK_TIMEOUT:g}s")
         claims = tokens.current().claims if tokens is not None else None
         if claims is None or not claims.subject:
             log.warning("cannot check the token's account", error=why)
