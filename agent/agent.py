@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import gc
 import math
-import os
 import socket
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
-from agent.cluster.tokens import RENEWED_TOKEN, TokenFiles
+from agent.cluster.tokens import agent_token_files
 from agent.config import CheckSettings, ConfigError, Settings, load_settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
@@ -100,7 +99,7 @@ class Agent:
         cluster = settings.cluster
         # The enrolled token, then the agent's own renewals of it; none with a kubeconfig (its credentials are
         # the admin's business).
-        self.tokens = (TokenFiles([cluster.token_file, os.path.join(settings.state_dir, RENEWED_TOKEN)])
+        self.tokens = (agent_token_files(cluster.token_file, settings.state_dir)
                        if cluster.token_file and not cluster.kubeconfig else None)
         self.guard = CredentialGuard(self.tokens, settings.vm_name, self.log) if self.tokens else None
         self.account: Verdict | None = None  # whose token this is, as last checked

@@ -137,6 +137,11 @@ class TokenFiles:
         return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified))
 
 
+def agent_token_files(token_file: str, state_dir: str) -> TokenFiles:
+    """The enrolled token, then the agent's own renewals of it."""
+    return TokenFiles([token_file, os.path.join(state_dir, RENEWED_TOKEN)])
+
+
 def write_token(path: str, token: str) -> None:
     """Write atomically, mode 0600: a temporary file in the same directory, flushed, renamed over the old one. A
     crash leaves the old token or the new one, never half of one."""
