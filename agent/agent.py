@@ -11,16 +11,23 @@ import dataclasses
 import functools
 import gc
 import math
+import socket
 import time
 from typing import Any
 
 import structlog
 
+from agent import __version__
 from agent.api.server import ApiServer
 from agent.backoff import retry_transient
+from agent.cluster.account import Kind, Verdict, check_account
+from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
+from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
+from agent.cluster.token_renewal import TokenRenewal, renewal_due
+from agent.cluster.tokens import agent_token_files
 from agent.config import CheckSettings, ConfigError, Settings, load_settings
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
@@ -45,6 +52,11 @@ Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
 CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and the cluster connections
+# How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
+# it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
+# often as the credential guard's slow probe allows.
+CREDENTIALS_POLL = 1.0
+CREDENTIALS_RECHECK_WITHOUT_FILES = 60.0  # a kubeconfig's credentials: no file to watch, so a slow re-check
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
 RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir", "reaper", "log",
                 "endpoints", "workloadentry", "externalworkload")
@@ -84,6 +96,15 @@ class Agent:
         self._discovered = asyncio.Event()  # the first registrations are known (or the first pass found none)
         self._vanish = VanishTracker(settings.discovery.remove_after)
         self._clients: list[KubeClient] = []
+        cluster = settings.cluster
+        # The enrolled token, then the agent's own renewals of it; none with a kubeconfig (its credentials are
+        # the admin's business).
+        self.tokens = (agent_token_files(cluster.token_file, settings.state_dir)
+                       if cluster.token_file and not cluster.kubeconfig else None)
+        self.guard = CredentialGuard(self.tokens, settings.vm_name, self.log) if self.tokens else None
+        self.account: Verdict | None = None  # whose token this is, as last checked
+        self.renewal: TokenRenewal | None = None
+        self._registering = False
         self._reported: dict[tuple[str, int], str] = {}
         self._last_status = ""
         self._stopped = False
@@ -144,16 +165,77 @@ class Agent:
         s = self.settings
         self.notifier.notify("STATUS=starting")
         await self.api.start()
-        sync_client = await KubeClient.connect(s.cluster)
+        sync_client = await KubeClient.connect(s.cluster, self.tokens, self.guard)
         self._clients.append(sync_client)
-        beat_client = await KubeClient.connect(s.cluster)  # own connection: never queued behind bulk syncs
+        beat_client = await KubeClient.connect(s.cluster, self.tokens, self.guard)  # never queued behind syncs
         self._clients.append(beat_client)
         self.server = sync_client.server
+        self.tasks.spawn("discovery", self._discovery_loop())
+        await self._check_account(beat_client)
+        self.tasks.spawn("credentials", self._watch_credentials(beat_client))
+        if self.account is not None and self.account.registers:
+            await self._start_registering(sync_client, beat_client)
+        # Gone further only with a token the cluster takes as this VM's: otherwise the agent stays up, critical,
+        # saying why, and starts registering by itself once the token is fixed.
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    async def _check_account(self, kube: KubeClient) -> Verdict:
+        """Whose token this is (agent.cluster.account); each new verdict is said once."""
+        s = self.settings
+        verdict = await check_account(kube, self.tokens, s.vm_name, s.namespace, self.log)
+        if verdict != self.account:
+            if verdict.kind is Kind.LEGACY:
+                self.log.warning(verdict.message, account=verdict.username)
+            elif verdict.kind is Kind.OTHER_VM:
+                self.log.error(verdict.message, account=verdict.username, source=verdict.source)
+            elif verdict.kind is Kind.REJECTED:
+                if self.guard is None:  # the guard has said it already
+                    self.log.error("the cluster refuses the agent's credentials", error=verdict.message)
+            else:
+                self.log.info("cluster account", account=verdict.username or None, source=verdict.source)
+        self.account = verdict
+        return verdict
+
+    async def _watch_credentials(self, kube: KubeClient) -> None:
+        """Check the account of each new token (a renewal, or one an admin put in place), and, while the token is
+        refused or another VM's, start registering as soon as a good one is there. A refused token reaches the
+        apiserver only at the guard's slow probes; another VM's is not asked about again until it changes."""
+        seen = self._token_value()
+        while True:
+            await asyncio.sleep(CREDENTIALS_POLL if self.tokens else CREDENTIALS_RECHECK_WITHOUT_FILES)
+            value = self._token_value()
+            refused = self.account is not None and self.account.kind is Kind.REJECTED
+            if value == seen and not (refused and not self._registering):
+                continue
+            seen = value
+            verdict = await self._check_account(kube)
+            if verdict.registers and not self._registering and len(self._clients) == 2:
+                await self._start_registering(*self._clients)
+                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _token_value(self) -> str:
+        if self.tokens is None:
+            return ""
+        try:
+            return self.tokens.current().value
+        except OSError:
+            return ""
+
+    def _lease_annotations(self) -> dict[str, str]:
+        machine = socket.gethostname().split(".")[0] or self.identity.machine
+        return lease_annotations(machine, __version__, self.settings.backend,
+                                 (r.service for r in self.state.registrations))
+
+    async def _start_registering(self, sync_client: KubeClient, beat_client: KubeClient) -> None:
+        """Heartbeat, sync, watches, reaper and the token's renewal: once the token is this VM's (or legacy)."""
+        s = self.settings
+        self._registering = True
         self.heartbeat = heartbeat = Heartbeat(
             beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
             lease_duration=s.heartbeat.lease_duration, log=self.log,
             wall_clock=lambda: time.time() + self.settings.heartbeat.wall_clock_offset,
             on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None, identity=self.identity,
+            annotations=self._lease_annotations,
         )
 
         def backend_for(vm: str) -> Backend:
@@ -176,7 +258,7 @@ class Agent:
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
-        self.tasks.spawn("discovery", self._discovery_loop())
+        self._start_renewal(beat_client)
         await self._first_registrations()
         self.tasks.spawn("reconciler", self.reconciler.run())
         self.tasks.spawn("heartbeat", heartbeat.run())
@@ -190,7 +272,19 @@ class Agent:
         # Everything imported and built so far lives as long as the process: keep it out of the garbage
         # collector's generations, whose full passes otherwise pause the loop for tens of milliseconds.
         gc.freeze()
-        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _start_renewal(self, kube: KubeClient) -> None:
+        """Only a VM's own account renews its token: the shared legacy one is meant to go away (re-enrolling)."""
+        account = self.account.service_account if self.account and self.account.kind is Kind.OWN else None
+        if self.tokens is None or account is None:
+            return
+        token = self.tokens.current()
+        if renewal_due(token, self.settings.cluster.token_renew_fraction) is None:
+            self.log.info("the token has no expiry; it is not renewed", token_file=token.path)
+            return
+        self.renewal = TokenRenewal(kube, self.tokens, account[0], account[1],
+                                    fraction=self.settings.cluster.token_renew_fraction, log=self.log)
+        self.tasks.spawn("token-renewal", self.renewal.run())
 
     async def _watch_after_first_sync(self, reconciler: Reconciler, watcher: OwnObjectsWatcher) -> None:
         """Registering comes first: a fleet booting at once is not slowed by three watches per VM. Nothing is
@@ -364,6 +458,10 @@ class Agent:
     def status_line(self) -> str:
         """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
         rec = self.reconciler
+        if self.guard is not None and self.guard.problem:
+            return self.guard.problem[:200]
+        if self.account is not None and not self.account.registers:
+            return self.account.message[:200]
         if self.heartbeat is not None and self.heartbeat.conflict:
             return self.heartbeat.conflict[:200]
         if rec is not None and rec.last_error and not rec.service_errors:
@@ -438,7 +536,8 @@ class Agent:
         deadline = (self._stop_requested_at or time.monotonic()) + self.settings.sync.stop_deadline
         self.notifier.notify("STOPPING=1", "STATUS=deregistering")  # no WATCHDOG=1 after this (Notifier)
         # Health checks go on through the drain (serving follows them); they stop once the clean-up is over.
-        await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload")
+        await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload", "credentials",
+                                "token-renewal")
         cleanup = asyncio.create_task(self._deregister(deadline), name="deregister")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:

@@ -190,6 +190,10 @@ def _status_text(s: dict[str, Any]) -> str:
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
+    if (token := s.get("credentials") or {}).get("kind"):
+        lines.append(f"token      {token['account'] or 'unknown account'} ({token['kind']})"
+                     + (f", expires {token['expires']}" if token["expires"] else "")
+                     + (f", renews {token['next_renewal']}" if token["next_renewal"] else ""))
     lines += [f"  ! {reason}" for reason in s.get("health_reasons", [])]
     return "\n".join(lines)
 

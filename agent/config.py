@@ -50,6 +50,8 @@ class ClusterSettings:
     ca_file: str = ""
     token_file: str = ""
     request_timeout: float = _duration("10s")
+    # The agent renews its own token (TokenRequest) at this fraction of its lifetime.
+    token_renew_fraction: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -435,6 +437,9 @@ def _validate_cluster(c: ClusterSettings, base_dir: Path) -> ClusterSettings:
             raise ConfigError(f"cluster.{key}", f"file {str(p)!r} does not exist")
         return str(p)
 
+    if not 0 < c.token_renew_fraction < 1:
+        raise ConfigError("cluster.token_renew_fraction", f"{c.token_renew_fraction} is not a fraction between 0 and 1 "
+                          "(0.8: renew when 80 % of the token's lifetime has passed)")
     if c.kubeconfig and (c.server or c.token_file):
         raise ConfigError("cluster.kubeconfig", "set either kubeconfig, or server with token_file, not both")
     if not c.kubeconfig:

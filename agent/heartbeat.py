@@ -26,7 +26,7 @@ import structlog
 from agent.backoff import Backoff
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import build_lease, lease_name, micro_time
+from agent.cluster.objects import build_lease, lease_name, micro_time, with_annotations
 from agent.cluster.resources import LEASES
 from agent.identity import HolderIdentity, process_alive, read_identity
 
@@ -53,7 +53,8 @@ class Heartbeat:
                  log: structlog.typing.FilteringBoundLogger, wall_clock: WallClock = time.time,
                  on_new_lease: Callable[[], None] = lambda: None, identity: HolderIdentity | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 alive: Callable[[int], bool] = process_alive) -> None:
+                 alive: Callable[[int], bool] = process_alive,
+                 annotations: Callable[[], dict[str, str]] = dict) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
@@ -66,6 +67,7 @@ class Heartbeat:
         self._clock = clock
         self._alive = alive
         self._on_new_lease = on_new_lease
+        self._annotations = annotations  # the fleet view's facts; written with a renewal when they change
         self._lease: Body | None = None
         self._contest: _Contest | None = None
         self._lock = asyncio.Lock()
@@ -124,6 +126,7 @@ class Heartbeat:
                 lease["spec"]["renewTime"] = micro_time(self._now())
                 lease["spec"]["holderIdentity"] = str(self.identity)
                 lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+                with_annotations(lease, self._annotations())  # same PUT: a change costs no extra request
                 try:
                     self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
                 except Conflict:
@@ -170,7 +173,8 @@ class Heartbeat:
             self._attempted.set()
 
     async def _acquire_or_raise_locked(self) -> None:
-        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now(), holder=str(self.identity))
+        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now(), holder=str(self.identity),
+                           annotations=self._annotations())
         try:
             self._lease = await self._kube.create(LEASES, self.namespace, body)
             self._log.info("lease created", duration_seconds=self.duration_seconds, holder=str(self.identity))
@@ -187,6 +191,7 @@ class Heartbeat:
                 spec["acquireTime"] = body["spec"]["acquireTime"]
             spec.update(holderIdentity=str(self.identity), leaseDurationSeconds=self.duration_seconds,
                         renewTime=body["spec"]["renewTime"])
+            with_annotations(current, self._annotations())
             # resourceVersion-checked: a holder that renews meanwhile makes this a 409, and it stays theirs.
             self._lease = await self._kube.replace(LEASES, self.namespace, self.name, current)
             if not holder or holder == str(self.identity) or self.identity.earlier_run(holder, self._alive):

@@ -8,6 +8,7 @@ from agent.cluster.errors import NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import lease_name
 from agent.cluster.resources import LEASES
+from agent.cluster.tokens import TokenFiles, agent_token_files
 from agent.config import Settings
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
@@ -16,10 +17,16 @@ from agent.sync.backend import Backend
 from agent.sync.registry import make_backend
 
 
+def _tokens(settings: Settings) -> TokenFiles | None:
+    """As the running agent does: its renewed token counts too (the enrolled one may have expired long ago)."""
+    cluster = settings.cluster
+    return agent_token_files(cluster.token_file, settings.state_dir) if cluster.token_file else None
+
+
 async def deregister(settings: Settings) -> list[str]:
     """Delete this VM's objects (its own, or its entries in shared ones), through the backend's own removal, and
     its Lease; the shared Service stays."""
-    kube = await KubeClient.connect(settings.cluster)
+    kube = await KubeClient.connect(settings.cluster, _tokens(settings))
     try:
         log = get_logger(vm=settings.vm_name)
         heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
@@ -38,7 +45,7 @@ async def deregister(settings: Settings) -> list[str]:
 
 async def reap_once(settings: Settings) -> list[str]:
     """Watch the Leases for the longest lease period + grace, then remove the VMs that did not renew."""
-    kube = await KubeClient.connect(settings.cluster)
+    kube = await KubeClient.connect(settings.cluster, _tokens(settings))
     log = get_logger(vm=settings.vm_name)
     heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
                           lease_duration=settings.heartbeat.lease_duration, log=log)

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.cluster.tokens import utc
 from agent.metrics import Family
 
 if TYPE_CHECKING:
@@ -35,6 +36,10 @@ def health(agent: Agent) -> dict[str, Any]:
         critical.append(f"agent loops not running: {agent.failure or 'stopping'}")
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
+    if agent.guard is not None and agent.guard.problem:  # the cluster refuses the token: expired or revoked
+        critical.append(agent.guard.problem)
+    elif agent.account is not None and not agent.account.registers:  # another VM's token: nothing is registered
+        critical.append(agent.account.message)
     beat = agent.heartbeat
     if beat is not None and beat.conflict:  # another live agent holds this VM's Lease: nothing is registered
         (critical if beat.conflict_confirmed else warning).append(beat.conflict)
@@ -85,7 +90,31 @@ def status(agent: Agent) -> dict[str, Any]:
                            "holder": str(beat.identity) if beat else None,
                            "conflict": (beat.conflict or None) if beat else None},
         "reaper": reaper_status(agent),
+        "credentials": credentials_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
+    }
+
+
+def credentials_status(agent: Agent) -> dict[str, Any]:
+    """Whose token the agent uses, until when, and when it renews it."""
+    account, renewal = agent.account, agent.renewal
+    token = None
+    if agent.tokens is not None:
+        try:
+            token = agent.tokens.current()
+        except OSError:
+            token = None
+    claims = token.claims if token else None
+    return {
+        "account": account.username or None if account else None,
+        "kind": account.kind.value if account else None,
+        "problem": (agent.guard.problem if agent.guard else "") or
+                   (account.message if account and not account.registers else "") or None,
+        "token_file": token.path if token else None,
+        "expires": utc(claims.expires_at) if claims and claims.expires_at else None,
+        "next_renewal": utc(renewal.next_renewal) if renewal and renewal.next_renewal else None,
+        "renewals": renewal.renewals if renewal else 0,
+        "refused_requests": agent.guard.rejections if agent.guard else 0,  # 401s: the slow probes included
     }
 
 

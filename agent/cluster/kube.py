@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import (
     ClusterError,
     Conflict,
@@ -27,7 +27,8 @@ from agent.cluster.errors import (
     Unauthorized,
     Unavailable,
 )
-from agent.cluster.resources import Resource
+from agent.cluster.resources import SELF_SUBJECT_REVIEWS, SERVICE_ACCOUNTS, Resource
+from agent.cluster.tokens import TokenFiles
 from agent.config import ClusterSettings
 
 Body = dict[str, Any]
@@ -46,27 +47,22 @@ KNOWN_VERSIONS = 512
 RBAC_HINT = "grant it with the Role in rbac.yaml (packaging/kubernetes/, or /usr/share/doc/vmesh-agent/)"
 
 
-class _TokenFile:
-    """Re-reads a token file when it changes: projected ServiceAccount tokens rotate."""
+class _BearerToken:
+    """Sets the request's token from the token files (re-read when they change: bound tokens rotate)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._stamp: tuple[int, int] | None = None
+    def __init__(self, tokens: TokenFiles) -> None:
+        self.tokens = tokens
 
     def refresh(self, configuration: Any) -> None:
-        st = os.stat(self.path)
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            with open(self.path, encoding="utf-8") as fh:
-                configuration.api_key["BearerToken"] = fh.read().strip()
-            self._stamp = stamp
+        configuration.api_key["BearerToken"] = self.tokens.current().value
 
 
 class KubeClient:
     """A connection to one cluster. Create with `await KubeClient.connect(settings)`; close when done."""
 
-    def __init__(self, configuration: Any, timeout: float) -> None:
+    def __init__(self, configuration: Any, timeout: float, guard: CredentialGuard | None = None) -> None:
         self._configuration = configuration
+        self._guard = guard
         self._api = k8s_client.ApiClient(configuration=configuration)
         self.server = str(configuration.host)
         self._timeout = timeout
@@ -74,7 +70,10 @@ class KubeClient:
         self.list_version = ""  # of the last list(): a point in the cluster's history that a watch can start at
 
     @classmethod
-    async def connect(cls, settings: ClusterSettings) -> KubeClient:
+    async def connect(cls, settings: ClusterSettings, tokens: TokenFiles | None = None,
+                      guard: CredentialGuard | None = None) -> KubeClient:
+        """`tokens`: where the token is read (default: cluster.token_file alone); `guard`: holds calls back while
+        the cluster refuses the token (agent.cluster.credentials)."""
         configuration = k8s_client.Configuration()
         if settings.kubeconfig:
             try:
@@ -90,10 +89,13 @@ class KubeClient:
             configuration.host = settings.server
             configuration.ssl_ca_cert = settings.ca_file or None
             configuration.api_key_prefix["BearerToken"] = "Bearer"
-            token = _TokenFile(settings.token_file)
-            token.refresh(configuration)
+            try:
+                token = _BearerToken(tokens or TokenFiles([settings.token_file]))
+                token.refresh(configuration)
+            except OSError as exc:
+                raise ClusterError(f"cannot read cluster.token_file {settings.token_file}: {exc}") from exc
             configuration.refresh_api_key_hook = token.refresh
-        return cls(configuration, settings.request_timeout)
+        return cls(configuration, settings.request_timeout, guard)
 
     async def close(self) -> None:
         await self._api.close()
@@ -149,6 +151,8 @@ class KubeClient:
             query["fieldSelector"] = field_selector
         if resource_version:
             query["resourceVersion"] = resource_version
+        if self._guard is not None:
+            self._guard.before_call()
         try:
             response = await self._api.call_api(
                 resource.path(namespace), "GET", query_params=query,
@@ -158,8 +162,11 @@ class KubeClient:
             )
             async with response:
                 if response.status != 200:
-                    raise _error(response.status, _decode(await response.read()), "watch", resource=resource,
-                                 namespace=namespace, name="", retry_after=response.headers.get("Retry-After"))
+                    raise self._judged(_error(response.status, _decode(await response.read()), "watch",
+                                              resource=resource, namespace=namespace, name="",
+                                              retry_after=response.headers.get("Retry-After")))
+                if self._guard is not None:
+                    self._guard.accepted()
                 if on_open is not None:
                     on_open()
                 async for line in _lines(response.content, resource):
@@ -228,6 +235,8 @@ class KubeClient:
                     body: Any = None, query: dict[str, str] | None = None,
                     content_type: str = "application/json", remember: bool = True) -> Body:
         verb = verb or _VERBS[method]
+        if self._guard is not None:
+            self._guard.before_call()
         try:
             response = await self._api.call_api(
                 resource.path(namespace, name), method,
@@ -243,12 +252,43 @@ class KubeClient:
             raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
         payload = _decode(raw)
         if 200 <= status < 300:
+            if self._guard is not None:
+                self._guard.accepted()
             for obj in (payload.get("items") or [payload]) if remember else ():
                 if isinstance(obj, dict) and obj.get("kind") != "Status":
                     self._remember(resource, obj)
             return payload
-        raise _error(status, payload, verb, resource=resource, namespace=namespace, name=name,
-                     retry_after=retry_after)
+        raise self._judged(_error(status, payload, verb, resource=resource, namespace=namespace, name=name,
+                                  retry_after=retry_after))
+
+    def _judged(self, error: ClusterError) -> ClusterError:
+        """A 401 goes through the guard, which rephrases it (expired or revoked) and holds further calls back."""
+        if isinstance(error, Unauthorized) and self._guard is not None:
+            return self._guard.rejected(error)
+        return error
+
+    async def who_am_i(self) -> str:
+        """The username the apiserver authenticates this client as (SelfSubjectReview, authentication.k8s.io/v1,
+        GA since 1.28). NotFound from an older apiserver."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        result = await self._call("POST", SELF_SUBJECT_REVIEWS, "", "", body=body, remember=False)
+        return str(((result.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
+    async def request_token(self, namespace: str, service_account: str, *, audiences: builtins.list[str],
+                            expiration_seconds: int) -> str:
+        """A new token for a ServiceAccount through the TokenRequest API (the agent asks only for its own)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": audiences, "expirationSeconds": expiration_seconds}}
+        try:
+            result = await self._call("POST", SERVICE_ACCOUNTS, namespace, f"{service_account}/token", body=body,
+                                      verb="create", remember=False)
+        except Forbidden as exc:  # RBAC names the subresource: say it, so the fix is plain
+            message = str(exc).replace(" serviceaccounts ", " serviceaccounts/token ", 1)
+            raise Forbidden(message, status=exc.status, reason=exc.reason) from exc
+        token = str((result.get("status") or {}).get("token") or "")
+        if not token:
+            raise ClusterError(f"TokenRequest for {namespace}/{service_account} returned no token")
+        return token
 
     async def patch_status(self, resource: Resource, namespace: str, name: str, patch: Any,
                            kind: PatchKind = "merge") -> Body:

@@ -18,6 +18,11 @@ LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_CREATED_BY = "vmesh.dev/created-by-vm"
+# What the VM's Lease tells the fleet view (`kubectl vmesh get vms`).
+ANNOTATION_HOLDER_MACHINE = "vmesh.dev/holder-machine"
+ANNOTATION_AGENT_VERSION = "vmesh.dev/agent-version"
+ANNOTATION_BACKEND = "vmesh.dev/backend"
+ANNOTATION_SERVICES = "vmesh.dev/services"
 MAX_NAME = 63  # a DNS label: what every kind of object accepts
 NAME_HASH_CHARS = 10
 # What the agent writes of its own objects besides metadata; everything else there is left as it is.
@@ -190,10 +195,29 @@ def micro_time(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime, holder: str = "") -> Body:
+def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime, *, holder: str = "",
+                annotations: dict[str, str] | None = None) -> Body:
     """The VM's heartbeat Lease, held by `holder` (agent.identity: VM, machine, boot and process)."""
-    return lease_body(lease_name(vm), namespace, holder or vm, duration_seconds, now,
+    body = lease_body(lease_name(vm), namespace, holder or vm, duration_seconds, now,
                       labels={LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm})
+    if annotations:
+        body["metadata"]["annotations"] = dict(annotations)
+    return body
+
+
+def lease_annotations(machine: str, version: str, backend: str, services: Iterable[str]) -> dict[str, str]:
+    """The fleet view's facts about a VM, as its Lease carries them."""
+    return {ANNOTATION_HOLDER_MACHINE: machine, ANNOTATION_AGENT_VERSION: version, ANNOTATION_BACKEND: backend,
+            ANNOTATION_SERVICES: ",".join(sorted(set(services)))}
+
+
+def with_annotations(obj: Body, annotations: dict[str, str]) -> bool:
+    """Set `annotations` on `obj` in place, keeping the others it has; whether anything changed."""
+    current = obj.setdefault("metadata", {}).get("annotations") or {}
+    if all(current.get(k) == v for k, v in annotations.items()):
+        return False
+    obj["metadata"]["annotations"] = {**current, **annotations}
+    return True
 
 
 def lease_body(name: str, namespace: str, holder: str, duration_seconds: int, now: datetime.datetime, *,

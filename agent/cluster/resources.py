@@ -10,7 +10,7 @@ class Resource:
     group: str  # "" for the core group
     version: str
     plural: str
-    cluster_scoped: bool = False  # Namespaces, admission policies: no namespace in their path
+    cluster_scoped: bool = False  # Namespaces, admission policies, reviews: no namespace in their path
 
     @property
     def qualified(self) -> str:
@@ -30,6 +30,8 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 WORKLOAD_ENTRIES = Resource("networking.istio.io", "v1", "workloadentries")
 EXTERNAL_WORKLOADS = Resource("workload.linkerd.io", "v1beta1", "externalworkloads")
-# What the admin's plugin (kubectl vmesh) manages besides the agent's own objects.
+# The agent creates only serviceaccounts/<own>/token; the admin's plugin (kubectl vmesh) manages accounts and
+# their RoleBindings besides the agent's own objects.
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+SELF_SUBJECT_REVIEWS = Resource("authentication.k8s.io", "v1", "selfsubjectreviews", cluster_scoped=True)

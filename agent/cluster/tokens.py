@@ -1,0 +1,167 @@
+"""ServiceAccount token files: what a token says about itself, which of the agent's two files to use, and
+writing a renewed one.
+
+The enrolled token sits in `cluster.token_file` (/etc/vmesh-agent/token, read-only under ProtectSystem=strict);
+the agent's renewals go to `<state_dir>/token`. The one in use is the newest (by its `iat` claim) that has not
+expired, so a renewed token takes over from the enrolled one, and a fresh one an admin puts in token_file takes
+over from an old renewal. The claims are read, never verified: only the apiserver decides whether a token is
+good; they give the renewal its schedule and an error its date.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+RENEWED_TOKEN = "token"  # the file name in state_dir
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a JWT's payload says. Zero times: the claim is absent (a legacy Secret token never expires)."""
+
+    subject: str = ""
+    audiences: tuple[str, ...] = ()
+    issued_at: float = 0.0
+    expires_at: float = 0.0
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.issued_at if self.expires_at and self.issued_at else 0.0
+
+    @property
+    def service_account(self) -> tuple[str, str] | None:
+        """(namespace, name) of the ServiceAccount the token is for, if it is one's."""
+        return service_account_of(self.subject)
+
+    def expired(self, now: float) -> bool:
+        return bool(self.expires_at) and now >= self.expires_at
+
+
+def service_account_of(username: str) -> tuple[str, str] | None:
+    """`system:serviceaccount:<ns>:<name>` → (ns, name); anything else → None."""
+    if not username.startswith(SERVICE_ACCOUNT_PREFIX):
+        return None
+    namespace, _, name = username[len(SERVICE_ACCOUNT_PREFIX):].partition(":")
+    return (namespace, name) if namespace and name else None
+
+
+def parse_claims(token: str) -> TokenClaims | None:
+    """The payload of a JWT, unverified; None when the token is not a JWT (then nothing is known of it)."""
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    audiences = payload.get("aud") or ()
+    audiences = (audiences,) if isinstance(audiences, str) else tuple(str(a) for a in audiences)
+
+    def number(key: str) -> float:
+        value = payload.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+    return TokenClaims(str(payload.get("sub") or ""), audiences, number("iat"), number("exp"))
+
+
+def utc(moment: float) -> str:
+    """A token time for a person: "2026-12-31 09:15:00 UTC"."""
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    path: str
+    claims: TokenClaims | None
+    modified: float  # the file's mtime: the order of tokens that carry no iat
+
+
+class TokenFiles:
+    """The token the agent uses now, among the enrolled file and the renewed one. `current()` stats the files on
+    each call (every API request asks) and re-reads only a file that changed."""
+
+    def __init__(self, paths: Sequence[str], clock: Callable[[], float] = time.time) -> None:
+        self.paths = tuple(p for p in paths if p)
+        self._clock = clock
+        self._read: dict[str, tuple[tuple[int, int, int], Token | None]] = {}
+
+    @property
+    def renewed_path(self) -> str:
+        """Where a renewal is written: the last path (state_dir/token), when there are two."""
+        return self.paths[-1] if len(self.paths) > 1 else ""
+
+    def _load(self, path: str) -> Token | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._read.pop(path, None)
+            return None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._read.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        value = Path(path).read_text(encoding="utf-8").strip()
+        token = Token(value, path, parse_claims(value), st.st_mtime) if value else None
+        self._read[path] = (stamp, token)
+        return token
+
+    def current(self) -> Token:
+        """The newest token that has not expired; if every one has, the newest. OSError if none can be read (the
+        enrolled file is required: its error names it)."""
+        found: list[Token] = []
+        for index, path in enumerate(self.paths):
+            try:
+                token = self._load(path)
+            except OSError:
+                if index == 0:
+                    raise
+                token = None  # a renewal that cannot be read does not stop the enrolled token from working
+            if token is not None:
+                found.append(token)
+        if not found:
+            raise FileNotFoundError(f"no token in {', '.join(self.paths)}")
+        now = self._clock()
+        valid = [t for t in found if not (t.claims and t.claims.expired(now))] or found
+        return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified))
+
+
+def agent_token_files(token_file: str, state_dir: str) -> TokenFiles:
+    """The enrolled token, then the agent's own renewals of it."""
+    return TokenFiles([token_file, os.path.join(state_dir, RENEWED_TOKEN)])
+
+
+def write_token(path: str, token: str) -> None:
+    """Write atomically, mode 0600: a temporary file in the same directory, flushed, renamed over the old one. A
+    crash leaves the old token or the new one, never half of one."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, token.encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(temporary, path)
+    except OSError:
+        os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,171 @@
+"""Per-VM tokens against the real control plane: the agent renews its own token before it expires and keeps
+registering across rotations; a revoked one is one line and health critical within a heartbeat, with no retry
+storm; the shared legacy token keeps working with a warning; another VM's token is refused at start, and a good
+one put in its place is picked up.
+
+The VMs' ServiceAccounts are made here as `kubectl vmesh enroll` makes them (vmesh-vm-<vm>, bound to the Role),
+with the apiserver's shortest token life (10 min) and a renewal at 5 % of it (30 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.cluster.objects import ANNOTATION_SERVICES, object_name
+from agent.cluster.tokens import parse_claims
+from tests.testbed.cluster import Cluster
+from tests.testbed.vm import VM
+from tests.testbed.waiting import wait_until
+
+FRACTION = 0.05  # of a 600 s token: renewed every 30 s
+
+
+def enroll(cluster: Cluster, namespace: str, vm_name: str, duration: str = "10m") -> str:
+    """The VM's own ServiceAccount, bound to the shared Role, and a bound token of it."""
+    account = f"vmesh-vm-{vm_name}"
+    cluster.kubectl("create", "serviceaccount", account, "-n", namespace)
+    cluster.kubectl("create", "rolebinding", account, "-n", namespace, "--role", "vmesh-agent",
+                    "--serviceaccount", f"{namespace}:{account}")
+    return cluster.kubectl("create", "token", account, "-n", namespace, "--duration", duration).stdout.strip()
+
+
+def whoami(cluster: Cluster, token: str) -> str:
+    """The account the apiserver takes `token` for ("" when it refuses it)."""
+    result = cluster.kubectl("--token", token, "auth", "whoami", "-o", "json", check=False)
+    if result.returncode != 0:
+        return ""
+    return str(json.loads(result.stdout)["status"]["userInfo"]["username"])
+
+
+def status(vm: VM) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(vm.cli("status", "--json").stdout)
+    return body
+
+
+def addresses(cluster: Cluster, namespace: str, vm: VM) -> list[str]:
+    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
+    return sorted(a for e in (s or {}).get("endpoints") or [] for a in e["addresses"])
+
+
+def lines_with(vm: VM, text: str) -> list[dict[str, Any]]:
+    return [line for line in vm.log_lines() if text in str(line.get("event", ""))]
+
+
+def test_the_agent_renews_its_token_before_expiry_and_keeps_registering_across_two_rotations(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    enrolled = enroll(cluster, namespace, vm.name)
+    vm.start_agent(vm.write_config(namespace, enrolled, cluster={"token_renew_fraction": FRACTION}))
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    lease = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+    assert lease is not None
+    assert lease["metadata"]["annotations"][ANNOTATION_SERVICES] == "mysqldb"
+    assert lease["metadata"]["annotations"]["vmesh.dev/backend"] == "endpointslice"
+    renewed_file = vm.workdir / "state" / "token"
+    account = f"system:serviceaccount:{namespace}:vmesh-vm-{vm.name}"
+
+    seen = [enrolled]
+    for rotation in (1, 2):
+        started = time.monotonic()
+        token = wait_until(lambda: renewed_file.exists() and (t := renewed_file.read_text().strip()) not in seen
+                           and t, 60, f"rotation {rotation}")
+        print(f"rotation {rotation} after {time.monotonic() - started:.1f}s")
+        assert stat.S_IMODE(os.stat(renewed_file).st_mode) == 0o600
+        claims, previous = parse_claims(token), parse_claims(seen[-1])
+        assert claims is not None and previous is not None
+        assert claims.subject == account and claims.audiences == previous.audiences
+        assert claims.lifetime == previous.lifetime == 600
+        assert claims.issued_at < previous.expires_at, "renewed before the old one expired"
+        assert whoami(cluster, token) == account, "the renewed token is valid"
+        seen.append(token)
+
+    # Still registering, and on the renewed token: the Lease keeps renewing, health passing.
+    before = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+    assert before is not None
+    wait_until(lambda: (cluster.get("lease", f"vmesh-{vm.name}", namespace) or {}).get("spec", {}).get("renewTime")
+               != before["spec"]["renewTime"], 5, "the Lease renewed after two rotations")
+    assert addresses(cluster, namespace, vm) == [vm.address]
+    body = status(vm)
+    assert body["health"] == "passing", body["health_reasons"]
+    assert body["credentials"]["kind"] == "own" and body["credentials"]["account"] == account
+    assert body["credentials"]["token_file"] == str(renewed_file)
+    assert body["credentials"]["renewals"] >= 2
+    assert not lines_with(vm, "legacy")
+
+
+def test_a_revoked_vm_says_so_in_one_line_and_is_critical_within_one_heartbeat_without_a_retry_storm(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    token = enroll(cluster, namespace, vm.name)
+    vm.start_agent(vm.write_config(namespace, token))
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    wait_until(lambda: status(vm)["health"] == "passing", 10, "passing")
+
+    cluster.kubectl("delete", "serviceaccount", f"vmesh-vm-{vm.name}", "-n", namespace)
+    deleted = time.monotonic()
+    # The apiserver keeps a token it accepted in its authentication cache for 10 s: from then on it refuses it.
+    wait_until(lambda: whoami(cluster, token) == "", 20, "the apiserver refusing the token", interval=0.1)
+    refused_at = time.monotonic()
+    body = wait_until(lambda: (b := status(vm))["health"] == "critical" and b, 5, "critical")
+    took = time.monotonic() - refused_at
+    print(f"apiserver refused the token {refused_at - deleted:.2f}s after the ServiceAccount was deleted; "
+          f"the agent critical {took:.2f}s after that (heartbeat every 1 s)")
+    assert took < 2.0, "within one heartbeat (1 s) and its request"
+    reason = "token was revoked or its ServiceAccount deleted"
+    assert any(reason in r and f"kubectl vmesh enroll {vm.name}" in r for r in body["health_reasons"])
+    refused = body["credentials"]["refused_requests"]
+
+    time.sleep(10)  # ten heartbeats, ten syncs, watches restarting
+    body = status(vm)
+    assert body["health"] == "critical", body
+    assert body["credentials"]["refused_requests"] <= refused + 1, "no retry storm: the apiserver is left alone"
+    # One line says it; the loops that failed because of it name it as their error, once each.
+    said = [line for line in vm.log_lines() if str(line.get("event", "")).startswith(reason)]
+    assert len(said) == 1 and said[0]["level"] == "error", said
+    assert vm.agent is not None and vm.agent.poll() is None, "still running, saying why"
+
+
+def test_the_shared_legacy_token_keeps_working_with_one_warning(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    wait_until(lambda: status(vm)["health"] == "passing", 10, "passing")
+    warnings = lines_with(vm, "uses the shared legacy token")
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["level"] == "warning"
+    assert f"re-enroll with `kubectl vmesh enroll {vm.name}`" in warnings[0]["event"]
+    assert status(vm)["credentials"]["kind"] == "legacy"
+    assert not (vm.workdir / "state" / "token").exists(), "the shared token is not renewed"
+
+
+def test_another_vms_token_is_refused_at_start_and_its_own_put_in_place_is_picked_up(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    vm = make_vm("a")
+    vm.start_mariadb(mariadb_template)
+    other = f"b-{vm.name}"
+    vm.start_agent(vm.write_config(namespace, enroll(cluster, namespace, other)))
+    line = vm.wait_log(lambda entry: "not registering" in str(entry.get("event", "")), 20, "the refusal")
+    assert f"VM {other}'s" in line["event"] and f"this agent is VM {vm.name}" in line["event"], line
+    body = wait_until(lambda: (b := status(vm))["health"] == "critical" and b, 10, "critical")
+    assert any(f"VM {other}'s" in r for r in body["health_reasons"])
+    time.sleep(3)
+    assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None, "nothing registered"
+    assert cluster.list("endpointslice", namespace, f"vmesh.dev/vm={vm.name}") == []
+
+    (vm.workdir / "token").write_text(enroll(cluster, namespace, vm.name))  # the admin installs the right one
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered with its own token")
+    wait_until(lambda: status(vm)["health"] == "passing", 10, "passing")
+    assert len(lines_with(vm, f"VM {other}'s")) == 1

@@ -1,0 +1,263 @@
+"""Token files, the renewal schedule and the refused-token guard, on injected clocks.
+
+The in-memory TokenRequest API only orders the steps; the apiserver's own behaviour (minimum lifetime,
+revocation, audiences) is in tests/integration/test_token_rotation.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from agent.backoff import Backoff
+from agent.cluster.account import Kind, judge
+from agent.cluster.credentials import CredentialGuard, rejection_message
+from agent.cluster.errors import Forbidden, Unauthorized
+from agent.cluster.kube import KubeClient
+from agent.cluster.objects import build_lease, lease_annotations, with_annotations
+from agent.cluster.token_renewal import TokenRenewal, renewal_due
+from agent.cluster.tokens import TokenFiles, parse_claims, write_token
+from agent.logs import get_logger
+from tests.unit.fake_leases import FakeClock
+
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+DAY = 86400.0
+SA = "system:serviceaccount:vm:vmesh-vm-a"
+
+
+def jwt(sub: str = SA, iat: float = T0, exp: float | None = T0 + 30 * DAY, aud: Any = ("https://k8s",)) -> str:
+    payload: dict[str, Any] = {"sub": sub, "iat": int(iat), "aud": list(aud) if not isinstance(aud, str) else aud}
+    if exp is not None:
+        payload["exp"] = int(exp)
+
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2ln"
+
+
+class FakeTokenApi:
+    """TokenRequest: a new token issued at the clock's time for the asked lifetime; or an error while set."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.requests: list[tuple[str, str, list[str], int]] = []
+        self.fail_with: Exception | None = None
+
+    async def request_token(self, namespace: str, service_account: str, *, audiences: list[str],
+                            expiration_seconds: int) -> str:
+        self.requests.append((namespace, service_account, audiences, expiration_seconds))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return jwt(f"system:serviceaccount:{namespace}:{service_account}", self.clock(),
+                   self.clock() + expiration_seconds, audiences)
+
+
+class Stop(Exception):
+    pass
+
+
+def files(tmp_path: Path, enrolled: str, clock: FakeClock) -> TokenFiles:
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc" / "token").write_text(enrolled)
+    return TokenFiles([str(tmp_path / "etc" / "token"), str(tmp_path / "state" / "token")], clock=clock)
+
+
+def renewal(tmp_path: Path, clock: FakeClock, enrolled: str, *, sleeps: list[float], max_sleeps: int = 50,
+            fraction: float = 0.8, renewals: int = 0) -> tuple[TokenRenewal, FakeTokenApi, TokenFiles]:
+    """A renewal on a fake clock; its sleeps advance the clock, and the run stops after `max_sleeps` of them or
+    once `renewals` tokens were asked for."""
+    api = FakeTokenApi(clock)
+    tokens = files(tmp_path, enrolled, clock)
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) >= max_sleeps or (renewals and len(api.requests) >= renewals):
+            raise Stop
+        clock.advance(seconds)
+
+    r = TokenRenewal(cast(KubeClient, api), tokens, "vm", "vmesh-vm-a", fraction=fraction, log=get_logger(),
+                     clock=clock, sleep=sleep, backoff=Backoff(base=5, cap=300, jitter=0))
+    return r, api, tokens
+
+
+# -- claims and files ----------------------------------------------------------------------------------
+
+def test_claims_are_read_without_verifying_and_garbage_is_none() -> None:
+    claims = parse_claims(jwt(aud="https://k8s"))
+    assert claims is not None
+    assert claims.subject == SA and claims.audiences == ("https://k8s",)
+    assert claims.lifetime == 30 * DAY and claims.service_account == ("vm", "vmesh-vm-a")
+    assert not claims.expired(T0 + 30 * DAY - 1) and claims.expired(T0 + 30 * DAY)
+    assert parse_claims("not-a-jwt") is None
+    assert parse_claims("a.!!!.c") is None
+    legacy = parse_claims(jwt(exp=None))  # a Secret-based token never expires
+    assert legacy is not None and legacy.lifetime == 0 and not legacy.expired(T0 + 1000 * DAY)
+
+
+def test_the_newest_valid_token_is_used_and_an_admins_fresh_one_takes_over(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + DAY)
+    tokens = files(tmp_path, jwt(), clock)
+    assert tokens.current().path.endswith("etc/token")
+    renewed = jwt(iat=T0 + DAY, exp=T0 + 31 * DAY)
+    write_token(tokens.renewed_path, renewed)
+    assert tokens.current().value == renewed
+    assert stat.S_IMODE(os.stat(tokens.renewed_path).st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["token"], "no temporary file left"
+    fresh = jwt(iat=T0 + 2 * DAY, exp=T0 + 32 * DAY)  # the admin re-enrolled the VM
+    clock.advance(DAY)
+    (tmp_path / "etc" / "token").write_text(fresh)
+    assert tokens.current().value == fresh
+    clock.advance(40 * DAY)  # everything expired: the newest is still the one sent, and refused by the server
+    assert tokens.current().value == fresh
+
+
+def test_an_expired_renewal_gives_way_to_a_valid_enrolled_token(tmp_path: Path) -> None:
+    clock = FakeClock(T0 + 20 * DAY)
+    tokens = files(tmp_path, jwt(iat=T0, exp=T0 + 30 * DAY), clock)
+    write_token(tokens.renewed_path, jwt(iat=T0 + DAY, exp=T0 + 2 * DAY))
+    assert tokens.current().path.endswith("etc/token")
+
+
+# -- the renewal schedule --------------------------------------------------------------------------------
+
+async def test_renewed_at_the_fraction_of_its_life_with_its_audience_and_lifetime(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0), []
+    r, api, tokens = renewal(tmp_path, clock, jwt(aud=("aud-1", "aud-2")), sleeps=sleeps, max_sleeps=10**6,
+                             renewals=1)
+    with pytest.raises(Stop):
+        await r.run()
+    assert api.requests, "renewed"
+    first_at = T0 + 0.8 * 30 * DAY
+    assert api.requests[0] == ("vm", "vmesh-vm-a", ["aud-1", "aud-2"], int(30 * DAY))
+    assert all(s <= 60 for s in sleeps), "waits are cut into pieces: a suspended VM is noticed"
+    assert first_at <= T0 + sum(sleeps[:-1]) < first_at + 1, "not before 80 % of its life, nor later"
+    claims = tokens.current().claims
+    assert claims is not None and claims.issued_at >= first_at and tokens.current().path == tokens.renewed_path
+    assert r.next_renewal == claims.issued_at + 0.8 * 30 * DAY
+
+
+async def test_each_renewal_schedules_the_next_from_the_new_token(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0), []
+    r, api, _ = renewal(tmp_path, clock, jwt(exp=T0 + 600), sleeps=sleeps, max_sleeps=30, fraction=0.05)
+    with pytest.raises(Stop):
+        await r.run()
+    # Every 30 s of a 600 s token; 30 pieces of at most 60 s → 29 renewals at 30 s each after the first.
+    assert len(api.requests) >= 10 and all(req[3] == 600 for req in api.requests)
+    assert r.renewals == len(api.requests)
+
+
+async def test_a_vm_that_was_off_past_the_renewal_point_renews_at_once(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0 + 29 * DAY), []  # off for 29 of the token's 30 days
+    r, api, _ = renewal(tmp_path, clock, jwt(), sleeps=sleeps, max_sleeps=1)
+    with pytest.raises(Stop):
+        await r.run()
+    assert len(api.requests) == 1 and not sleeps[:-1], "renewed before any wait"
+
+
+async def test_a_refused_renewal_backs_off_and_is_said_once(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0 + 25 * DAY), []
+    r, api, tokens = renewal(tmp_path, clock, jwt(), sleeps=sleeps, max_sleeps=12)
+    api.fail_with = Forbidden("cannot create serviceaccounts/token in namespace vm: grant it …")
+    with pytest.raises(Stop):
+        await r.run()
+    gaps = [round(s) for s in sleeps]
+    assert gaps[:7] == [5, 10, 20, 40, 60, 20, 60], "doubling from 5 s; waits cut at 60 s"
+    assert r.last_error.startswith("cannot create serviceaccounts/token")
+    assert tokens.current().path.endswith("etc/token")
+
+
+async def test_a_token_without_expiry_is_not_renewed(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0), []
+    r, api, _ = renewal(tmp_path, clock, jwt(exp=None), sleeps=sleeps, max_sleeps=3)
+    assert renewal_due(files(tmp_path, jwt(exp=None), clock).current(), 0.8) is None
+    with pytest.raises(Stop):
+        await r.run()
+    assert api.requests == []
+
+
+# -- refused tokens: one line, critical, no retry storm ---------------------------------------------------
+
+def test_the_refusal_says_expired_with_its_date_or_revoked() -> None:
+    assert rejection_message("a", T0, SA, T0 + 1) == (
+        "token expired on 2027-01-15 08:00:00 UTC; re-enroll with `kubectl vmesh enroll a`")
+    revoked = rejection_message("a", T0 + DAY, SA, T0)
+    assert revoked.startswith(f"token was revoked or its ServiceAccount deleted ({SA})")
+    assert revoked.endswith("re-enroll with `kubectl vmesh enroll a`")
+
+
+def test_a_refused_token_holds_calls_back_until_a_slow_probe_or_a_new_token(tmp_path: Path) -> None:
+    wall, mono = FakeClock(T0 + 31 * DAY), FakeClock(0)
+    tokens = files(tmp_path, jwt(), wall)
+    logged: list[str] = []
+
+    class Log:
+        def error(self, event: str, **_: Any) -> None:
+            logged.append(event)
+
+        def info(self, event: str, **_: Any) -> None:
+            logged.append(event)
+
+    guard = CredentialGuard(tokens, "a", cast(Any, Log()), clock=wall, monotonic=mono,
+                            backoff=Backoff(base=30, cap=300, jitter=0))
+    guard.before_call()  # nothing refused yet: the call goes out
+    for _ in range(5):  # five loops' calls in flight come back 401
+        error = guard.rejected(Unauthorized("401", status=401))
+    assert str(error).startswith("token expired on 2027-02-14 08:00:00 UTC")
+    assert logged == [guard.problem], "one line"
+    for _ in range(100):  # a hundred retries over 29 s: none reaches the apiserver
+        mono.advance(0.29)
+        with pytest.raises(Unauthorized):
+            guard.before_call()
+    mono.advance(1.5)
+    guard.before_call()  # the slow probe, once
+    with pytest.raises(Unauthorized):
+        guard.before_call()
+    guard.rejected(Unauthorized("401", status=401))
+    mono.advance(59)
+    with pytest.raises(Unauthorized):
+        guard.before_call()  # the next probe comes after 60 s
+    fresh = tmp_path / "etc" / "token.new"  # the admin re-enrolled: the bundle's token put in place
+    fresh.write_text(jwt(iat=T0 + 31 * DAY, exp=T0 + 61 * DAY))
+    fresh.rename(tmp_path / "etc" / "token")
+    guard.before_call()
+    guard.accepted()
+    assert guard.problem == "" and logged[-1] == "the cluster accepts the agent's token again"
+    assert len(logged) == 2
+
+
+# -- whose token it is ----------------------------------------------------------------------------------------
+
+def test_the_account_decides_whether_the_agent_registers() -> None:
+    assert judge("system:serviceaccount:vm:vmesh-vm-a", "a", "vm").kind is Kind.OWN
+    legacy = judge("system:serviceaccount:vm:vmesh-agent", "agent", "vm")
+    assert legacy.kind is Kind.LEGACY and legacy.registers, "the shared account is not VM 'agent'"
+    assert legacy.message == ("VM agent uses the shared legacy token (system:serviceaccount:vm:vmesh-agent); "
+                              "re-enroll with `kubectl vmesh enroll agent`")
+    other = judge("system:serviceaccount:vm:vmesh-vm-b", "a", "vm")
+    assert other.kind is Kind.OTHER_VM and not other.registers
+    assert "VM b's (system:serviceaccount:vm:vmesh-vm-b)" in other.message and "this agent is VM a" in other.message
+    assert judge("system:serviceaccount:prod:vmesh-vm-a", "a", "vm").kind is Kind.OTHER_VM  # another namespace's
+    assert judge("kubernetes-admin", "a", "vm").kind is Kind.OTHER
+    assert judge("system:serviceaccount:vm:vmesh-agent", "a", "prod").kind is Kind.OTHER
+
+
+# -- the Lease's annotations for the fleet view ----------------------------------------------------------------
+
+def test_lease_annotations_are_set_only_when_they_change_and_others_are_kept() -> None:
+    wanted = lease_annotations("host-1", "0.1.0", "endpointslice", ["web", "mysqldb", "web"])
+    assert wanted["vmesh.dev/services"] == "mysqldb,web"
+    lease = build_lease("a", "vm", 15, datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC), annotations=wanted)
+    assert lease["metadata"]["annotations"] == wanted
+    lease["metadata"]["annotations"]["admin/note"] = "keep me"
+    assert not with_annotations(lease, wanted)
+    assert with_annotations(lease, {**wanted, "vmesh.dev/services": "mysqldb"})
+    assert lease["metadata"]["annotations"]["admin/note"] == "keep me"
+    assert lease["metadata"]["annotations"]["vmesh.dev/services"] == "mysqldb"
