@@ -98,6 +98,9 @@ def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: st
     a.denied(f"vmesh-vm-{a.vm} may not change the label vmesh.dev/vm of endpointslices {a_slice}",
              "label", "--overwrite", "endpointslice", a_slice, f"vmesh.dev/vm={b.vm}")
     a.denied(f"may not modify leases vmesh-{b.vm}", "label", "lease", f"vmesh-{b.vm}", "evil=yes")
+    a.denied(f"may create only its own Lease vmesh-{a.vm} (or a reaper slot), not vmesh-{b.vm}x",
+             "create", "-f", "-", input=json.dumps({**lease(a.vm), "metadata": {
+                 "name": f"vmesh-{b.vm}x", "labels": {"vmesh.dev/vm": a.vm}}}))
     a.denied(f"may request tokens only for its own ServiceAccount, not for vmesh-vm-{b.vm}",
              "create", "token", f"vmesh-vm-{b.vm}")
     a.denied("the legacy shared Endpoints cannot be isolated per VM", "create", "-f", "-", input=json.dumps(
