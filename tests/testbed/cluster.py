@@ -85,9 +85,6 @@ class Cluster:
         self.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
         self.kubectl("apply", "-f", str(POLICY))
 
-    def bind_rbac(self, namespace: str) -> None:
-        self.apply_rbac(namespace, bind=True)
-
     def enroll(self, namespace: str, vm: str, *, bind: bool = True) -> str:
         """The VM's own identity, as `kubectl vmesh enroll` makes it (idempotent): ServiceAccount vmesh-vm-<vm>
         and, with `bind`, its RoleBinding to the shared Role. Returns the account's name."""
