@@ -14,7 +14,7 @@ from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
-DENIED = "ValidatingAdmissionPolicy 'vmesh-vm-isolation' with binding 'vmesh-vm-isolation' denied request"
+ISOLATION, ENROLLMENT = "vmesh-vm-isolation", "vmesh-vm-enrollment"  # the policies of policy.yaml
 
 
 class AsVM:
@@ -35,10 +35,11 @@ class AsVM:
         assert result.returncode == 0, f"{self.vm}: {' '.join(args)}: {result.stderr}"
         return result.stdout
 
-    def denied(self, message: str, *args: str, input: str | None = None) -> None:
+    def denied(self, message: str, *args: str, input: str | None = None, policy: str = ISOLATION) -> None:
         result = self.run(*args, input=input)
         assert result.returncode != 0, f"{self.vm} may not: {' '.join(args)}"
-        assert DENIED in result.stderr and message in result.stderr, result.stderr
+        by = f"ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request"
+        assert by in result.stderr and message in result.stderr, result.stderr
 
     def create(self, obj: dict[str, object]) -> dict[str, object]:
         created: dict[str, object] = json.loads(self.ok("create", "-o", "json", "-f", "-", input=json.dumps(obj)))
@@ -175,11 +176,11 @@ def test_a_vm_enrolled_for_services_and_addresses_registers_only_those(cluster: 
 
     mine = name_of(a.create(slice_for(a, "mysqldb", "198.18.4.4")))
     a.denied(f"vmesh-vm-{a.vm} is enrolled for services mysqldb,postgres, not web",
-             "create", "-f", "-", input=json.dumps(slice_for(a, "web", "198.18.4.4")))
+             "create", "-f", "-", input=json.dumps(slice_for(a, "web", "198.18.4.4")), policy=ENROLLMENT)
     a.denied(f"vmesh-vm-{a.vm} is enrolled for addresses in 198.18.0.0/16,2001:db8::/64, not 10.1.2.3",
-             "create", "-f", "-", input=json.dumps(slice_for(a, "mysqldb", "10.1.2.3")))
+             "create", "-f", "-", input=json.dumps(slice_for(a, "mysqldb", "10.1.2.3")), policy=ENROLLMENT)
     a.denied("is enrolled for addresses in", "patch", "endpointslice", mine, "--type=json",
-             "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "10.1.2.3"}]')
+             "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "10.1.2.3"}]', policy=ENROLLMENT)
     a.ok("patch", "endpointslice", mine, "--type=json",
          "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.4.5"}]')
     free.create(slice_for(free, "web", "10.1.2.3"))  # not enrolled with limits: only the isolation rules apply
