@@ -3,8 +3,10 @@
 Only the holder of a reaper slot (agent/reaper_slots.py) runs this. It lists and then watches the VMs' Leases
 and remembers, on its own monotonic clock, when it last saw each one change. A Lease not seen renewed for
 longer than its leaseDurationSeconds + grace is deleted with a resourceVersion precondition (so a renewal that
-races the delete wins), and the dead VM's objects go with it (removed directly, and by the garbage collector
-through their ownerReference to the Lease). renewTime is never compared with this VM's wall clock.
+races the delete wins), and the dead VM's objects go with it through the garbage collector (their ownerReference
+names the Lease): the reaper deletes nothing but the Lease, since the isolation policy lets no VM delete another
+VM's objects. Only the legacy shared Endpoints, where the GC cannot help, are edited by the reaper itself.
+renewTime is never compared with this VM's wall clock.
 
 Safety before speed (the node lifecycle controller's stance when a whole zone looks dead):
 - the view counts only as far as it is known to be current: up to a little past the moment this agent last
@@ -281,10 +283,14 @@ class Reaper:
         self.observer.forget(name)
         self.brake.reaped()
         self._clear_problem()
-        try:
-            await self._backend_for(obs.vm).remove_all()
-        except ClusterError as exc:
-            log.warning("dead VM's objects not all removed; the garbage collector will finish", error=str(exc))
+        backend = self._backend_for(obs.vm)
+        if not backend.owned_by_lease:  # its entries in shared objects (legacy Endpoints): nobody else removes them
+            try:
+                await backend.remove_all()
+            except ClusterError as exc:
+                log.warning("dead VM's addresses not all removed from the shared Endpoints (its Lease is gone, so"
+                            " no reaper retries); remove them with `vmesh-agent deregister` as that VM",
+                            error=str(exc))
         self.reaped += 1
         log.warning("reaped a dead VM", silent_for=round(self._clock() - obs.seen_at, 1))
         return True

@@ -44,6 +44,7 @@ _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete
 WATCH_SILENCE = 90
 MAX_EVENT_BYTES = 16 << 20  # an object is at most ~1.5 MiB in etcd; more is not an event
 KNOWN_VERSIONS = 512
+POLICY_HINT = "refused by an admission policy (vmesh-vm-isolation keeps a VM's account to its own objects)"
 RBAC_HINT = "grant it with the Role in rbac.yaml (packaging/kubernetes/, or /usr/share/doc/vmesh-agent/)"
 
 
@@ -357,8 +358,10 @@ def _error(status: int, payload: Body, verb: str, *, resource: Resource, namespa
     if status == 409:
         return Conflict(f"{verb} {what}: {message}", status=status, reason=reason)
     if status == 403:
+        # An admission policy's refusal is no missing grant: the Role would not help, the message says what would.
+        hint = POLICY_HINT if "ValidatingAdmissionPolicy" in message else RBAC_HINT
         return Forbidden(
-            f"cannot {verb} {resource.qualified} in namespace {namespace}: {RBAC_HINT} ({message})",
+            f"cannot {verb} {resource.qualified} in namespace {namespace}: {hint} ({message})",
             status=status, reason=reason,
         )
     if status == 401:

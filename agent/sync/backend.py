@@ -11,6 +11,12 @@ from agent.state import Registration
 
 class Backend(Protocol):
     @property
+    def owned_by_lease(self) -> bool:
+        """Whether every object this VM writes carries an ownerReference to its Lease, so that deleting the Lease
+        removes them through the garbage collector (a reaper then deletes only the Lease: under the isolation
+        policy no VM may delete another VM's objects). False for entries in shared objects (legacy Endpoints)."""
+
+    @property
     def watched(self) -> tuple[Resource, str]:
         """The resource of this VM's own objects, and the label selector that finds them (for the watch)."""
 

@@ -168,6 +168,7 @@ def build_endpoints(name: str, namespace: str, vm: str, subsets: list[Body]) -> 
 # --- The backend ---------------------------------------------------------------------------------------------------
 
 class EndpointsBackend:
+    owned_by_lease = False  # addresses in a shared Endpoints: only a reaper's remove_all takes them out
     def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
                  log: structlog.typing.FilteringBoundLogger, *, service_account: str = "", reap: bool = True,
                  attempts: int = UPDATE_ATTEMPTS) -> None:

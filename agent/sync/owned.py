@@ -36,6 +36,7 @@ Preferred = Callable[[], Sequence[IPAddress]]
 
 
 class OwnedObjectsBackend(ABC):
+    owned_by_lease = True  # every object written carries the Lease as an ownerReference (see Backend)
     RESOURCE: ClassVar[Resource]
     KIND: ClassVar[str]  # how logs and errors name the objects: "endpointslice"
     CONTENT: ClassVar[tuple[str, ...]]  # the fields besides metadata that the agent writes

@@ -269,7 +269,7 @@ def _control_field(deb: Path, name: str) -> str:
 def _point_config_at_cluster(root: Path, cluster: Cluster, namespace: str) -> str:
     """Edit the shipped conffile as the README tells an admin to; returns the new text."""
     etc = root / "etc" / "vmesh-agent"
-    (etc / "token").write_text(cluster.token(namespace))
+    (etc / "token").write_text(cluster.token(namespace, shared=True))  # vm_name is the hostname: legacy account
     (etc / "ca.crt").write_bytes(Path(cluster.ca_file).read_bytes())
     result = chroot(root, "chown root:vmesh-agent /etc/vmesh-agent/token && chmod 0640 /etc/vmesh-agent/token")
     assert result.returncode == 0, result.stderr

@@ -225,7 +225,7 @@ def target(cluster: Cluster, mariadb_template: Path, tmp_path_factory: pytest.Te
     session: requests.Session | None = None
     try:
         vm.start_mariadb(mariadb_template)
-        vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+        vm.start_agent(vm.write_config(namespace))
         wait_until(lambda: ready_endpoints(cluster, vm, namespace) == [True], REGISTER_TIMEOUT,
                    "mysqldb registered and ready")
         session = unix_session(vm.workdir / "agent.sock")

@@ -63,7 +63,9 @@ def linkerd_crds(cluster: Cluster) -> None:
 @pytest.fixture
 def settings(cluster: Cluster, namespace: str, tmp_path: Path) -> ClusterSettings:
     token = tmp_path / "token"
-    token.write_text(cluster.token(namespace))
+    # Several simulated VMs share this one client config, so the legacy shared account (not isolated by the
+    # policy); the per-VM identities run in the agent-level tests (VM.write_config).
+    token.write_text(cluster.token(namespace, shared=True))
     return ClusterSettings(server=cluster.env["APISERVER_URL"], ca_file=cluster.ca_file, token_file=str(token))
 
 

@@ -55,7 +55,7 @@ def test_an_auto_check_path_applies_to_http_and_not_to_mysql(
 ) -> None:
     vm = web
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace), discovery={
+    config = vm.write_config(namespace, discovery={
         "allow": {"mysql": "mysqldb", "http": "web"}, "check": {"type": "auto", "path": "/healthz"}})
     checked = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)], capture_output=True,
                              text=True, check=False)
@@ -74,7 +74,7 @@ def test_a_check_that_cannot_be_built_fails_that_service_only(
     creds = vm.workdir / "mysql.toml"
     creds.write_text(f'user = "{RATINGS_USER[0]}"\npassword = "{RATINGS_USER[1]}"\n')
     creds.chmod(0o600)
-    config = vm.write_config(namespace, cluster.token(namespace), discovery={
+    config = vm.write_config(namespace, discovery={
         "allow": {"mysql": "mysqldb", "http": "web"},
         "check": {"type": "auto", "path": "/healthz", "credentials_file": str(creds)}})
     agent = vm.start_agent(config)

@@ -76,7 +76,7 @@ def test_malformed_config(
     breaks: Callable[[str, Path], str], key: str,
 ) -> None:
     vm = make_vm("a")
-    good = vm.write_config(namespace, cluster.token(namespace))
+    good = vm.write_config(namespace)
     creds = vm.workdir / "creds.toml"
     creds.write_text('user = "ratings"\npassword = "ratings-pass"\n')
     creds.chmod(0o644)

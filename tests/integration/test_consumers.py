@@ -40,7 +40,7 @@ def test_a_pod_reads_and_sees_changes_through_the_service_name(
 ) -> None:
     vm = make_vm("db")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     name = f"mysqldb.{namespace}.svc.cluster.local"
 
     service = wait_until(lambda: cluster.get("service", "mysqldb", namespace), READY_TIMEOUT, "the Service")

@@ -107,7 +107,7 @@ def test_loopback_only_mariadb_is_skipped_with_the_fix_then_registered_when_rebo
     assert (entry["address"], entry["protocol"], entry["decision"]) == ("127.0.0.1", "mysql", "skip")
     assert "bind-address = 0.0.0.0" in entry["reason"]
 
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     vm.wait_log(lambda line: line.get("event") == "listener skipped" and "bind-address" in line.get("reason", ""),
                 10, "the bind-address warning")
     assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None
@@ -123,7 +123,7 @@ def test_mariadb_started_later_then_stopped_then_moved_to_another_port(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
     vm = make_vm("a")
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace),
+    vm.start_agent(vm.write_config(namespace,
                                    discovery={"remove_after": f"{REMOVE_AFTER:g}s"}))
     lease = wait_until(lambda: cluster.get("lease", f"vmesh-{vm.name}", namespace), 20, "the agent's Lease")
     assert lease
@@ -159,7 +159,7 @@ def test_vanished_service_is_removed_after_the_grace(
 ) -> None:
     vm = make_vm("a")
     db = vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), discovery={"remove_after": "3s"}))
+    vm.start_agent(vm.write_config(namespace, discovery={"remove_after": "3s"}))
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, True)], 20, "registration")
     db.stop()
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, False)], ONE_INTERVAL + SLACK,
@@ -173,7 +173,7 @@ def test_address_change_moves_the_registration(
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(vm.address, True)], 20, "registration")
 
     old = vm.address
@@ -206,7 +206,7 @@ def test_a_silent_listener_does_not_delay_the_others_registration(
     silent = silent_listener(vm, 9000)
     probe_timeout = 8.0
     try:
-        config = vm.write_config(namespace, cluster.token(namespace),
+        config = vm.write_config(namespace,
                                  discovery={"probe_timeout": f"{probe_timeout:g}s"})
         started = time.monotonic()
         vm.start_agent(config)
@@ -230,7 +230,7 @@ def test_mariadb_that_greets_only_after_the_probe_timeout_is_registered_once_it_
     db = vm.start_mariadb(mariadb_template)
     db.pause()
     try:
-        vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+        vm.start_agent(vm.write_config(namespace))
         skipped = vm.wait_log(lambda line: line.get("event") == "listener skipped"
                               and line.get("listener") == "0.0.0.0:3306", 20, "the silent MariaDB skipped")
         assert skipped["reason"] == "no greeting within 1 s; will retry"
@@ -250,7 +250,7 @@ def test_a_listener_on_an_address_that_left_the_vm_is_unregistered(
     extra = vm.address.rsplit(".", 1)[0] + "." + str((int(vm.address.rsplit(".", 1)[1]) + 50) % 250 + 2)
     vm.ip("addr", "add", f"{extra}/16", "dev", "eth0")
     vm.start_mariadb(mariadb_template, bind=extra)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     wait_until(lambda: slice_addresses(cluster, vm, namespace) == [(extra, True)], 20, "registration at the address")
 
     vm.ip("addr", "del", f"{extra}/16", "dev", "eth0")

@@ -70,7 +70,7 @@ async def test_fifty_agents_on_one_loop_register_then_half_leave(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text(cluster.token(namespace))
+    token_file.write_text(cluster.token(namespace, shared=True))  # backend endpoints: the legacy account
     log = structlog.get_logger()
     agents = [
         Agent(parse_settings(agent_config(cluster, namespace, token_file, tmp_path, i)), log=log.bind(vm=f"fleet-{i}"))

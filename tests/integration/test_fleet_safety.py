@@ -58,10 +58,9 @@ def reaped(vms: list[VM]) -> list[str]:
 def fleet(count: int, cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], template: Path,
           **reaper: object) -> list[VM]:
     vms = [make_vm(f"f{i}") for i in range(count)]
-    token = cluster.token(namespace)
     for vm in vms:
         vm.start_mariadb(template)
-        vm.start_agent(vm.write_config(namespace, token, reaper={**REAPER, **reaper}))
+        vm.start_agent(vm.write_config(namespace, reaper={**REAPER, **reaper}))
     for vm in vms:
         wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
     slots = int(str(reaper.get("slots", 2)))

@@ -28,7 +28,7 @@ def test_killed_mariadb_is_not_ready_within_2s_and_ready_again_after_rise(
     vm = make_vm("a")
     db = vm.start_mariadb(mariadb_template)
     # Default check settings; a slow discovery interval, so health checks (not discovery) must notice.
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), discovery={"interval": "30s"}))
+    vm.start_agent(vm.write_config(namespace, discovery={"interval": "30s"}))
     wait_until(lambda: readiness(cluster, vm, namespace) == [(True, True)], 20, "ready")
 
     killed = time.monotonic()
@@ -59,7 +59,7 @@ def test_nothing_is_published_ready_before_a_check_of_it_has_passed(
     # Left: root@localhost, which MariaDB matches for loopback clients only. The discovery probe (127.0.0.1)
     # gets a greeting, the check (at the VM's address) error 1130.
     db.run_sql("DROP USER 'ratings'@'%'", "FLUSH PRIVILEGES")
-    config = vm.write_config(namespace, cluster.token(namespace))
+    config = vm.write_config(namespace)
     config.write_text(config.read_text() + '\n[[service]]\nname = "batch"\nport = 9\nprotocol = "tcp"\n'
                       'check = { type = "exec", command = ["false"] }\n')
     with SliceHistory(cluster, namespace) as history:
@@ -91,7 +91,7 @@ def test_reload_keeps_an_unchanged_checks_state_and_a_changed_check_starts_not_r
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace))
+    config = vm.write_config(namespace)
     with SliceHistory(cluster, namespace) as history:
         agent = vm.start_agent(config)
         wait_until(lambda: history.of("mysqldb")[-1:] == ["true"], 20, "ready")

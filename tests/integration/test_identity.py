@@ -37,7 +37,7 @@ def test_a_clone_refuses_to_register_while_the_original_renews_and_takes_over_on
     original, clone = make_vm("a"), make_vm("b")
     for vm in (original, clone):
         vm.start_mariadb(mariadb_template)
-    token = cluster.token(namespace)
+    token = cluster.token(namespace, vm=original.name)  # the clone has the same disk, so the same token
     original.start_agent(original.write_config(namespace, token))
     wait_until(lambda: addresses(cluster, namespace, original.name) == [original.address], 20, "the original")
     lease = cluster.get("lease", f"vmesh-{original.name}", namespace)
@@ -85,7 +85,7 @@ def test_a_refused_clone_takes_no_reaper_slot_and_the_original_holds_its_own_by_
     """Slots carry the per-boot identity too, and an agent that does not hold its own Lease reaps nothing, so
     it must not keep a slot from the fleet: before, the clone took a slot as "itself" (the bare vm name)."""
     first, second = make_vm("a"), make_vm("b")
-    token = cluster.token(namespace)
+    token = cluster.token(namespace, vm=first.name)  # one vm_name, one identity
     overrides = {"reaper": {"slot_check": "1s"}}
     first.start_agent(first.write_config(namespace, token, **overrides))
     wait_until(lambda: cluster.get("lease", f"vmesh-{first.name}", namespace), 20, "the original's Lease")

@@ -50,7 +50,8 @@ def test_istiod_lists_the_vm_service_with_its_port_protocol_and_address(
 ) -> None:
     host = f"mysqldb.{namespace}.svc.cluster.local"
     vm = database_vm
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), backend=backend))
+    legacy = cluster.token(namespace, shared=True) if backend == "endpoints" else ""  # not isolated per VM
+    vm.start_agent(vm.write_config(namespace, legacy, backend=backend))
 
     service = wait_until(lambda: istiod.service(host), TIMEOUT, f"{host} in istiod's registry")
     assert [(p["name"], p["port"], p["protocol"]) for p in service["ports"]] == [("mysql", 3306, "MySQL")]

@@ -41,7 +41,7 @@ def lease_events(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[C
 def blackholed_agent(vm: VM, cluster: Cluster, namespace: str, template: Path, **overrides: Any) -> None:
     vm.start_mariadb(template)
     vm.blackhole(cluster.env["GATEWAY"])
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace),
+    vm.start_agent(vm.write_config(namespace,
                                    sync={"stop_deadline": f"{STOP_DEADLINE}s", **overrides}))
     vm.wait_log(lambda line: line.get("event") == "agent starting", 20, "the agent starting")
     time.sleep(2)  # the scenario: SIGTERM two seconds after start, the first sync hanging on dropped packets
@@ -71,7 +71,7 @@ def test_a_second_signal_exits_at_once_and_one_stop_fits_the_deadline_from_the_s
     deadline counted from it. Two: exit at once."""
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace), sync={"stop_deadline": f"{STOP_DEADLINE}s"})
+    config = vm.write_config(namespace, sync={"stop_deadline": f"{STOP_DEADLINE}s"})
     for signals in (1, 2):
         vm.start_agent(config)
         wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent serving and passing")
@@ -126,7 +126,7 @@ def test_endpoints_stay_terminating_and_serving_for_the_drain_then_go(
     drain = 2.0
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace),
+    vm.start_agent(vm.write_config(namespace,
                                    sync={"drain": f"{drain}s", "stop_deadline": "6s"}))
     wait_until(lambda: (c := slice_state(cluster, vm, namespace)) and c["ready"], 20, "a ready endpoint")
     assert vm.agent is not None
@@ -155,7 +155,7 @@ def test_serving_follows_health_during_the_drain(
     that cannot serve any more."""
     vm = make_vm("a")
     mariadb = vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), sync={"drain": "5s", "stop_deadline": "8s"}))
+    vm.start_agent(vm.write_config(namespace, sync={"drain": "5s", "stop_deadline": "8s"}))
     wait_until(lambda: (c := slice_state(cluster, vm, namespace)) and c["ready"], 20, "a ready endpoint")
     assert vm.agent is not None
     vm.agent.send_signal(signal.SIGTERM)

@@ -24,7 +24,7 @@ from tests.testbed.waiting import wait_until
 def vm(cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path) -> VM:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent passing")
     return vm
 
@@ -170,7 +170,7 @@ def test_only_the_group_reads_and_only_root_writes(
     run_dir.mkdir(mode=0o755, exist_ok=True)
     try:
         sock = run_dir / "agent.sock"
-        vm.start_agent(vm.write_config(namespace, cluster.token(namespace), api={"socket": str(sock)}))
+        vm.start_agent(vm.write_config(namespace, api={"socket": str(sock)}))
         wait_until(sock.exists, 20, "the socket")
         st = os.stat(sock)
         assert oct(st.st_mode & 0o777) == "0o660"

@@ -38,15 +38,15 @@ def previous_release(tmp_path: Path) -> Iterator[Path]:
 def test_old_and_new_agents_reap_each_other_and_leave_the_slots_alone(
     previous_release: Path, cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
-    token = cluster.token(namespace)
+    legacy = cluster.token(namespace, shared=True)  # the old VMs are not re-enrolled yet: migration
     new = [make_vm(f"new{i}") for i in range(3)]
     old = [make_vm(f"old{i}") for i in range(2)]
     for vm in new:
         vm.start_mariadb(mariadb_template)
-        vm.start_agent(vm.write_config(namespace, token, reaper={"grace": f"{GRACE:g}s", "slot_check": "1s"}))
+        vm.start_agent(vm.write_config(namespace, reaper={"grace": f"{GRACE:g}s", "slot_check": "1s"}))
     for vm in old:  # the previous release's config has no slot keys
         vm.start_mariadb(mariadb_template)
-        vm.start_agent(vm.write_config(namespace, token, reaper={"grace": f"{GRACE:g}s"}), tree=previous_release)
+        vm.start_agent(vm.write_config(namespace, legacy, reaper={"grace": f"{GRACE:g}s"}), tree=previous_release)
     for vm in new + old:
         wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
     wait_until(lambda: len(cluster.list("lease", namespace, "vmesh.dev/reaper-slot")) == 2, 15, "slots taken")

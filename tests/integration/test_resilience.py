@@ -29,7 +29,7 @@ def registered(cluster: Cluster, vm: VM, namespace: str) -> dict[str, Any] | Non
 def start(make_vm: Callable[[str], VM], template: Path, cluster: Cluster, namespace: str, **overrides: Any) -> VM:
     vm = make_vm("a")
     vm.start_mariadb(template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), **overrides))
+    vm.start_agent(vm.write_config(namespace, **overrides))
     wait_until(lambda: registered(cluster, vm, namespace), 20, "registration")
     return vm
 
@@ -137,7 +137,7 @@ def test_apiserver_down_for_60s_at_start_then_registered_within_2s_of_its_return
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace))
+    config = vm.write_config(namespace)
     cluster.stop("kube-apiserver")
     try:
         vm.start_agent(config)

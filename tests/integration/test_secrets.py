@@ -22,7 +22,7 @@ def test_no_token_or_password_in_logs(
     creds = vm.workdir / "mysql.toml"
     creds.write_text(f'user = "{PASSWORD}"\npassword = "{PASSWORD}"\n')
     creds.chmod(0o600)
-    token = cluster.token(namespace)
+    token = cluster.token(namespace, vm=vm.name)
     config = vm.write_config(namespace, token, discovery={"check": {"type": "mysql", "credentials_file": str(creds)}})
     vm.start_agent(config)
     wait_until(lambda: cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace), 20, "registration")

@@ -84,7 +84,7 @@ addressType: IPv4
 endpoints: [{{addresses: [198.18.7.9]}}]
 """)
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace))
+    config = vm.write_config(namespace)
     config.write_text(config.read_text() + '\n[[service]]\nname = "api"\nport = 8080\nprotocol = "tcp"\n')
     vm.start_agent(config)
 

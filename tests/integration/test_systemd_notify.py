@@ -48,7 +48,7 @@ def test_ready_status_watchdog_stopping_in_order(
     vm.start_mariadb(mariadb_template)
     # The stop lasts at least the drain, ten watchdog intervals: a ping sent while stopping cannot slip past
     # the assertion below by luck of timing.
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace), sync={"drain": "1s"}),
+    vm.start_agent(vm.write_config(namespace, sync={"drain": "1s"}),
                    env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "200000"})
 
     wait_until(lambda: "READY=1" in systemd.drain(), 20, "READY=1")
@@ -81,7 +81,7 @@ def test_reload_sends_reloading_then_ready_and_keeps_the_old_config_when_invalid
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    config = vm.write_config(namespace, cluster.token(namespace))
+    config = vm.write_config(namespace)
     agent = vm.start_agent(config, env={"NOTIFY_SOCKET": str(systemd.path)})
     wait_until(lambda: "READY=1" in systemd.drain(), 20, "READY=1")
     slice_before = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)

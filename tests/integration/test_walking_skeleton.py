@@ -21,7 +21,7 @@ REGISTER_TIMEOUT = 20
 def running_vm(make_vm: Callable[[str], VM], label: str, template: Path, cluster: Cluster, namespace: str) -> VM:
     vm = make_vm(label)
     vm.start_mariadb(template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     return vm
 
 
@@ -130,17 +130,18 @@ def test_missing_role_is_one_clear_line_then_works_once_granted(
 ) -> None:
     namespace = cluster.create_namespace()
     try:
-        cluster.apply_rbac(namespace, bind=False)  # the ServiceAccount exists, its Role is not bound
+        cluster.apply_rbac(namespace)
         vm = make_vm("a")
         vm.start_mariadb(mariadb_template)
-        agent = vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+        # the VM's ServiceAccount exists, its Role is not bound to it
+        agent = vm.start_agent(vm.write_config(namespace, cluster.token(namespace, vm=vm.name, bind=False)))
 
         line = vm.wait_log(lambda entry: entry.get("event") == "sync failed", REGISTER_TIMEOUT, "the RBAC error")
         assert "cannot create leases.coordination.k8s.io in namespace " + namespace in line["error"]
         assert "grant it with the Role in rbac.yaml" in line["error"]
         assert agent.poll() is None, "the agent must keep running and retrying, not crash-loop"
 
-        cluster.bind_rbac(namespace)
+        cluster.bind_vm(namespace, vm.name)
         wait_until(lambda: ready_slice(cluster, vm, namespace), 30, "registration once the Role is bound")
         assert agent.poll() is None
         failures = [e for e in vm.log_lines() if e.get("event") == "sync failed"]

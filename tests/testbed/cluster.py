@@ -13,6 +13,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 TESTCLUSTER = ROOT / "tests" / "cluster" / "testcluster"
 RBAC = ROOT / "packaging" / "kubernetes" / "rbac.yaml"
+POLICY = ROOT / "packaging" / "kubernetes" / "policy.yaml"
+LEGACY_ACCOUNT = "vmesh-agent"  # the shared ServiceAccount of before per-VM identities (rbac.yaml's legacy binding)
 
 
 @dataclass
@@ -74,16 +76,40 @@ class Cluster:
         return name
 
     def apply_rbac(self, namespace: str, *, bind: bool = True) -> None:
-        """The shipped manifest, moved to `namespace`; without `bind`, everything but the RoleBinding."""
+        """The shipped manifests, rbac.yaml moved to `namespace`, and policy.yaml (cluster-scoped, the same for every
+        namespace); without `bind`, everything but the legacy RoleBinding."""
         text = re.sub(r"^(\s*)(namespace|name): vm$", rf"\1\2: {namespace}", RBAC.read_text(), flags=re.M)
         docs = [d for d in text.split("\n---\n") if "kind: Namespace" not in d]
         if not bind:
             docs = [d for d in docs if "kind: RoleBinding" not in d]
         self.kubectl("apply", "-f", "-", input="\n---\n".join(docs))
+        self.kubectl("apply", "-f", str(POLICY))
 
-    def bind_rbac(self, namespace: str) -> None:
-        self.apply_rbac(namespace, bind=True)
+    def enroll(self, namespace: str, vm: str, *, bind: bool = True) -> str:
+        """The VM's own identity, as `kubectl vmesh enroll` makes it (idempotent): ServiceAccount vmesh-vm-<vm>
+        and, with `bind`, its RoleBinding to the shared Role. Returns the account's name."""
+        account = f"vmesh-vm-{vm}"
+        labels = {"vmesh.dev/vm": vm, "app.kubernetes.io/managed-by": "vmesh-agent"}
+        docs: list[dict[str, Any]] = [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": account, "namespace": namespace, "labels": labels}}]
+        if bind:
+            docs.append({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": account, "namespace": namespace, "labels": labels},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vmesh-agent"},
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        return account
 
-    def token(self, namespace: str, service_account: str = "vmesh-agent") -> str:
-        """A real bound ServiceAccount token, minted through the TokenRequest API."""
-        return self.kubectl("create", "token", service_account, "-n", namespace, "--duration", "1h").stdout.strip()
+    def bind_vm(self, namespace: str, vm: str) -> None:
+        self.enroll(namespace, vm, bind=True)
+
+    def token(self, namespace: str, vm: str = "", *, shared: bool = False, bind: bool = True) -> str:
+        """A real bound ServiceAccount token, minted through the TokenRequest API: VM `vm`'s own (its account
+        enrolled first, bound unless told), or, with `shared`, the legacy account every VM used to share (the
+        `endpoints` backend, migration tests). One of the two must be asked for."""
+        if bool(vm) == shared:
+            raise ValueError("token(): name the VM (its own identity) or ask for shared=True (the legacy account)")
+        account = LEGACY_ACCOUNT if shared else self.enroll(namespace, vm, bind=bind)
+        return self.kubectl("create", "token", account, "-n", namespace, "--duration", "1h").stdout.strip()

@@ -26,7 +26,7 @@ def datadir(vm: VM) -> str:
 
 def start_vm(vm: VM, template: Path, cluster: Cluster, namespace: str) -> VM:
     vm.start_mariadb(template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace))
     return vm
 
 

@@ -121,11 +121,13 @@ class VM:
         self.mariadb.start()
         return self.mariadb
 
-    def write_config(self, namespace: str, token: str, vm_name: str = "", backend: str = "",
+    def write_config(self, namespace: str, token: str = "", vm_name: str = "", backend: str = "",
                      **overrides: dict[str, Any]) -> Path:
         """The agent's config for this VM: fast test intervals; `overrides` merge into its tables,
-        e.g. write_config(ns, token, discovery={"remove_after": "3s"}). `vm_name` defaults to the VM's name
-        (another VM's: a clone); `backend` to the agent's default."""
+        e.g. write_config(ns, discovery={"remove_after": "3s"}). `vm_name` defaults to the VM's name
+        (another VM's: a clone); `backend` to the agent's default; `token` to one of the VM's own identity
+        (ServiceAccount vmesh-vm-<vm_name>, enrolled if need be), under the isolation policy."""
+        token = token or self.cluster.token(namespace, vm=vm_name or self.name)
         token_file = self.workdir / "token"
         token_file.write_text(token)
         token_file.chmod(0o600)

@@ -135,19 +135,21 @@ class StubHeartbeat:
 
 
 class RemovedBackend:
-    def __init__(self, removed: list[str], vm: str) -> None:
-        self.removed, self.vm = removed, vm
+    """A backend whose remove_all is recorded: the legacy shared Endpoints one (owned_by_lease False) unless told."""
+
+    def __init__(self, removed: list[str], vm: str, owned_by_lease: bool = False) -> None:
+        self.removed, self.vm, self.owned_by_lease = removed, vm, owned_by_lease
 
     async def remove_all(self) -> None:
         self.removed.append(self.vm)
 
 
 def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
-              fraction: float = 0.5) -> tuple[Reaper, list[str]]:
+              fraction: float = 0.5, owned_by_lease: bool = False) -> tuple[Reaper, list[str]]:
     removed: list[str] = []
     reaper = Reaper(cast(KubeClient, api), "vm", OWN, grace=GRACE, brake_fraction=fraction,
                     heartbeat=cast(Heartbeat, heartbeat) if heartbeat else None,
-                    backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm)),
+                    backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm, owned_by_lease)),
                     log=get_logger(vm="me"), clock=clock)
     return reaper, removed
 
@@ -171,6 +173,19 @@ async def test_a_reaper_whose_own_heartbeat_fails_reaps_nothing_and_starts_over_
     assert await reaper.reap_expired() == 1
     assert removed == ["dead"]
     assert "vmesh-dead" not in api.objects
+
+
+async def test_a_reaper_deletes_only_the_lease_of_a_vm_whose_objects_the_lease_owns() -> None:
+    # Under the isolation policy no VM may delete another VM's slices: the garbage collector removes them.
+    api, clock = FakeLeases(), FakeClock()
+    dead = api._stored(lease("dead", "t0"))
+    reaper, removed = reaper_on(api, clock, owned_by_lease=True)
+    reaper.observer.replace_all([dead, lease("me", "t0")])
+    clock.advance(DURATION + GRACE + 1)
+    reaper.observer.observe(lease("me", "t1", "50"))
+    assert await reaper.reap_expired() == 1
+    assert "vmesh-dead" not in api.objects
+    assert removed == [], "the dead VM's own objects are the garbage collector's to delete"
 
 
 async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume() -> None:

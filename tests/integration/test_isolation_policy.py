@@ -1,0 +1,198 @@
+"""The apiserver keeps each VM to its own objects (packaging/kubernetes/policy.yaml), tried with a VM's token
+through kubectl, not through the agent: what a stolen token could do."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from tests.testbed.cluster import Cluster
+from tests.testbed.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+ISOLATION, ENROLLMENT = "vmesh-vm-isolation", "vmesh-vm-enrollment"  # the policies of policy.yaml
+
+
+class AsVM:
+    """kubectl with one VM's own token (ServiceAccount vmesh-vm-<vm>), nothing of the admin's."""
+
+    def __init__(self, cluster: Cluster, namespace: str, vm: str) -> None:
+        self.cluster, self.namespace, self.vm = cluster, namespace, vm
+        self.token = cluster.token(namespace, vm=vm)
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = self.cluster.env
+        cmd = [f"{env['BIN']}/kubectl", "--kubeconfig", "/dev/null", "--server", env["APISERVER_URL"],
+               "--certificate-authority", env["CA_FILE"], "--token", self.token, "-n", self.namespace, *args]
+        return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60, check=False)
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        result = self.run(*args, input=input)
+        assert result.returncode == 0, f"{self.vm}: {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def denied(self, message: str, *args: str, input: str | None = None, policy: str = ISOLATION) -> None:
+        result = self.run(*args, input=input)
+        assert result.returncode != 0, f"{self.vm} may not: {' '.join(args)}"
+        by = f"ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request"
+        assert by in result.stderr and message in result.stderr, result.stderr
+
+    def create(self, obj: dict[str, object]) -> dict[str, object]:
+        created: dict[str, object] = json.loads(self.ok("create", "-o", "json", "-f", "-", input=json.dumps(obj)))
+        return created
+
+
+def lease(vm: str) -> dict[str, object]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": f"vmesh-{vm}", "labels": {"vmesh.dev/vm": vm,
+                                                           "app.kubernetes.io/managed-by": "vmesh-agent"}},
+            "spec": {"holderIdentity": f"{vm}/test", "leaseDurationSeconds": 15}}
+
+
+def slice_of(vm: str, labelled: str = "", owner: dict[str, object] | None = None) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "name": f"mysqldb-{vm}-{uuid.uuid4().hex[:6]}",
+        "labels": {"kubernetes.io/service-name": "mysqldb", "endpointslice.kubernetes.io/managed-by": "vmesh-agent",
+                   "vmesh.dev/vm": labelled or vm}}
+    if owner:
+        meta = owner["metadata"]
+        assert isinstance(meta, dict)
+        metadata["ownerReferences"] = [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                        "name": meta["name"], "uid": meta["uid"]}]
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": metadata,
+            "addressType": "IPv4", "ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["198.18.9.9"], "conditions": {"ready": True}}]}
+
+
+def name_of(obj: dict[str, object]) -> str:
+    meta = obj["metadata"]
+    assert isinstance(meta, dict)
+    return str(meta["name"])
+
+
+SERVICE = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "mysqldb", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}},
+           "spec": {"ports": [{"name": "mysql", "port": 3306, "protocol": "TCP"}]}}
+
+
+def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: str) -> None:
+    suffix = uuid.uuid4().hex[:4]
+    a, b = AsVM(cluster, namespace, f"a-{suffix}"), AsVM(cluster, namespace, f"b-{suffix}")
+    a_lease, b_lease = a.create(lease(a.vm)), b.create(lease(b.vm))
+    b_slice = name_of(b.create(slice_of(b.vm, owner=b_lease)))
+    a_slice = name_of(a.create(slice_of(a.vm, owner=a_lease)))
+
+    # Another VM's objects: neither deleted nor updated, nor created in its name, nor taken by relabelling.
+    a.denied(f"vmesh-vm-{a.vm} may not delete endpointslices {b_slice}: it is not this VM's",
+             "delete", "endpointslice", b_slice)
+    a.denied(f"vmesh-vm-{a.vm} may not modify endpointslices {b_slice}: it is not this VM's",
+             "label", "endpointslice", b_slice, "evil=yes")
+    a.denied(f"vmesh-vm-{a.vm} may not modify endpointslices {b_slice}",
+             "patch", "endpointslice", b_slice, "--type=json",
+             "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.66.66"}]')
+    a.denied(f"vmesh-vm-{a.vm} may create endpointslices only labelled vmesh.dev/vm={a.vm}",
+             "create", "-f", "-", input=json.dumps(slice_of(a.vm, labelled=b.vm)))
+    a.denied(f"vmesh-vm-{a.vm} may not change the label vmesh.dev/vm of endpointslices {a_slice}",
+             "label", "--overwrite", "endpointslice", a_slice, f"vmesh.dev/vm={b.vm}")
+    a.denied(f"may not modify leases vmesh-{b.vm}", "label", "lease", f"vmesh-{b.vm}", "evil=yes")
+    a.denied(f"may create only its own Lease vmesh-{a.vm} (or a reaper slot), not vmesh-{b.vm}x",
+             "create", "-f", "-", input=json.dumps({**lease(a.vm), "metadata": {
+                 "name": f"vmesh-{b.vm}x", "labels": {"vmesh.dev/vm": a.vm}}}))
+    a.denied(f"may request tokens only for its own ServiceAccount, not for vmesh-vm-{b.vm}",
+             "create", "token", f"vmesh-vm-{b.vm}")
+    a.denied("the legacy shared Endpoints cannot be isolated per VM", "create", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "mysqldb"}}))
+
+    # The shared Service: created and extended; never shrunk, redirected or deleted.
+    a.create(SERVICE)
+    a.ok("patch", "service", "mysqldb", "--type=json",
+         "-p", '[{"op": "add", "path": "/spec/ports/-", "value": {"name": "http", "port": 8080, "protocol": "TCP"}}]')
+    a.denied("may not remove or change a port of Service mysqldb", "patch", "service", "mysqldb", "--type=json",
+             "-p", '[{"op": "remove", "path": "/spec/ports/0"}]')
+    a.denied("may not change the selector of Service mysqldb", "patch", "service", "mysqldb",
+             "-p", '{"spec": {"selector": {"role": "attacker"}}}')
+    a.denied("may change only the ports (add) and the selector (set) of Service mysqldb", "patch", "service",
+             "mysqldb", "-p", '{"spec": {"sessionAffinity": "ClientIP"}}')
+    refused = a.run("delete", "service", "mysqldb")  # the Role grants no delete; the policy would refuse it too
+    assert refused.returncode != 0 and 'cannot delete resource "services"' in refused.stderr, refused.stderr
+    # The mesh backends' selector, on a selector-less Service vmesh-agent created, is allowed (once).
+    a.ok("patch", "service", "mysqldb", "-p", '{"spec": {"selector": {"app": "mysqldb"}}}')
+    a.denied("may not change the selector of Service mysqldb", "patch", "service", "mysqldb",
+             "-p", '{"spec": {"selector": {"app": "elsewhere"}}}')
+
+    # The same operations on its own objects succeed, and so does its own token request.
+    a.ok("label", "endpointslice", a_slice, "checked=yes")
+    a.ok("patch", "endpointslice", a_slice, "--type=json",
+         "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.9.10"}]')
+    a.ok("create", "token", f"vmesh-vm-{a.vm}")
+    a.ok("delete", "endpointslice", a_slice)
+    a.ok("label", "lease", f"vmesh-{a.vm}", "checked=yes")
+
+    # Reaping: a peer deletes the dead VM's Lease (allowed), the garbage collector removes its slice.
+    assert cluster.get("endpointslice", b_slice, namespace) is not None
+    a.ok("delete", "lease", f"vmesh-{b.vm}")
+    wait_until(lambda: cluster.get("endpointslice", b_slice, namespace) is None, 30,
+               "the dead VM's slice removed by the garbage collector")
+
+
+def test_reaper_slots_are_anyones_but_stay_slots(cluster: Cluster, namespace: str) -> None:
+    suffix = uuid.uuid4().hex[:4]
+    a, b = AsVM(cluster, namespace, f"a-{suffix}"), AsVM(cluster, namespace, f"b-{suffix}")
+    slot = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "vmesh-reaper-0", "labels": {"vmesh.dev/reaper-slot": "0",
+                                                              "app.kubernetes.io/managed-by": "vmesh-agent"}},
+            "spec": {"holderIdentity": f"{a.vm}/x", "leaseDurationSeconds": 15}}
+    a.create(slot)
+    b.ok("patch", "lease", "vmesh-reaper-0", "-p", json.dumps({"spec": {"holderIdentity": f"{b.vm}/y"}}))
+    b.denied("may not modify leases vmesh-reaper-0", "label", "lease",
+             "vmesh-reaper-0", f"vmesh.dev/vm={b.vm}")
+    b.denied("may not delete leases vmesh-reaper-0", "delete", "lease", "vmesh-reaper-0")
+    b.denied(f"may create leases only labelled vmesh.dev/vm={b.vm}", "create", "-f", "-", input=json.dumps(
+        {**slot, "metadata": {"name": "vmesh-other", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}}}))
+
+
+def test_a_vm_enrolled_for_services_and_addresses_registers_only_those(cluster: Cluster, namespace: str) -> None:
+    """The enrollment (ConfigMap vmesh-vm-<vm>, label vmesh.dev/enrollment) binds the VM's objects to its services
+    and address ranges; another VM's enrollment does not restrict it, nor does a VM without one."""
+    suffix = uuid.uuid4().hex[:4]
+    a, free = AsVM(cluster, namespace, f"a-{suffix}"), AsVM(cluster, namespace, f"free-{suffix}")
+    for vm, services in ((a.vm, "mysqldb, postgres"), (f"other-{suffix}", "web")):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"vmesh-vm-{vm}", "labels": {"vmesh.dev/enrollment": "true", "vmesh.dev/vm": vm}},
+            "data": {"services": services, "cidrs": "198.18.0.0/16,2001:db8::/64"}}))
+
+    def slice_for(vm: AsVM, service: str, address: str) -> dict[str, object]:
+        body = slice_of(vm.vm)
+        meta, endpoints = body["metadata"], body["endpoints"]
+        assert isinstance(meta, dict) and isinstance(endpoints, list)
+        meta["labels"]["kubernetes.io/service-name"] = service
+        endpoints[0]["addresses"] = [address]
+        return body
+
+    mine = name_of(a.create(slice_for(a, "mysqldb", "198.18.4.4")))
+    a.denied(f"vmesh-vm-{a.vm} is enrolled for services mysqldb,postgres, not web",
+             "create", "-f", "-", input=json.dumps(slice_for(a, "web", "198.18.4.4")), policy=ENROLLMENT)
+    a.denied(f"vmesh-vm-{a.vm} is enrolled for addresses in 198.18.0.0/16,2001:db8::/64, not 10.1.2.3",
+             "create", "-f", "-", input=json.dumps(slice_for(a, "mysqldb", "10.1.2.3")), policy=ENROLLMENT)
+    a.denied("is enrolled for addresses in", "patch", "endpointslice", mine, "--type=json",
+             "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "10.1.2.3"}]', policy=ENROLLMENT)
+    a.ok("patch", "endpointslice", mine, "--type=json",
+         "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.4.5"}]')
+    free.create(slice_for(free, "web", "10.1.2.3"))  # not enrolled with limits: only the isolation rules apply
+
+
+def test_the_shared_legacy_token_cannot_mint_a_vm_token(cluster: Cluster, namespace: str) -> None:
+    """The Role grants TokenRequest for the VMs' self-renewal; the legacy account shares the Role, and must not
+    use it to become any VM."""
+    vm = f"v{uuid.uuid4().hex[:4]}"
+    cluster.enroll(namespace, vm)
+    legacy = AsVM.__new__(AsVM)
+    legacy.cluster, legacy.namespace, legacy.vm = cluster, namespace, "the legacy account"
+    legacy.token = cluster.token(namespace, shared=True)
+    legacy.denied("the shared legacy account vmesh-agent may not request tokens", "create", "token",
+                  f"vmesh-vm-{vm}", policy="vmesh-legacy-no-tokens")
