@@ -14,7 +14,7 @@ from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
-ISOLATION, ENROLLMENT = "vmesh-vm-isolation", "vmesh-vm-enrollment"  # the policies of policy.yaml
+ISOLATION = "vmesh-vm-isolation"  # the per-VM policy of policy.yaml
 
 
 class AsVM:
@@ -153,37 +153,6 @@ def test_reaper_slots_are_anyones_but_stay_slots(cluster: Cluster, namespace: st
     b.denied("may not delete leases vmesh-reaper-0", "delete", "lease", "vmesh-reaper-0")
     b.denied(f"may create leases only labelled vmesh.dev/vm={b.vm}", "create", "-f", "-", input=json.dumps(
         {**slot, "metadata": {"name": "vmesh-other", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}}}))
-
-
-def test_a_vm_enrolled_for_services_and_addresses_registers_only_those(cluster: Cluster, namespace: str) -> None:
-    """The enrollment (ConfigMap vmesh-vm-<vm>, label vmesh.dev/enrollment) binds the VM's objects to its services
-    and address ranges; another VM's enrollment does not restrict it, nor does a VM without one."""
-    suffix = uuid.uuid4().hex[:4]
-    a, free = AsVM(cluster, namespace, f"a-{suffix}"), AsVM(cluster, namespace, f"free-{suffix}")
-    for vm, services in ((a.vm, "mysqldb, postgres"), (f"other-{suffix}", "web")):
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": f"vmesh-vm-{vm}", "labels": {"vmesh.dev/enrollment": "true", "vmesh.dev/vm": vm}},
-            "data": {"services": services, "cidrs": "198.18.0.0/16,2001:db8::/64"}}))
-
-    def slice_for(vm: AsVM, service: str, address: str) -> dict[str, object]:
-        body = slice_of(vm.vm)
-        meta, endpoints = body["metadata"], body["endpoints"]
-        assert isinstance(meta, dict) and isinstance(endpoints, list)
-        meta["labels"]["kubernetes.io/service-name"] = service
-        endpoints[0]["addresses"] = [address]
-        return body
-
-    mine = name_of(a.create(slice_for(a, "mysqldb", "198.18.4.4")))
-    a.denied(f"vmesh-vm-{a.vm} is enrolled for services mysqldb,postgres, not web",
-             "create", "-f", "-", input=json.dumps(slice_for(a, "web", "198.18.4.4")), policy=ENROLLMENT)
-    a.denied(f"vmesh-vm-{a.vm} is enrolled for addresses in 198.18.0.0/16,2001:db8::/64, not 10.1.2.3",
-             "create", "-f", "-", input=json.dumps(slice_for(a, "mysqldb", "10.1.2.3")), policy=ENROLLMENT)
-    a.denied("is enrolled for addresses in", "patch", "endpointslice", mine, "--type=json",
-             "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "10.1.2.3"}]', policy=ENROLLMENT)
-    a.ok("patch", "endpointslice", mine, "--type=json",
-         "-p", '[{"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.4.5"}]')
-    free.create(slice_for(free, "web", "10.1.2.3"))  # not enrolled with limits: only the isolation rules apply
 
 
 def test_the_shared_legacy_token_cannot_mint_a_vm_token(cluster: Cluster, namespace: str) -> None:

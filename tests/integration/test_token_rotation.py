@@ -139,7 +139,7 @@ def test_the_shared_legacy_token_keeps_working_with_one_warning(
 ) -> None:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace, cluster.token(namespace)))
+    vm.start_agent(vm.write_config(namespace, cluster.token(namespace, shared=True)))
     wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
     wait_until(lambda: status(vm)["health"] == "passing", 10, "passing")
     warnings = lines_with(vm, "uses the shared legacy token")
