@@ -22,6 +22,7 @@ import pytest
 
 from tests.e2e.container import Container, chroot
 from tests.e2e.debian_root import HOSTNAME, copy_root
+from tests.e2e.test_install import warnings_in
 from tests.testbed.cluster import Cluster
 from tests.testbed.mariadb import RATINGS_USER
 from tests.testbed.vm import VM
@@ -44,6 +45,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
         result = subprocess.run([str(BUILD_DEB), "--revision", str(revision), "--out", str(out)],
                                 capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, f"build-deb failed:\n{result.stderr[-3000:]}"
+        assert not warnings_in(result.stdout + result.stderr), f"build-deb warned:\n{result.stderr[-3000:]}"
         built[revision] = Path(result.stdout.strip().splitlines()[-1])
     return built
 
