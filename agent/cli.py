@@ -185,7 +185,7 @@ def _status_text(s: dict[str, Any]) -> str:
         f"vmesh-agent {s['version']} on {s['vm']} (namespace {s['namespace']}, backend {s['backend']}): {s['health']}",
         f"address    {addr['advertised'] or 'none'} ({addr['reason']})",
         f"cluster    {cluster['server']} " + ("reachable" if cluster["reachable"] else
-                                              f"UNREACHABLE: {cluster['last_error'] or 'no sync yet'}"),
+                                              f"FAILING: {cluster['last_error'] or 'no sync yet'}"),
         f"last sync  {_ago(s['last_sync']['seconds_ago'])}; heartbeat {_ago(s['last_heartbeat']['seconds_ago'])}"
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",

@@ -17,16 +17,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from agent.cluster.credentials import CredentialGuard
-from agent.cluster.errors import (
-    ClusterError,
-    Conflict,
-    Forbidden,
-    Gone,
-    Invalid,
-    NotFound,
-    Unauthorized,
-    Unavailable,
-)
+from agent.cluster.errors import ClusterError, Forbidden, Gone, Unauthorized, Unavailable, from_status
 from agent.cluster.resources import SELF_SUBJECT_REVIEWS, SERVICE_ACCOUNTS, Resource
 from agent.cluster.tokens import TokenFiles
 from agent.config import ClusterSettings
@@ -44,8 +35,6 @@ _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete
 WATCH_SILENCE = 90
 MAX_EVENT_BYTES = 16 << 20  # an object is at most ~1.5 MiB in etcd; more is not an event
 KNOWN_VERSIONS = 512
-POLICY_HINT = "refused by an admission policy (vmesh-vm-isolation keeps a VM's account to its own objects)"
-RBAC_HINT = "grant it with the Role in rbac.yaml (packaging/kubernetes/, or /usr/share/doc/vmesh-agent/)"
 
 
 class _BearerToken:
@@ -350,28 +339,5 @@ def _describe_connection_error(exc: BaseException) -> str:
 
 def _error(status: int, payload: Body, verb: str, *, resource: Resource, namespace: str, name: str,
            retry_after: str | None) -> ClusterError:
-    message = str(payload.get("message", "")) or f"HTTP {status}"
-    reason = str(payload.get("reason", ""))
-    what = f"{resource.qualified}/{name}" if name else resource.qualified
-    if status == 404:
-        return NotFound(f"{what} not found in namespace {namespace}", status=status, reason=reason)
-    if status == 409:
-        return Conflict(f"{verb} {what}: {message}", status=status, reason=reason)
-    if status == 403:
-        # An admission policy's refusal is no missing grant: the Role would not help, the message says what would.
-        hint = POLICY_HINT if "ValidatingAdmissionPolicy" in message else RBAC_HINT
-        return Forbidden(
-            f"cannot {verb} {resource.qualified} in namespace {namespace}: {hint} ({message})",
-            status=status, reason=reason,
-        )
-    if status == 401:
-        return Unauthorized(
-            f"the cluster rejected the agent's credentials ({message}); check cluster.token_file or the kubeconfig",
-            status=status, reason=reason,
-        )
-    if status in (400, 422):
-        return Invalid(f"{verb} {what} rejected: {message}", status=status, reason=reason)
-    if status == 429 or status >= 500:
-        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
-        return Unavailable(f"{verb} {what}: {message}", status=status, reason=reason, retry_after=seconds)
-    return ClusterError(f"{verb} {what}: HTTP {status}: {message}", status=status, reason=reason)
+    return from_status(status, payload, verb, resource=resource, namespace=namespace, name=name,
+                       retry_after=retry_after)

@@ -98,7 +98,8 @@ class TokenRenewal:
         try:
             write_token(path, value)
         except OSError as exc:
-            raise ClusterError(f"cannot write the renewed token to {path}: {exc}") from exc
+            raise ClusterError(f"cannot write the renewed token to {path}: {exc}; the agent must be able to write "
+                               "there (state_dir)") from exc
         new = self._tokens.current()
         self.renewals += 1
         self.last_error = ""

@@ -2,7 +2,9 @@
 
 A server-speaks-first read (MySQL greeting, SSH banner) is tried on any port when MySQL is allowed, so MySQL
 on a non-standard port is found; protocols where the client speaks first (PostgreSQL, Redis, HTTP) are only
-probed on their well-known ports, so unknown services never receive foreign bytes.
+probed on their well-known ports and only when allowed, so unknown services never receive foreign bytes. The
+well-known port of a client-speaks-first protocol that is not allowed is not even connected to: that server
+would only sit silent until the greeting read timed out, again and again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class Identity:
     protocol: str  # "mysql", "postgres", "redis", "http", "ssh" or "unknown"
     # Why the probe could not tell, when it could not (no answer: busy, or still starting): it is tried again.
     unsettled: str = ""
+    probed: bool = True  # False: the socket was not connected to (what it speaks is then guessed from its port)
 
 
 # Protocols where the client speaks first: (request, bytes to read at most, parser of the reply).
@@ -30,19 +33,24 @@ CLIENT_FIRST: dict[str, tuple[bytes, int, Callable[[bytes], object | None]]] = {
 }
 
 
+NOT_PROBED = Identity("unknown", probed=False)
+
+
 async def identify(listener: Listener, allow: Mapping[str, str], timeout: float) -> Identity:
     host = listener.address
     if listener.is_wildcard:
         host = "127.0.0.1" if ":" not in host else "::1"
     well_known = WELL_KNOWN_PORTS.get(listener.port)
-    if well_known in CLIENT_FIRST and well_known in allow:
+    if well_known in CLIENT_FIRST:
+        if well_known not in allow:
+            return NOT_PROBED  # the policy names the likely protocol and how to allow it
         request, limit, parse = CLIENT_FIRST[well_known]
         answer = await banner.converse(host, listener.port, timeout, request, limit)
         if parse(answer.data) is not None:
             return Identity(well_known)
         return _unrecognised(answer, f"no answer to the {well_known} probe", timeout)
     if "mysql" not in allow and well_known != "mysql":
-        return Identity("unknown")  # nothing allowed speaks first here: do not even connect
+        return NOT_PROBED  # nothing allowed speaks first here: do not even connect
     answer = await banner.converse(host, listener.port, timeout)
     if mysql.parse_greeting(answer.data) is not None:
         return Identity("mysql")

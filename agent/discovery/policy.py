@@ -11,6 +11,8 @@ from agent.discovery.listeners import Listener
 
 # Ports probed for each protocol; a probe must confirm the protocol before anything is registered.
 WELL_KNOWN_PORTS = {3306: "mysql", 5432: "postgres", 6379: "redis", 80: "http", 8080: "http"}
+# What discovery.allow accepts that a probe can find (its "tcp" is for declared services only).
+ALLOWABLE = frozenset(WELL_KNOWN_PORTS.values())
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class ListenerDecision:
     service: str
     address: IPAddress | None  # the address to register, when register is True
     reason: str
+    likely: str = ""  # the protocol its port is well known for, when it was not probed; "" otherwise
 
 
 def is_reachable(listener: Listener, local: Collection[IPAddress] | None) -> bool:
@@ -30,26 +33,49 @@ def is_reachable(listener: Listener, local: Collection[IPAddress] | None) -> boo
     return ipaddress.ip_address(listener.address) in local
 
 
+def allow_hint(protocol: str, allow: Mapping[str, str]) -> str:
+    """What to write in the config to register `protocol`, in the config's own syntax."""
+    entries = ", ".join(f'{p} = "{name}"' for p, name in {**allow, protocol: "<service>"}.items())
+    return (f'{protocol} is not in discovery.allow; add {protocol} = "<service>" to register it: '
+            f"[discovery] allow = {{ {entries} }}")
+
+
+def _not_probed(port: int, allow: Mapping[str, str]) -> str:
+    likely = WELL_KNOWN_PORTS.get(port)
+    if likely is not None:
+        return f"not probed (port {port} is {likely}'s): {allow_hint(likely, allow)}"
+    if "mysql" not in allow:
+        return ("not probed: only mysql is looked for on any port, and it is not in discovery.allow; "
+                "declare it as a [[service]] to register it")
+    return "not probed; declare it as a [[service]] to register it"
+
+
 def decide(
     listener: Listener, protocol: str, allow: Mapping[str, str], advertised: IPAddress | None,
-    *, local: Collection[IPAddress] | None = None, unsettled: str = "",
+    *, local: Collection[IPAddress] | None = None, unsettled: str = "", probed: bool = True,
 ) -> ListenerDecision:
     """`local`: the VM's addresses (`hostname -I`), None when not known; `unsettled`: why the probe could not
-    tell the protocol yet (it is tried again), "" when its answer is final."""
+    tell the protocol yet (it is tried again), "" when its answer is final; `probed`: False when the socket was
+    not connected to (`protocol` is then "unknown" and the port names the likely one)."""
     service = allow.get(protocol, "")
+    likely = "" if probed else WELL_KNOWN_PORTS.get(listener.port, "")
 
     def skip(reason: str) -> ListenerDecision:
-        return ListenerDecision(listener, protocol, False, service, None, reason)
+        return ListenerDecision(listener, protocol, False, service, None, reason, likely)
 
     if not is_reachable(listener, local):
         # The kernel keeps a socket bound to an address that was removed from the VM; nothing reaches it there.
         return skip(f"bound to {listener.address}, which is not an address of this VM (any more)")
     if unsettled:
         return skip(unsettled)
+    if not probed:
+        return skip(_not_probed(listener.port, allow))
     if protocol == "unknown":
         return skip("protocol not recognised; declare it as a [[service]] to register it")
+    if protocol not in ALLOWABLE:
+        return skip(f"{protocol} is never registered by discovery; declare it as a [[service]] to register it")
     if not service:
-        return skip(f"{protocol} is not in discovery.allow")
+        return skip(allow_hint(protocol, allow))
     if listener.is_loopback:
         return skip(
             f"bound to {listener.address} only, unreachable from other hosts; "

@@ -21,6 +21,7 @@ def report_json(report: DiscoveryReport) -> dict[str, Any]:
                 "address": d.listener.address,
                 "port": d.listener.port,
                 "protocol": d.protocol,
+                "likely_protocol": d.likely or None,  # from the port, when it was not probed
                 "process": report.process_of(d.listener) or None,
                 "decision": "register" if d.register else "skip",
                 "service": d.service or None,
@@ -42,7 +43,8 @@ def report_table(report: DiscoveryReport) -> str:
     rows = [("LISTENER", "PROTOCOL", "PROCESS", "DECISION", "SERVICE", "REASON")]
     for d in report.decisions:
         host = f"[{d.listener.address}]" if ":" in d.listener.address else d.listener.address
-        rows.append((f"{host}:{d.listener.port}", d.protocol, report.process_of(d.listener) or "-",
+        protocol = f"{d.likely}?" if d.likely else d.protocol
+        rows.append((f"{host}:{d.listener.port}", protocol, report.process_of(d.listener) or "-",
                      "register" if d.register else "skip", d.service or "-", d.reason))
     if len(rows) == 1:
         lines.append("no TCP listeners")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent.discovery import addresses, listeners
 from agent.discovery.addresses import AddressChoice
-from agent.discovery.identify import Identity, identify
+from agent.discovery.identify import NOT_PROBED, Identity, identify
 from agent.discovery.listeners import Listener
 from agent.discovery.policy import ListenerDecision, decide, is_reachable
 from agent.discovery.probe_memory import ProbeMemory
@@ -71,7 +71,7 @@ class Scanner:
         for lst in found:
             recalled = self._memory.recall(lst)
             if not is_reachable(lst, local):
-                known[lst] = Identity("unknown")  # not probed: decided by its address alone
+                known[lst] = NOT_PROBED  # decided by its address alone
             elif recalled is None:
                 due.append(lst)
             else:
@@ -79,7 +79,8 @@ class Scanner:
 
         def report() -> DiscoveryReport:
             decisions = tuple(
-                decide(lst, known[lst].protocol, allow, choice.address, local=local, unsettled=known[lst].unsettled)
+                decide(lst, known[lst].protocol, allow, choice.address, local=local, unsettled=known[lst].unsettled,
+                       probed=known[lst].probed)
                 for lst in found if lst in known
             )
             return DiscoveryReport(choice, decisions, names)

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from agent.cluster.errors import ClusterError, NotFound
+from agent.cluster.errors import ClusterError, NamespaceMissing, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import (
     LABEL_MANAGED_BY,
@@ -170,8 +170,9 @@ async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
     }
     try:
         outcome = await _apply(kube, SERVICE_ACCOUNTS, namespace, sa)
-    except NotFound as exc:
-        raise ClusterError(f"namespace {namespace} not found: run `kubectl vmesh install` first") from exc
+    except (NamespaceMissing, NotFound) as exc:
+        install = "kubectl vmesh install" + (f" -n {namespace}" if namespace != manifests.DEFAULT_NAMESPACE else "")
+        raise ClusterError(f"namespace {namespace} does not exist: run `{install}` first") from exc
     print(f"serviceaccount/{account} {outcome}")
     print(f"rolebinding.rbac.authorization.k8s.io/{account} {await _apply(kube, ROLE_BINDINGS, namespace, binding)}")
     request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",

@@ -178,4 +178,4 @@ class OwnedObjectsBackend(ABC):
             labels = found["metadata"].get("labels") or {}
             raise ClusterError(f"{self.KIND} {name} already exists and is not this VM's "
                                f"(managed-by {labels.get(LABEL_MANAGED_BY)!r}, vm {labels.get(LABEL_VM)!r}); "
-                               "leaving it alone")
+                               "leaving it alone; delete it if it is stale, or register the service under another name")
