@@ -388,7 +388,8 @@ class Agent:
         # With discovery off only the address is needed: no listener scan, no probes, no /proc walk.
         report = await self._scanner.discover(s.discovery.allow, address=s.address.address,
                                               interface=s.address.interface, cidr=s.address.cidr,
-                                              scan=s.discovery.enabled, on_progress=self._publish_early)
+                                              scan=s.discovery.enabled, on_progress=self._publish_early,
+                                              own=[self.api.tcp_inode] if self.api.tcp_inode else [])
         choice = report.addresses
         if self.report is None or self.report.addresses.address != choice.address:
             log = self.log.info if choice.address else self.log.error

@@ -68,6 +68,7 @@ class ApiServer:
         self.log = log
         self.listen = listen
         self.tcp_address: tuple[str, int] | None = None  # where the TCP listener is bound, once it is
+        self.tcp_inode: int | None = None  # its socket's inode: discovery leaves the agent's own listener alone
         self._health: tuple[float, dict[str, Any]] = (-1.0, {})
         self._runner: web.AppRunner | None = None
         self._tcp_runner: web.AppRunner | None = None
@@ -121,6 +122,7 @@ class ApiServer:
             raise
         self._tcp_runner = runner
         bound = sock.getsockname()  # port 0 becomes a real one
+        self.tcp_inode = os.fstat(sock.fileno()).st_ino
         self.tcp_address = (str(bound[0]), int(bound[1]))
         self.log.info("metrics listener serving /metrics and /v1/health", host=bound[0], port=bound[1])
 
@@ -129,6 +131,7 @@ class ApiServer:
         if self._tcp_runner is not None:
             await self._tcp_runner.cleanup()
             self._tcp_runner = None
+            self.tcp_address = self.tcp_inode = None
         if self._runner is None:
             return
         await self._runner.cleanup()

@@ -148,7 +148,7 @@ def test_metrics_and_openapi(vm: VM) -> None:
                    'vmesh_service_sync_failing{service="mysqldb"} 0.0',
                    'vmesh_service_maintenance{service="mysqldb"} 0.0', "vmesh_heartbeat_consecutive_failures 0.0",
                    'vmesh_health_check_duration_seconds_count{port="3306",service="mysqldb"} ',
-                   'vmesh_api_request_duration_seconds_bucket{method="GET",route="/v1/status",status="200",le="0.005"}'):
+                   'vmesh_api_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/status",status="200"}'):
         assert needle in text, needle
     declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     missing = [name for name in (*CONTRACT, "process_resident_memory_bytes", "process_cpu_seconds_total",
@@ -173,7 +173,7 @@ def test_the_metrics_listener_serves_only_metrics_and_health(vm: VM) -> None:
     assert "process_resident_memory_bytes" in text
     code, content_type, text = tcp(vm, "GET", "/metrics", "Accept: application/openmetrics-text; version=1.0.0")
     assert code == 200 and content_type.startswith("application/openmetrics-text; version=1.0.0")
-    assert text.endswith("# EOF")
+    assert text.endswith("# EOF\n")
     code, _, body = tcp(vm, "GET", "/v1/health")
     assert (code, json.loads(body)["status"]) == (200, "passing")
     for method, path, expected in [("PUT", "/v1/services/mysqldb/maintenance", 404), ("GET", "/v1/status", 404),
@@ -183,6 +183,9 @@ def test_the_metrics_listener_serves_only_metrics_and_health(vm: VM) -> None:
         assert (code, content_type) == (expected, "application/json; charset=utf-8"), (method, path)
         assert "error" in json.loads(body)
     assert as_json(vm.cli("services", "mysqldb", "--json"))["maintenance"] is None
+    # The agent's own listener is not a service of the VM: discovery neither probes nor reports it.
+    assert any(line.get("event") == "metrics listener serving /metrics and /v1/health" for line in vm.log_lines())
+    assert not [line for line in vm.log_lines() if str(line.get("listener", "")).endswith(f":{METRICS_PORT}")]
 
 
 def test_malformed_requests_get_json_4xx(vm: VM) -> None:
