@@ -4,6 +4,7 @@ the TCP listener's two routes; one registry per agent."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -172,3 +173,14 @@ async def test_two_agents_in_one_process_have_their_own_registries(started: Star
     assert 'vm="vm-a"' in one and 'vm="vm-b"' not in one
     assert 'service="web"' in two and 'service="db"' not in two
     assert b"vmesh_" not in prometheus_client.generate_latest(prometheus_client.REGISTRY)  # nothing global
+
+
+async def test_a_listener_port_in_use_is_said_naming_the_key(started: Start, tmp_path: Path) -> None:
+    first = await started("vm-a", "db")
+    assert first.api.tcp_address is not None
+    second = make_agent(tmp_path, "vm-b", "web")
+    second.api.listen = first.api.tcp_address
+    with pytest.raises(OSError, match=r"metrics.listen: cannot listen on 127.0.0.1:\d+: Address already in use"):
+        await second.api.start()
+    await second.api.stop()
+    assert not os.path.exists(second.settings.api.socket)
