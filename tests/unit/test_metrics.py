@@ -4,6 +4,7 @@ the TCP listener's two routes; one registry per agent."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -183,4 +184,4 @@ async def test_a_listener_port_in_use_is_said_naming_the_key(started: Start, tmp
     with pytest.raises(OSError, match=r"metrics.listen: cannot listen on 127.0.0.1:\d+: Address already in use"):
         await second.api.start()
     await second.api.stop()
-    assert not os.path.exists(second.settings.api.socket)
+    assert not await asyncio.to_thread(os.path.exists, second.settings.api.socket)
