@@ -10,6 +10,7 @@ demo: bootstrap
 lint:
 	.venv/bin/ruff check agent tests scripts bench
 	.venv/bin/mypy
+	.venv/bin/python scripts/import_contract.py
 
 test: bootstrap lint
 	.venv/bin/pytest -q tests

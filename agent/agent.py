@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
+from agent.api.metrics import AgentCollector
 from agent.api.server import ApiServer
 from agent.backoff import retry_transient
 from agent.cluster.account import Kind, Verdict, check_account
@@ -28,15 +29,17 @@ from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
 from agent.cluster.tokens import agent_token_files
-from agent.config import CheckSettings, ConfigError, Settings, load_settings
+from agent.config import CheckSettings, ConfigError, Settings, load_settings, parse_listen
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
+from agent.health import HealthMonitor
 from agent.health.supervisor import HealthSupervisor
 from agent.heartbeat import Heartbeat
 from agent.identity import read_identity
 from agent.logs import get_logger
 from agent.maintenance import MaintenanceStore
+from agent.metrics import AgentMetrics
 from agent.reaper import Reaper
 from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
@@ -58,7 +61,7 @@ CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and
 CREDENTIALS_POLL = 1.0
 CREDENTIALS_RECHECK_WITHOUT_FILES = 60.0  # a kubeconfig's credentials: no file to watch, so a slow re-check
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
-RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "state_dir", "reaper", "log",
+RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "metrics", "state_dir", "reaper", "log",
                 "endpoints", "workloadentry", "externalworkload")
 
 
@@ -80,9 +83,14 @@ class Agent:
         self.maintenance = MaintenanceStore(settings.state_dir)
         self.tracked: list[Registration] = []  # what discovery and the config say, before health
         self.present: list[Registration] = []  # of those, what is listening right now
-        self.health = HealthSupervisor(self.check_settings, self._refresh_state, self.log)
+        # This agent's own registry (never prometheus_client's global one): a fleet shares the process.
+        self.metrics = AgentMetrics()
+        self.metrics.register(AgentCollector(self))
+        self.health = HealthSupervisor(self.check_settings, self._refresh_state, self.log,
+                                       on_checked=self._observe_check, on_forget=self._forget_check)
         self.tasks = TaskGroup(self.log, self._fail)
-        self.api = ApiServer(self, settings.api.socket)
+        self.api = ApiServer(self, settings.api.socket, metrics=self.metrics, log=self.log,
+                             listen=parse_listen(settings.metrics.listen) if settings.metrics.listen else None)
         self.server = settings.cluster.server or settings.cluster.kubeconfig
         self.heartbeat: Heartbeat | None = None
         self.backend: Backend | None = None
@@ -254,7 +262,7 @@ class Agent:
                                  earlier_run=self.identity.earlier_run, eligible=lambda: heartbeat.held,
                                  until_eligible=heartbeat.until_held)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
-                                     log=self.log, on_done=self._report_status)
+                                     log=self.log, on_done=self._report_status, on_duration=self.metrics.observe_sync)
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
@@ -380,7 +388,8 @@ class Agent:
         # With discovery off only the address is needed: no listener scan, no probes, no /proc walk.
         report = await self._scanner.discover(s.discovery.allow, address=s.address.address,
                                               interface=s.address.interface, cidr=s.address.cidr,
-                                              scan=s.discovery.enabled, on_progress=self._publish_early)
+                                              scan=s.discovery.enabled, on_progress=self._publish_early,
+                                              own=[self.api.tcp_inode] if self.api.tcp_inode else [])
         choice = report.addresses
         if self.report is None or self.report.addresses.address != choice.address:
             log = self.log.info if choice.address else self.log.error
@@ -428,10 +437,36 @@ class Agent:
                          if svc.name == registration.service and svc.port == registration.port), None)
         return declared.check if declared else self.settings.discovery.check
 
-    def set_maintenance(self, service: str, enabled: bool, reason: str) -> None:
+    def set_maintenance(self, service: str, enabled: bool, reason: str) -> str | None:
         self.maintenance.set(service, enabled, reason)
         self.log.warning("maintenance " + ("on" if enabled else "off"), service=service, reason=reason or None)
         self._refresh_state()
+        return self.maintenance.reasons.get(service)
+
+    # -- what the API reads (agent.api.view.AgentView) -------------------------------------------------
+
+    @property
+    def registrations(self) -> frozenset[Registration]:
+        return self.state.registrations
+
+    @property
+    def maintenance_reasons(self) -> dict[str, str]:
+        return self.maintenance.reasons
+
+    def loops_alive(self) -> bool:
+        return self.tasks.alive()
+
+    def monitor(self, registration: Registration) -> HealthMonitor | None:
+        return self.health.monitor(registration)
+
+    def check_kind(self, registration: Registration) -> str:
+        return self.check_settings(registration).kind_for(registration.protocol)
+
+    def _observe_check(self, registration: Registration, seconds: float) -> None:
+        self.metrics.observe_check(registration.service, registration.port, seconds)
+
+    def _forget_check(self, registration: Registration) -> None:
+        self.metrics.forget_check(registration.service, registration.port)
 
     def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
         if advertised is None:

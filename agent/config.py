@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.check_credentials import load_credentials
 from agent.durations import parse_duration
-from agent.health.credentials import load_credentials
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -160,6 +160,11 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""  # "HOST:PORT" ("[::]:9464" for IPv6): a TCP listener for /metrics and /v1/health; off when ""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
     level: str = "info"
@@ -182,6 +187,7 @@ class Settings:
     workloadentry: WorkloadEntrySettings = field(default_factory=WorkloadEntrySettings)
     externalworkload: ExternalWorkloadSettings = field(default_factory=ExternalWorkloadSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
 
@@ -376,6 +382,8 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
     if not 0 < s.reaper.brake_fraction <= 1:
         raise ConfigError("reaper.brake_fraction", f"{s.reaper.brake_fraction} is not a fraction above 0 and at most 1"
                           " (1 turns the brake off)")
+    if s.metrics.listen:
+        parse_listen(s.metrics.listen)
     if s.log.format not in ("auto", "console", "json"):
         raise ConfigError("log.format", f"{s.log.format!r} is not one of auto, console, json")
     if s.log.level not in ("debug", "info", "warning", "error"):
@@ -384,6 +392,27 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
 
 
 CHECK_KINDS = ("auto", "tcp", "mysql", "http", "exec")
+
+
+def parse_listen(value: str, key: str = "metrics.listen") -> tuple[str, int]:
+    """"HOST:PORT" with an IP address as HOST ("0.0.0.0:9464", "127.0.0.1:9464", "[::]:9464") -> (host, port)."""
+    example = 'use an IP address and a port, such as "127.0.0.1:9464", "0.0.0.0:9464" or "[::]:9464"'
+    host, colon, port_text = value.rpartition(":")
+    if not colon or not host:
+        raise ConfigError(key, f"{value!r} is not HOST:PORT; {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ConfigError(key, f"{value!r}: brackets are for IPv6 addresses only; {example}")
+    elif ":" in host:
+        raise ConfigError(key, f"{value!r}: an IPv6 address goes in brackets, as in \"[::]:9464\"")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(key, f"{host!r} is not an IP address; {example}") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(key, f"{port_text!r} is not a TCP port (1-65535); {example}")
+    return host, int(port_text)
 
 
 def _validate_service_name(key: str, name: str) -> None:

@@ -76,8 +76,11 @@ OPENAPI: dict[str, Any] = {
             },
         }},
         "/metrics": {"get": {
-            "summary": "Prometheus metrics (text format 0.0.4).",
-            "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "summary": "Prometheus metrics: OpenMetrics 1.0 when Accept asks for application/openmetrics-text, the"
+                       " text format 0.0.4 otherwise. Also served by the [metrics] listen TCP listener.",
+            "responses": {"200": {"description": "metrics", "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}}}}},
         }},
         "/v1/openapi.json": {"get": {
             "summary": "This document.",

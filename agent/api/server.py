@@ -1,7 +1,9 @@
-"""The local API: aiohttp on a unix socket (mode 0660, group vmesh-agent).
+"""The local API: aiohttp on a unix socket (mode 0660, group vmesh-agent), and optionally a TCP listener.
 
 Reads are open to whoever may connect (the socket's group); writes only to root and the agent's own
 user, as the kernel reports the peer (SO_PEERCRED). Every error is a JSON body with a 4xx/5xx status.
+The TCP listener (`[metrics] listen`, for Prometheus, which cannot scrape a unix socket) is a separate
+application with two routes only, GET /metrics and GET /v1/health: nothing else exists there.
 """
 
 from __future__ import annotations
@@ -17,16 +19,15 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import structlog
 from aiohttp import web
 
 from agent.api import views
 from agent.api.openapi import OPENAPI, REASON_PATTERN
-from agent.metrics import Histogram, render
-
-if TYPE_CHECKING:
-    from agent.agent import Agent
+from agent.api.view import AgentView
+from agent.metrics import AgentMetrics
 
 SOCKET_GROUP = "vmesh-agent"
 SOCKET_MODE = 0o660
@@ -59,13 +60,23 @@ def peer_uid(request: web.Request) -> int | None:
 
 
 class ApiServer:
-    def __init__(self, agent: Agent, path: str) -> None:
+    def __init__(self, agent: AgentView, path: str, *, metrics: AgentMetrics,
+                 log: structlog.typing.FilteringBoundLogger, listen: tuple[str, int] | None = None) -> None:
         self.agent = agent
         self.path = path
-        self.latency = Histogram()
+        self.metrics = metrics
+        self.log = log
+        self.listen = listen
+        self.tcp_address: tuple[str, int] | None = None  # where the TCP listener is bound, once it is
+        self.tcp_inode: int | None = None  # its socket's inode: discovery leaves the agent's own listener alone
         self._health: tuple[float, dict[str, Any]] = (-1.0, {})
         self._runner: web.AppRunner | None = None
+        self._tcp_runner: web.AppRunner | None = None
         self._socket_file: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
+        # Read-only, for the network: /metrics and /v1/health, never the write API, status or services.
+        self.public = web.Application(middlewares=[self._errors_and_timing], client_max_size=1024)
+        self.public.router.add_get("/v1/health", self.get_health)
+        self.public.router.add_get("/metrics", self.get_metrics)
         self.app = web.Application(middlewares=[self._errors_and_timing], client_max_size=64 * 1024)
         self.app.router.add_get("/v1/health", self.get_health)
         self.app.router.add_get("/v1/status", self.get_status)
@@ -92,9 +103,35 @@ class ApiServer:
         os.chmod(self.path, SOCKET_MODE)
         with contextlib.suppress(KeyError, PermissionError):
             os.chown(self.path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
+        if self.listen is not None:
+            await self._start_tcp(*self.listen)
+
+    async def _start_tcp(self, host: str, port: int) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        except OSError as exc:
+            raise OSError(f"metrics.listen: cannot listen on {where}: {exc.strerror or exc}") from None
+        runner = web.AppRunner(self.public, handle_signals=False, access_log=None, shutdown_timeout=STOP_GRACE)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            raise
+        self._tcp_runner = runner
+        bound = sock.getsockname()  # port 0 becomes a real one
+        self.tcp_inode = os.fstat(sock.fileno()).st_ino
+        self.tcp_address = (str(bound[0]), int(bound[1]))
+        self.log.info("metrics listener serving /metrics and /v1/health", host=bound[0], port=bound[1])
 
     async def stop(self) -> None:
         """Stop serving and remove the socket file, only if it is ours (never another agent's)."""
+        if self._tcp_runner is not None:
+            await self._tcp_runner.cleanup()
+            self._tcp_runner = None
+            self.tcp_address = self.tcp_inode = None
         if self._runner is None:
             return
         await self._runner.cleanup()
@@ -121,11 +158,11 @@ class ApiServer:
         except ConnectionResetError:  # the client hung up mid-request: not our failure, and nobody to tell
             response = json_response({"error": "client went away"}, 400)
         except Exception as exc:  # a bug: still JSON, and logged
-            self.agent.log.error("api handler failed", path=request.path, error=repr(exc))
+            self.log.error("api handler failed", path=request.path, error=repr(exc))
             response = json_response({"error": "internal error; see the agent's log"}, 500)
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        self.latency.observe(time.perf_counter() - started, method=request.method, route=route,
-                             status=str(response.status))
+        self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
+            time.perf_counter() - started)
         return response
 
     def health(self) -> dict[str, Any]:
@@ -179,15 +216,14 @@ class ApiServer:
             raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
         if body["enable"] and name not in {r.service for r in self.agent.tracked}:
             raise ApiError(404, f"no service {name!r} on this VM")
-        self.agent.set_maintenance(name, body["enable"], reason)
+        now = self.agent.set_maintenance(name, body["enable"], reason)
         self._health = (-1.0, {})  # read-your-writes: the next health answer is computed afresh
-        return json_response({"service": name, "maintenance": self.agent.maintenance.reasons.get(name)})
+        return json_response({"service": name, "maintenance": now})
 
-    async def get_metrics(self, _: web.Request) -> web.Response:
-        families = [*views.metric_families(self.agent),
-                    self.latency.family("vmesh_api_request_duration_seconds", "Local API request latencies.")]
-        return web.Response(text=render(families), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        """OpenMetrics when the scraper's Accept asks for it (Prometheus does), the text format 0.0.4 otherwise."""
+        body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
 
     async def get_openapi(self, _: web.Request) -> web.Response:
         return json_response(OPENAPI)

@@ -1,17 +1,14 @@
-"""What the local API says about an agent, as plain JSON-ready dicts. Pure reads of the agent's state."""
+"""What the local API says about an agent, as plain JSON-ready dicts. Pure reads of the agent's view."""
 
 from __future__ import annotations
 
 import datetime
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent import __version__
+from agent.api.view import AgentView
 from agent.cluster.tokens import utc
-from agent.metrics import Family
-
-if TYPE_CHECKING:
-    from agent.agent import Agent
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 HEARTBEAT_CRITICAL_FAILURES = 3
@@ -28,11 +25,11 @@ def _wall(monotonic: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def health(agent: Agent) -> dict[str, Any]:
+def health(agent: AgentView) -> dict[str, Any]:
     """Consul's convention: passing / warning / critical, with the reasons."""
     critical: list[str] = []
     warning: list[str] = []
-    if not agent.tasks.alive():
+    if not agent.loops_alive():
         critical.append(f"agent loops not running: {agent.failure or 'stopping'}")
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
@@ -61,7 +58,7 @@ def health(agent: Agent) -> dict[str, Any]:
     return {"status": status, "reasons": critical + warning}
 
 
-def status(agent: Agent) -> dict[str, Any]:
+def status(agent: AgentView) -> dict[str, Any]:
     s = agent.settings
     report = agent.report
     rec, beat = agent.reconciler, agent.heartbeat
@@ -95,7 +92,7 @@ def status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def credentials_status(agent: Agent) -> dict[str, Any]:
+def credentials_status(agent: AgentView) -> dict[str, Any]:
     """Whose token the agent uses, until when, and when it renews it."""
     account, renewal = agent.account, agent.renewal
     token = None
@@ -118,7 +115,7 @@ def credentials_status(agent: Agent) -> dict[str, Any]:
     }
 
 
-def reaper_status(agent: Agent) -> dict[str, Any]:
+def reaper_status(agent: AgentView) -> dict[str, Any]:
     """Whether this agent reaps now (it holds a slot), and if not, why not."""
     reaper, slots = agent.reaper, agent.slots
     held = slots.held if slots else None
@@ -138,17 +135,17 @@ def reaper_status(agent: Agent) -> dict[str, Any]:
             "reaped": reaper.reaped if reaper else 0}
 
 
-def services(agent: Agent) -> list[dict[str, Any]]:
+def services(agent: AgentView) -> list[dict[str, Any]]:
     by_name: dict[str, list[dict[str, Any]]] = {}
     present = {(r.service, r.port, r.address) for r in agent.present}
-    desired = {(r.service, r.port, r.address): r.ready for r in agent.state.registrations}
+    desired = {(r.service, r.port, r.address): r.ready for r in agent.registrations}
     for reg in sorted(agent.tracked):
-        monitor = agent.health.monitor(reg)
+        monitor = agent.monitor(reg)
         result = monitor.last_result if monitor else None
         check = None
         if monitor is not None:
             check = {
-                "type": agent.check_settings(reg).kind_for(reg.protocol),
+                "type": agent.check_kind(reg),
                 "status": monitor.status if result else None,
                 "output": result.output if result else None,
                 "duration_ms": round(result.duration * 1000, 2) if result else None,
@@ -162,60 +159,15 @@ def services(agent: Agent) -> list[dict[str, Any]]:
             "address": str(reg.address),
             "present": (reg.service, reg.port, reg.address) in present,
             "ready": desired.get((reg.service, reg.port, reg.address), False),
-            "maintenance": agent.maintenance.reasons.get(reg.service),
+            "maintenance": agent.maintenance_reasons.get(reg.service),
             "check": check,
         })
-    for name in agent.maintenance.reasons.keys() - by_name.keys():
+    for name in agent.maintenance_reasons.keys() - by_name.keys():
         by_name[name] = []
     rec = agent.reconciler
     return [
-        {"name": name, "maintenance": agent.maintenance.reasons.get(name), "registrations": regs,
+        {"name": name, "maintenance": agent.maintenance_reasons.get(name), "registrations": regs,
          "registered": rec is not None and rec.registered(name),
          "error": rec.service_errors.get(name) if rec is not None else None}
         for name, regs in sorted(by_name.items())
     ]
-
-
-def metric_families(agent: Agent) -> list[Family]:
-    s = agent.settings
-    regs = Family("vmesh_registrations", "gauge", "Registrations of this VM by service and state.")
-    counts: dict[tuple[str, str], int] = {}
-    for r in agent.state.registrations:
-        key = (r.service, "ready" if r.ready else "not_ready")
-        counts[key] = counts.get(key, 0) + 1
-    for (service, state), n in sorted(counts.items()):
-        regs.add(n, service=service, state=state)
-    checks = Family("vmesh_checks_total", "counter", "Health check results by service and result.")
-    latency = Family("vmesh_check_duration_seconds", "gauge", "Duration of the last health check.")
-    for reg in sorted(agent.tracked):
-        monitor = agent.health.monitor(reg)
-        if monitor is None:
-            continue
-        labels = {"service": reg.service, "port": str(reg.port)}
-        checks.add(monitor.checks - monitor.failures, **labels, result="pass")
-        checks.add(monitor.failures, **labels, result="fail")
-        if monitor.last_result is not None:
-            latency.add(monitor.last_result.duration, **labels)
-    beat = agent.heartbeat
-    beats = Family("vmesh_heartbeats_total", "counter", "Lease renewals by result.")
-    beats.add(beat.renewals if beat else 0, result="success").add(beat.failures if beat else 0, result="failure")
-    age = Family("vmesh_heartbeat_age_seconds", "gauge", "Seconds since the Lease was last renewed.")
-    if beat is not None and beat.last_renewal is not None:
-        age.add(time.monotonic() - beat.last_renewal)
-    rec = agent.reconciler
-    syncs = Family("vmesh_sync_runs_total", "counter", "Sync runs against the cluster.").add(rec.runs if rec else 0)
-    errors = Family("vmesh_sync_errors_total", "counter", "Sync runs that failed.").add(rec.errors if rec else 0)
-    reaped = Family("vmesh_reaped_vms_total", "counter", "Dead VMs this agent cleaned up after.")
-    reaped.add(agent.reaper.reaped if agent.reaper else 0)
-    reaper = reaper_status(agent)
-    slot = Family("vmesh_reaper_slot_held", "gauge", "1 while this agent holds a reaper slot (and reaps).")
-    slot.add(1 if reaper["slot"] else 0)
-    brake = Family("vmesh_reaper_brake_engaged", "gauge",
-                   "1 while this reaper reaps nothing because too many Leases expired at once.")
-    brake.add(1 if reaper["brake"] else 0)
-    watched = Family("vmesh_own_object_events_total", "counter",
-                     "Changes to this VM's own objects made by others, seen by its watch.")
-    watched.add(agent.watcher.events if agent.watcher else 0)
-    info = Family("vmesh_build_info", "gauge", "Version and settings of this agent.")
-    info.add(1, version=__version__, vm=s.vm_name, namespace=s.namespace, backend=s.backend)
-    return [regs, checks, latency, beats, age, syncs, errors, reaped, slot, brake, watched, info]

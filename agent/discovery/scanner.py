@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,16 +54,18 @@ class Scanner:
         return listener, identity
 
     async def discover(self, allow: Mapping[str, str], *, address: str = "", interface: str = "",
-                       cidr: str = "", scan: bool = True, on_progress: Progress | None = None) -> DiscoveryReport:
+                       cidr: str = "", scan: bool = True, on_progress: Progress | None = None,
+                       own: Collection[int] = ()) -> DiscoveryReport:
         """The VM's address and, with `scan`, its listeners and what each one is.
 
         `on_progress` is awaited with the decisions so far whenever a probe has just found a listener that is
-        to be registered; the returned report is the whole pass.
+        to be registered; the returned report is the whole pass. `own`: socket inodes of the agent's own
+        listeners (its metrics listener), which are neither probed nor reported.
         """
         choice = addresses.choose_address(addresses.address_candidates(), address=address, interface=interface,
                                           cidr=cidr)
         local = {c.address for c in choice.candidates}
-        found = listeners.scan_listeners() if scan else []
+        found = [lst for lst in listeners.scan_listeners() if lst.inode not in own] if scan else []
         self._memory.keep_only(found)
         names = self._names.lookup(lst.inode for lst in found)
         known: dict[Listener, Identity] = {}

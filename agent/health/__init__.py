@@ -5,8 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Sequence
 
+from agent.check_credentials import Credentials, CredentialsError, load_credentials
 from agent.health.checks import BrokenCheck, Check, CheckResult, ExecCheck, HttpCheck, MysqlCheck, TcpCheck
-from agent.health.credentials import Credentials, CredentialsError, load_credentials
 from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
 
 KINDS = ("tcp", "mysql", "http", "exec")

@@ -20,9 +20,9 @@ from typing import Protocol
 import aiohttp
 import pymysql
 
+from agent.check_credentials import Credentials
 from agent.discovery.probes import banner
 from agent.discovery.probes.mysql import parse_greeting
-from agent.health.credentials import Credentials
 
 MAX_OUTPUT = 200
 # An exec check keeps only this much of what the command prints; its last line is the output.

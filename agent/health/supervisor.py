@@ -35,9 +35,15 @@ class _Watched:
 
 class HealthSupervisor:
     def __init__(self, settings_for: Callable[[Registration], CheckSettings], on_change: Callable[[], None],
-                 log: structlog.typing.FilteringBoundLogger) -> None:
+                 log: structlog.typing.FilteringBoundLogger, *,
+                 on_checked: Callable[[Registration, float], None] = lambda _r, _s: None,
+                 on_forget: Callable[[Registration], None] = lambda _r: None) -> None:
+        """on_checked(registration, seconds) after each check (its duration); on_forget(registration) once the
+        last monitor of its service and port has stopped."""
         self._settings_for = settings_for
         self._on_change = on_change
+        self._on_checked = on_checked
+        self._on_forget = on_forget
         self._log = log
         self._watched: dict[Registration, _Watched] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(BLOCKING_CHECK_THREADS, thread_name_prefix="vmesh-check")
@@ -87,6 +93,7 @@ class HealthSupervisor:
 
         async def checked() -> CheckResult:
             result = await check()
+            self._on_checked(key, result.duration)
             if monitor.last_result is None and not result.ok:
                 # Not a change (a monitor starts critical), but the admin must hear why it never became ready.
                 log.warning("health check failing", output=result.output)
@@ -114,6 +121,8 @@ class HealthSupervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await watched.task
         await watched.check.aclose()
+        if not any((k.service, k.port) == (key.service, key.port) for k in self._watched):
+            self._on_forget(key)
 
     async def restart_changed(self) -> None:
         """After a reload: restart the monitors whose check settings changed; the others keep their history."""

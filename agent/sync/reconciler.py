@@ -34,7 +34,8 @@ async def wait_for_trigger(trigger: asyncio.Event, delay: float) -> None:
 class Reconciler:
     def __init__(self, backend: Backend, state: DesiredState, *, resync_interval: float,
                  log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None,
-                 on_done: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic,
+                 on_done: Callable[[], None] = lambda: None, on_duration: Callable[[float], None] = lambda _: None,
+                 clock: Callable[[], float] = time.monotonic,
                  wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_for_trigger,
                  rand: Callable[[], float] = random.random) -> None:
         self._backend = backend
@@ -51,6 +52,7 @@ class Reconciler:
         self.errors = 0
         self._last_error_type: type[ClusterError] | None = None
         self._on_done = on_done
+        self._on_duration = on_duration  # seconds of each sync run, failed ones included
         self._clock, self._wait, self._rand = clock, wait, rand
 
     def poke(self) -> None:
@@ -67,6 +69,7 @@ class Reconciler:
     async def sync_once(self) -> float:
         """One full sync; returns how long to wait before the next one unless poked."""
         self.runs += 1
+        started = time.perf_counter()
         try:
             await self._backend.sync(self._state.registrations)
         except ClusterError as exc:
@@ -88,6 +91,7 @@ class Reconciler:
             self.last_error = message
             return delay
         finally:
+            self._on_duration(time.perf_counter() - started)
             self.first_attempt_done.set()
             self._on_done()
         if self.last_error:

@@ -1,4 +1,4 @@
-"""32 malformed configs: each is one line naming the key (and its line), exit 78, nothing written to the cluster."""
+"""34 malformed configs: each is one line naming the key (and its line), exit 78, nothing written to the cluster."""
 
 from __future__ import annotations
 
@@ -63,11 +63,15 @@ CASES: list[tuple[str, Callable[[str, Path], str], str]] = [
     ("bad log format", lambda c, d: c.replace('format = "json"', 'format = "xml"'), "log.format"),
     ("bad externalworkload template", lambda c, d: c + '\n[externalworkload]\nidentity = "spiffe://{host}"\n',
      "externalworkload.identity"),
+    ("metrics listener host not an address", lambda c, d: c + '\n[metrics]\nlisten = "prometheus:9464"\n',
+     "metrics.listen"),
+    ("metrics listener IPv6 without brackets", lambda c, d: c + '\n[metrics]\nlisten = ":::9464"\n',
+     "metrics.listen"),
 ]
 
 
-def test_there_are_thirty_two() -> None:
-    assert len(CASES) == 32
+def test_there_are_thirty_four() -> None:
+    assert len(CASES) == 34
 
 
 @pytest.mark.parametrize(("name", "breaks", "key"), CASES, ids=[c[0] for c in CASES])

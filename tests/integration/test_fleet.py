@@ -1,5 +1,6 @@
 """Many agent instances on one event loop (the fleet shape), reaper on: legacy Endpoints stays exact under
-concurrency, two agents hold the reaper slots, and leavers let theirs go."""
+concurrency, two agents hold the reaper slots, leavers let theirs go, and each agent's /metrics shows its own
+figures only (one prometheus_client registry per agent)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.agent import Agent
 from agent.config import parse_settings
@@ -53,6 +56,19 @@ socket = "{workdir}/agent-{index}.sock"
 """
 
 
+async def scrape(agent: Agent) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The agent's /metrics over its unix socket: sample name -> (labels, value) of each sample."""
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=agent.settings.api.socket)) as session, \
+            session.get("http://agent/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
 def slot_holders(cluster: Cluster, namespace: str) -> dict[str, str]:
     return {o["metadata"]["name"]: (o["spec"].get("holderIdentity") or "").split("/")[0]
             for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")}
@@ -88,6 +104,21 @@ async def test_fifty_agents_on_one_loop_register_then_half_leave(
                                           and len(h) == 2 and h, 15, "both reaper slots held")
         assert sum(1 for a in agents if a.slots and a.slots.held) == 2
         assert set(holders.values()) <= {a.settings.vm_name for a in agents}
+
+        # Fifty registries in one process: each agent's figures are its own.
+        holder = next(a for a in agents if a.slots and a.slots.held)
+        other = next(a for a in agents if not (a.slots and a.slots.held))
+        for agent, held in ((holder, 1.0), (other, 0.0)):
+            metrics = await scrape(agent)
+            assert [labels["vm"] for labels, _ in metrics["vmesh_build_info"]] == [agent.settings.vm_name]
+            assert metrics["vmesh_reaper_slot_held"] == [({}, held)]
+            assert metrics["vmesh_registrations"] == [({"service": "mysqldb", "state": "ready"}, 1.0)]
+            beats = {labels["result"]: value for labels, value in metrics["vmesh_heartbeats_total"]}
+            assert agent.heartbeat is not None and agent.reconciler is not None
+            # Scraped a moment ago: this agent's own counts, which may have moved on since, never another's.
+            assert 0 < beats["success"] <= agent.heartbeat.renewals
+            assert 0 < metrics["vmesh_sync_duration_seconds_count"][0][1] <= agent.reconciler.runs
+            assert "process_resident_memory_bytes" in metrics
 
         leaving, staying = agents[::2], agents[1::2]
         await asyncio.gather(*(a.stop() for a in leaving))

@@ -1,4 +1,5 @@
-"""The local API and the CLI on top of it, against a running agent over its real unix socket."""
+"""The local API and the CLI on top of it, against a running agent over its real unix socket; its metrics
+listener over TCP inside the VM."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
@@ -24,9 +27,30 @@ from tests.testbed.waiting import wait_until
 def vm(cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path) -> VM:
     vm = make_vm("a")
     vm.start_mariadb(mariadb_template)
-    vm.start_agent(vm.write_config(namespace))
+    vm.start_agent(vm.write_config(namespace, metrics={"listen": f"{vm.address}:{METRICS_PORT}"}))
     wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent passing")
     return vm
+
+
+METRICS_PORT = 9464
+# Every vmesh_* family of the metrics contract (docs/decisions.md), by the name the text format declares.
+CONTRACT = ("vmesh_registrations", "vmesh_checks_total", "vmesh_health_check_duration_seconds",
+            "vmesh_heartbeats_total", "vmesh_heartbeat_age_seconds", "vmesh_heartbeat_consecutive_failures",
+            "vmesh_sync_runs_total", "vmesh_sync_errors_total", "vmesh_sync_duration_seconds",
+            "vmesh_reaped_vms_total", "vmesh_reaper_slot_held", "vmesh_reaper_brake_engaged",
+            "vmesh_own_object_events_total", "vmesh_token_expiry_timestamp_seconds", "vmesh_service_registered",
+            "vmesh_service_sync_failing", "vmesh_service_maintenance", "vmesh_build_info",
+            "vmesh_api_request_duration_seconds")
+
+
+def tcp(vm: VM, method: str, path: str, *headers: str) -> tuple[int, str, str]:
+    """A request to the metrics listener from inside the VM: (status, Content-Type, body)."""
+    args = ["curl", "-s", "-o", "-", "-w", "\n%{http_code} %{content_type}", "-X", method,
+            *(arg for header in headers for arg in ("-H", header)), f"http://{vm.address}:{METRICS_PORT}{path}"]
+    result = vm.exec(*args, check=False)
+    text, _, tail = result.stdout.rpartition("\n")
+    code, _, content_type = tail.partition(" ")
+    return int(code or 0), content_type, text
 
 
 def curl(sock: Path, method: str, path: str, body: str | None = None, user: str | None = None
@@ -117,16 +141,51 @@ def test_metrics_and_openapi(vm: VM) -> None:
     curl(sock, "GET", "/v1/status")
     code, text = curl(sock, "GET", "/metrics")
     assert code == 200
-    for needle in ('vmesh_registrations{service="mysqldb",state="ready"} 1', "vmesh_checks_total{",
+    for needle in ('vmesh_registrations{service="mysqldb",state="ready"} 1.0', "vmesh_checks_total{",
                    'vmesh_heartbeats_total{result="success"}', "vmesh_heartbeat_age_seconds ",
-                   "vmesh_sync_runs_total ", "vmesh_sync_errors_total 0", "vmesh_reaped_vms_total 0",
-                   'vmesh_build_info{backend="endpointslice"',
+                   "vmesh_sync_runs_total ", "vmesh_sync_errors_total 0.0", "vmesh_reaped_vms_total 0.0",
+                   'vmesh_build_info{backend="endpointslice"', 'vmesh_service_registered{service="mysqldb"} 1.0',
+                   'vmesh_service_sync_failing{service="mysqldb"} 0.0',
+                   'vmesh_service_maintenance{service="mysqldb"} 0.0', "vmesh_heartbeat_consecutive_failures 0.0",
+                   'vmesh_health_check_duration_seconds_count{port="3306",service="mysqldb"} ',
                    'vmesh_api_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/status",status="200"}'):
         assert needle in text, needle
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    missing = [name for name in (*CONTRACT, "process_resident_memory_bytes", "process_cpu_seconds_total",
+                                 "process_open_fds", "process_start_time_seconds", "python_info")
+               if name not in declared]
+    assert missing == []
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["process_resident_memory_bytes"] > 10e6
+    # The VM's own token (a TokenRequest of the test bed) has an exp claim: when, in unix seconds.
+    assert samples["vmesh_token_expiry_timestamp_seconds"] > time.time()
+    assert samples["vmesh_sync_duration_seconds_count"] >= 1
     code, body = curl(sock, "GET", "/v1/openapi.json")
     paths = json.loads(body)["paths"]
     assert set(paths) == {"/v1/health", "/v1/status", "/v1/services", "/v1/services/{name}",
                           "/v1/services/{name}/maintenance", "/metrics", "/v1/openapi.json"}
+
+
+def test_the_metrics_listener_serves_only_metrics_and_health(vm: VM) -> None:
+    code, content_type, text = tcp(vm, "GET", "/metrics")
+    assert (code, content_type) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert 'vmesh_registrations{service="mysqldb",state="ready"} 1.0' in text
+    assert "process_resident_memory_bytes" in text
+    code, content_type, text = tcp(vm, "GET", "/metrics", "Accept: application/openmetrics-text; version=1.0.0")
+    assert code == 200 and content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert text.endswith("# EOF\n")
+    code, _, body = tcp(vm, "GET", "/v1/health")
+    assert (code, json.loads(body)["status"]) == (200, "passing")
+    for method, path, expected in [("PUT", "/v1/services/mysqldb/maintenance", 404), ("GET", "/v1/status", 404),
+                                   ("GET", "/v1/services", 404), ("GET", "/v1/openapi.json", 404),
+                                   ("POST", "/metrics", 405), ("PUT", "/v1/health", 405)]:
+        code, content_type, body = tcp(vm, method, path)
+        assert (code, content_type) == (expected, "application/json; charset=utf-8"), (method, path)
+        assert "error" in json.loads(body)
+    assert as_json(vm.cli("services", "mysqldb", "--json"))["maintenance"] is None
+    # The agent's own listener is not a service of the VM: discovery neither probes nor reports it.
+    assert any(line.get("event") == "metrics listener serving /metrics and /v1/health" for line in vm.log_lines())
+    assert not [line for line in vm.log_lines() if str(line.get("listener", "")).endswith(f":{METRICS_PORT}")]
 
 
 def test_malformed_requests_get_json_4xx(vm: VM) -> None:

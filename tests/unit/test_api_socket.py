@@ -5,17 +5,23 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
+
+import structlog
 
 from agent.api.server import ApiServer
+from agent.api.view import AgentView
+from agent.metrics import AgentMetrics
 
-if TYPE_CHECKING:
-    from agent.agent import Agent
+
+def server_at(path: Path) -> ApiServer:
+    """No request is made: the agent is never asked."""
+    return ApiServer(cast("AgentView", None), str(path), metrics=AgentMetrics(), log=structlog.get_logger())
 
 
 async def test_stop_leaves_a_socket_file_that_another_server_made_at_the_path(tmp_path: Path) -> None:
     path = tmp_path / "agent.sock"
-    first = ApiServer(cast("Agent", None), str(path))  # no request is made: the agent is never asked
+    first = server_at(path)
     await first.start()
     os.unlink(path)  # removed by hand (or by a careless script) while the first still runs...
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as second:
@@ -28,7 +34,7 @@ async def test_stop_leaves_a_socket_file_that_another_server_made_at_the_path(tm
 
 async def test_stop_removes_its_own_socket_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.sock"
-    server = ApiServer(cast("Agent", None), str(path))
+    server = server_at(path)
     await server.start()
     assert path.exists()
     await server.stop()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, Settings, load_settings, parse_settings
+from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
 
 BASE = """
 vm_name = "vm-a"
@@ -136,3 +136,31 @@ def test_a_check_setting_that_cannot_apply_is_refused_naming_the_key(token: Path
         parse(token, extra)
     assert err.value.key == key
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize(("listen", "words"), [
+    ("9464", "not HOST:PORT"),
+    (":9464", "not HOST:PORT"),
+    ("localhost:9464", "not an IP address"),
+    ("0.0.0.0:0", "not a TCP port"),
+    ("0.0.0.0:70000", "not a TCP port"),
+    ("0.0.0.0:http", "not a TCP port"),
+    (":::9464", "goes in brackets"),
+    ("[10.0.0.1]:9464", "brackets are for IPv6"),
+    ("[::1:9464", "goes in brackets"),
+])
+def test_a_bad_metrics_listener_is_refused_naming_the_key(token: Path, listen: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(token, f'[metrics]\nlisten = "{listen}"')
+    assert err.value.key == "metrics.listen"
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("0.0.0.0:9464", ("0.0.0.0", 9464)), ("127.0.0.1:1", ("127.0.0.1", 1)), ("[::]:9464", ("::", 9464)),
+    ("[fd00::1]:65535", ("fd00::1", 65535)),
+])
+def test_metrics_listener_addresses(token: Path, listen: str, expected: tuple[str, int]) -> None:
+    settings = parse_settings(BASE.format(token=token) + f'[metrics]\nlisten = "{listen}"\n')
+    assert parse_listen(settings.metrics.listen) == expected
+    assert parse_settings(BASE.format(token=token)).metrics.listen == ""  # off by default

@@ -120,3 +120,12 @@ async def test_the_loop_resyncs_on_its_interval_runs_at_once_when_poked_and_back
     ]
     assert loop.last_success == 640.0
     assert loop.runs == 6 and loop.errors == 2
+
+
+async def test_each_sync_run_reports_its_duration_failed_or_not() -> None:
+    durations: list[float] = []
+    loop = Reconciler(ScriptedBackend(Unavailable("connection refused")), DesiredState(), resync_interval=300.0,
+                      log=structlog.get_logger(), on_duration=durations.append)
+    await loop.sync_once()
+    await loop.sync_once()
+    assert len(durations) == 2 and all(d >= 0 for d in durations)

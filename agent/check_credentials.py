@@ -1,5 +1,7 @@
 """MySQL check credentials: a small TOML file (`user`, `password`) that others may not read.
 
+Stdlib only: the config layer validates these files at load time without importing the checks (pymysql, aiohttp).
+
 The password is kept out of every repr, message and log line; errors name the file and the key, never a value.
 """
 

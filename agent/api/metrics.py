@@ -1,0 +1,143 @@
+"""The figures of /metrics that are read from the agent when scraped: a prometheus_client collector over the view.
+
+Histograms (check, sync and API durations) are observed as things happen (agent.metrics). Every vmesh_*
+series here carries no vm label except vmesh_build_info: Prometheus adds instance and job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agent import __version__
+from agent.api.view import AgentView
+from agent.api.views import reaper_status
+
+Family = GaugeMetricFamily | CounterMetricFamily
+Families = dict[str, Family]  # by the name served (a counter's family name has no _total)
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+def _counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, labels=labels)
+
+
+class AgentCollector:
+    """Register on the agent's own registry (AgentMetrics.register); collect() runs at each scrape."""
+
+    def __init__(self, view: AgentView) -> None:
+        self._view = view
+
+    def describe(self) -> list[Metric]:
+        """The names, for the registry's duplicate check: without reading the agent (it may be starting)."""
+        return list(_families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        families = _families()
+        view = self._view
+        self._registrations(families, view)
+        self._checks(families, view)
+        self._heartbeat(families, view)
+        rec = view.reconciler
+        families["vmesh_sync_runs_total"].add_metric([], rec.runs if rec else 0)
+        families["vmesh_sync_errors_total"].add_metric([], rec.errors if rec else 0)
+        reaper = reaper_status(view)
+        families["vmesh_reaped_vms_total"].add_metric([], reaper["reaped"])
+        families["vmesh_reaper_slot_held"].add_metric([], 1 if reaper["slot"] else 0)
+        families["vmesh_reaper_brake_engaged"].add_metric([], 1 if reaper["brake"] else 0)
+        families["vmesh_own_object_events_total"].add_metric([], view.watcher.events if view.watcher else 0)
+        expires = self._token_expiry(view)
+        if expires:
+            families["vmesh_token_expiry_timestamp_seconds"].add_metric([], expires)
+        self._services(families, view)
+        s = view.settings
+        families["vmesh_build_info"].add_metric([__version__, s.vm_name, s.namespace, s.backend], 1)
+        yield from families.values()
+
+    @staticmethod
+    def _registrations(families: Families, view: AgentView) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for r in view.registrations:
+            key = (r.service, "ready" if r.ready else "not_ready")
+            counts[key] = counts.get(key, 0) + 1
+        for (service, state), n in sorted(counts.items()):
+            families["vmesh_registrations"].add_metric([service, state], n)
+
+    @staticmethod
+    def _checks(families: Families, view: AgentView) -> None:
+        # Summed per (service, port): an IPv4 and an IPv6 registration of one port are one series.
+        totals: dict[tuple[str, str], list[int]] = {}
+        for reg in sorted(view.tracked):
+            monitor = view.monitor(reg)
+            if monitor is not None:
+                passed_failed = totals.setdefault((reg.service, str(reg.port)), [0, 0])
+                passed_failed[0] += monitor.checks - monitor.failures
+                passed_failed[1] += monitor.failures
+        for (service, port), (passed, failed) in totals.items():
+            families["vmesh_checks_total"].add_metric([service, port, "pass"], passed)
+            families["vmesh_checks_total"].add_metric([service, port, "fail"], failed)
+
+    @staticmethod
+    def _heartbeat(families: Families, view: AgentView) -> None:
+        beat = view.heartbeat
+        families["vmesh_heartbeats_total"].add_metric(["success"], beat.renewals if beat else 0)
+        families["vmesh_heartbeats_total"].add_metric(["failure"], beat.failures if beat else 0)
+        if beat is not None and beat.last_renewal is not None:
+            families["vmesh_heartbeat_age_seconds"].add_metric([], time.monotonic() - beat.last_renewal)
+        families["vmesh_heartbeat_consecutive_failures"].add_metric([], beat.consecutive_failures if beat else 0)
+
+    @staticmethod
+    def _token_expiry(view: AgentView) -> float:
+        if view.tokens is None:
+            return 0.0
+        try:
+            token = view.tokens.current()
+        except OSError:
+            return 0.0
+        return token.claims.expires_at if token.claims else 0.0
+
+    @staticmethod
+    def _services(families: Families, view: AgentView) -> None:
+        rec = view.reconciler
+        reasons = view.maintenance_reasons
+        for name in sorted({r.service for r in view.tracked} | reasons.keys()):
+            registered = rec is not None and rec.registered(name)
+            # A whole sync that failed failed for every service; a partial failure names its services.
+            failing = rec is not None and bool(rec.last_error) and (
+                not rec.service_errors or name in rec.service_errors)
+            families["vmesh_service_registered"].add_metric([name], 1 if registered else 0)
+            families["vmesh_service_sync_failing"].add_metric([name], 1 if failing else 0)
+            families["vmesh_service_maintenance"].add_metric([name], 1 if name in reasons else 0)
+
+
+def _families() -> Families:
+    """Every family this collector serves, empty, in the order served."""
+    made: list[Family] = [
+        _gauge("vmesh_registrations", "Registrations of this VM by service and state.", ("service", "state")),
+        _counter("vmesh_checks_total", "Health check results by service and result.",
+                 ("service", "port", "result")),
+        _counter("vmesh_heartbeats_total", "Lease renewals by result.", ("result",)),
+        _gauge("vmesh_heartbeat_age_seconds", "Seconds since the Lease was last renewed."),
+        _gauge("vmesh_heartbeat_consecutive_failures", "Lease renewals that failed in a row (0 after a success)."),
+        _counter("vmesh_sync_runs_total", "Sync runs against the cluster."),
+        _counter("vmesh_sync_errors_total", "Sync runs that failed."),
+        _counter("vmesh_reaped_vms_total", "Dead VMs this agent cleaned up after."),
+        _gauge("vmesh_reaper_slot_held", "1 while this agent holds a reaper slot (and reaps)."),
+        _gauge("vmesh_reaper_brake_engaged",
+               "1 while this reaper reaps nothing because too many Leases expired at once."),
+        _counter("vmesh_own_object_events_total",
+                 "Changes to this VM's own objects made by others, seen by its watch."),
+        _gauge("vmesh_token_expiry_timestamp_seconds",
+               "When the agent's token expires (unix seconds of its exp claim)."),
+        _gauge("vmesh_service_registered", "1 while the reconciler has this service registered in the cluster.",
+               ("service",)),
+        _gauge("vmesh_service_sync_failing", "1 while the last sync of this service failed.", ("service",)),
+        _gauge("vmesh_service_maintenance", "1 while this service is in maintenance.", ("service",)),
+        _gauge("vmesh_build_info", "Version and settings of this agent.", ("version", "vm", "namespace", "backend")),
+    ]
+    return {m.name + ("_total" if m.type == "counter" else ""): m for m in made}
