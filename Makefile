@@ -10,6 +10,8 @@ demo: bootstrap
 lint:
 	.venv/bin/ruff check agent tests scripts bench
 	.venv/bin/mypy
+	promtool check rules packaging/monitoring/*.rules.yml
+	promtool check config --syntax-only packaging/monitoring/prometheus-scrape.example.yml
 
 test: bootstrap lint
 	.venv/bin/pytest -q tests
