@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.test_local_api import curl
 from tests.testbed.cluster import Cluster
-from tests.testbed.monitoring import JOB, RULES, alerts
+from tests.testbed.monitoring import JOB, RULES, alerts, as_promql, dashboard_expressions, variable_queries
 from tests.testbed.ports import free_port
 from tests.testbed.prometheus import Prometheus
 from tests.testbed.vm import VM
@@ -100,3 +100,20 @@ def test_a_stopped_agent_puts_agent_down_in_pending(watched: tuple[VM, Prometheu
     down = wait_until(lambda: prometheus.alerts("VmeshAgentDown"), 30, "VmeshAgentDown pending")
     assert [(a["state"], a["labels"]["instance"], a["labels"]["severity"]) for a in down] == \
         [("pending", target, "critical")]
+
+
+# Panels whose queries select only trouble (`... > 0`, not ready, failing): empty on a healthy VM.
+QUIET_PANELS = {"Not ready registrations/A", "Services in maintenance/A", "Services whose sync fails/A",
+                "Per-VM health/D"}
+
+
+def test_the_dashboard_queries_run_on_the_scraped_agent(watched: tuple[VM, Prometheus, str], namespace: str) -> None:
+    vm, prometheus, _ = watched
+    _evaluated_on_data(prometheus)
+    wait_until(lambda: prometheus.query("vmesh_heartbeat_age_seconds"), 10, "a Lease renewal scraped")
+    empty = sorted(where for where, expr in dashboard_expressions().items() if not prometheus.query(as_promql(expr)))
+    assert empty == sorted(QUIET_PANELS), "panels without data on a healthy VM"
+    variables = variable_queries()
+    assert [s["metric"]["vm"] for s in prometheus.query(as_promql(variables["vm"]))] == [vm.name]
+    assert [s["metric"]["namespace"] for s in prometheus.query(as_promql(variables["namespace"]))] == [namespace]
+    assert [s["metric"]["job"] for s in prometheus.query(variables["job"])] == [JOB]
