@@ -11,6 +11,8 @@ lint:
 	.venv/bin/ruff check agent tests scripts bench
 	.venv/bin/mypy
 	.venv/bin/python scripts/import_contract.py
+	promtool check rules packaging/monitoring/*.rules.yml
+	promtool check config --syntax-only packaging/monitoring/prometheus-scrape.example.yml
 
 test: bootstrap lint
 	.venv/bin/pytest -q tests

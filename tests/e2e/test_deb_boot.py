@@ -57,6 +57,16 @@ def test_lintian_reports_no_errors_or_warnings(debs: dict[int, Path]) -> None:
     assert result.returncode == 0 and not tags, result.stdout + result.stderr
 
 
+def test_the_deb_ships_the_monitoring_files(debs: dict[int, Path], tmp_path: Path) -> None:
+    """packaging/monitoring's rules, dashboard, scrape example and README, as they are in the tree."""
+    subprocess.run(["dpkg-deb", "-x", str(debs[1]), str(tmp_path)], check=True)
+    shipped = tmp_path / "usr/share/vmesh-agent/monitoring"
+    names = ["README.md", "prometheus-scrape.example.yml", "vmesh-agent-dashboard.json", "vmesh-agent.rules.yml"]
+    assert sorted(p.name for p in shipped.iterdir()) == names
+    for name in names:
+        assert (shipped / name).read_bytes() == (ROOT / "packaging/monitoring" / name).read_bytes(), name
+
+
 @pytest.fixture
 def lifecycle(cluster: Cluster, namespace: str, debs: dict[int, Path], tmp_path: Path,
               capsys: pytest.CaptureFixture[str]) -> Iterator[Lifecycle]:
