@@ -113,6 +113,11 @@ class ReaperSlots:
     def held(self) -> str | None:
         return str(self._lease["metadata"]["name"]) if self._lease else None
 
+    @property
+    def eligible(self) -> bool:
+        """Whether this agent may hold a slot now (it holds its own Lease)."""
+        return self._eligible()
+
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
 

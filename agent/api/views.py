@@ -128,6 +128,8 @@ def reaper_status(agent: AgentView) -> dict[str, Any]:
         state = f"brake engaged: {reaper.braking}"
     elif held:
         state = f"reaping (holds {held})"
+    elif slots is not None and not slots.eligible:
+        state = "standing by (until this agent holds its VM's Lease)"
     else:
         state = "standing by (another agent holds each reaper slot)"
     return {"enabled": agent.settings.reaper.enabled, "slot": held, "state": state,
