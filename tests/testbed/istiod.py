@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.testbed.cluster import ROOT, Cluster
 from tests.testbed.crds import install, istio_crds
-from tests.testbed.waiting import wait_until
+from tests.testbed.waiting import terminate, wait_until
 
 BUILD_ISTIOD = ROOT / "tests" / "cluster" / "build-istiod"
 _CRD_NAME = re.compile(r"^metadata:\n(?:  .*\n)*?  name: (\S+)$", re.M)
@@ -111,10 +111,4 @@ class Istiod:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tests.testbed.cluster import ROOT, Cluster
 from tests.testbed.mariadb import RATINGS_USER
 from tests.testbed.vm import add_netns, next_address, sh
-from tests.testbed.waiting import wait_until
+from tests.testbed.waiting import terminate, wait_until
 
 BUILD_NODE = ROOT / "tests" / "cluster" / "build-node"
 CLUSTER_DOMAIN = "cluster.local"
@@ -177,13 +177,7 @@ class Node:
 
     def destroy(self) -> None:
         for proc in self.processes.values():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, timeout=10)
         self.cluster.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false", check=False)
         shutil.rmtree(self.resolv_dir, ignore_errors=True)
         sh("ip", "link", "del", self.host_if, check=False)

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import yaml
 
 from tests.testbed.monitoring import JOB
-from tests.testbed.waiting import wait_until
+from tests.testbed.waiting import terminate, wait_until
 
 INTERVAL = "1s"
 
@@ -95,11 +95,5 @@ class Prometheus:
     def stop(self) -> None:
         if self._proc is None:
             return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        terminate(self._proc)
         self._proc = None
