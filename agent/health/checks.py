@@ -15,14 +15,16 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
-import pymysql
 
 from agent.discovery.probes import banner
 from agent.discovery.probes.mysql import parse_greeting
 from agent.health.credentials import Credentials
+
+if TYPE_CHECKING:
+    import pymysql
 
 MAX_OUTPUT = 200
 # An exec check keeps only this much of what the command prints; its last line is the output.
@@ -181,6 +183,10 @@ class MysqlCheck:
         return await asyncio.wrap_future(self._login_running)
 
     def _select_one(self) -> tuple[bool, str]:
+        # Imported by the first login (in its thread): the greeting check, the default, never needs pymysql, and
+        # the agent's resident memory and start skip it (docs/decisions.md, "A light process").
+        import pymysql  # noqa: PLC0415
+
         assert self._credentials is not None
         try:
             conn = pymysql.connect(
