@@ -6,7 +6,7 @@ lives with the callers that know what a retry means (the sync loop and the heart
 Requests go straight through aiohttp (what kubernetes_asyncio's own REST layer does underneath: the same
 session settings, TLS context and headers). kubernetes_asyncio is imported lazily, inside `_from_kubeconfig`,
 only when cluster.kubeconfig is set: its loader (contexts, inline or file credentials, exec plugins) is what it is
-good at, and importing it imports every API model class (37 MB and 0.15 s), which the deb's default config
+good at, and importing it imports every API model class (37 MB and about 0.17 s), which the deb's default config
 (server + ca_file + token_file) never pays. docs/decisions.md says why and what it measured.
 """
 
@@ -98,7 +98,7 @@ def _from_token_files(settings: ClusterSettings, tokens: TokenFiles | None) -> E
 async def _from_kubeconfig(settings: ClusterSettings) -> Endpoint:
     """The endpoint a kubeconfig's context describes, read by kubernetes_asyncio's loader (imported here only)."""
     try:
-        from kubernetes_asyncio.client import Configuration  # noqa: PLC0415  (37 MB and 0.15 s: see above)
+        from kubernetes_asyncio.client import Configuration  # noqa: PLC0415  (37 MB, 0.17 s: see above)
         from kubernetes_asyncio.config import load_kube_config  # noqa: PLC0415
 
         configuration = Configuration()
