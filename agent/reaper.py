@@ -43,7 +43,8 @@ from agent.heartbeat import Heartbeat
 from agent.sync.backend import Backend
 
 Body = dict[str, Any]
-CHECK_EVERY = 0.25  # seconds between in-memory expiry checks; no API calls unless something expired
+CHECK_EVERY = 0.25  # seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired
+IDLE_CHECK = 1.0  # seconds between them while no Lease is that close: an idle reaper wakes once a second
 VM_LEASES = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"  # the VMs' Leases (reaper slots carry no VM label)
 WATCH_SECONDS = 300
 REAP_CONCURRENCY = 8  # dead VMs cleaned up at once: a quarter of a fleet goes in seconds, not minutes
@@ -85,6 +86,12 @@ class LeaseObserver:
 
     def forget(self, name: str) -> None:
         self.leases.pop(name, None)
+
+    def next_expiry(self) -> float | None:
+        """The earliest time (on this clock) at which another VM's Lease observed so far would be expired; None
+        while none can be. A frozen view (`current_until` with slack) only makes the real expiry later."""
+        return min((obs.seen_at + obs.duration + self.grace for name, obs in self.leases.items()
+                    if name != self.own_lease and obs.vm and obs.duration > 0), default=None)
 
     def restart(self) -> None:
         """A gap in the view: every Lease counts as renewed now."""
@@ -209,9 +216,16 @@ class Reaper:
                 self.observer.forget(lease.get("metadata", {}).get("name", ""))
         return version
 
+    def check_delay(self) -> float:
+        """CHECK_EVERY while some Lease is within IDLE_CHECK of its expiry or past it (a reap to retry, the brake
+        holding); IDLE_CHECK otherwise. A Lease first seen expires a lease duration plus the grace later, so a
+        one-second look away misses none, and an idle agent is not woken four times a second."""
+        soonest = self.observer.next_expiry()
+        return CHECK_EVERY if soonest is not None and soonest - self._clock() <= IDLE_CHECK else IDLE_CHECK
+
     async def _check_loop(self) -> None:
         while True:
-            await asyncio.sleep(CHECK_EVERY)
+            await asyncio.sleep(self.check_delay())
             if not self.synced.is_set():
                 continue
             try:

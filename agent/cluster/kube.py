@@ -1,7 +1,13 @@
-"""The one module that imports kubernetes_asyncio.
+"""The one module that imports kubernetes_asyncio, and only to read a kubeconfig.
 
-It speaks JSON dicts in and out, raises only agent.cluster.errors, and never retries: retry policy
+It speaks JSON dicts in and out over aiohttp, raises only agent.cluster.errors, and never retries: retry policy
 lives with the callers that know what a retry means (the sync loop and the heartbeat).
+
+Requests go straight through aiohttp (what kubernetes_asyncio's own REST layer does underneath: the same
+session settings, TLS context and headers). kubernetes_asyncio is imported lazily, inside `_from_kubeconfig`,
+only when cluster.kubeconfig is set: its loader (contexts, inline or file credentials, exec plugins) is what it is
+good at, and importing it imports every API model class (37 MB and about 0.17 s), which the deb's default config
+(server + ca_file + token_file) never pays. docs/decisions.md says why and what it measured.
 """
 
 from __future__ import annotations
@@ -9,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 
+from agent import __version__
 from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import ClusterError, Forbidden, Gone, Unauthorized, Unavailable, from_status
 from agent.cluster.resources import SELF_SUBJECT_REVIEWS, SERVICE_ACCOUNTS, Resource
@@ -35,26 +42,78 @@ _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete
 WATCH_SILENCE = 90
 MAX_EVENT_BYTES = 16 << 20  # an object is at most ~1.5 MiB in etcd; more is not an event
 KNOWN_VERSIONS = 512
+USER_AGENT = f"vmesh-agent/{__version__}"
+CONNECTIONS = 100  # per client, at most (kubernetes_asyncio's connection_pool_maxsize)
+READ_BUFFER = 2 << 20  # a watch event carrying a large object exceeds aiohttp's default buffer (etcd: 1.5 MiB)
 
 
-class _BearerToken:
-    """Sets the request's token from the token files (re-read when they change: bound tokens rotate)."""
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one cluster: its URL, what TLS trusts and presents, and the Authorization header of each
+    request (re-read for every request: bound tokens rotate in their files)."""
 
-    def __init__(self, tokens: TokenFiles) -> None:
-        self.tokens = tokens
+    server: str
+    authorization: Callable[[], str]
+    ca_file: str = ""  # empty: the system's trusted CAs
+    cert_file: str = ""
+    key_file: str = ""
+    verify: bool = True
+    strict: bool = True  # VERIFY_X509_STRICT, Python's default
+    tls_server_name: str = ""
+    proxy: str = ""
 
-    def refresh(self, configuration: Any) -> None:
-        configuration.api_key["BearerToken"] = self.tokens.current().value
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, keyfile=self.key_file or None)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if not self.strict:
+            context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        return context
+
+
+def _from_token_files(settings: ClusterSettings, tokens: TokenFiles | None) -> Endpoint:
+    files = tokens or TokenFiles([settings.token_file])
+    try:
+        files.current()
+    except OSError as exc:
+        raise ClusterError(f"cannot read cluster.token_file {settings.token_file}: {exc}") from exc
+    return Endpoint(server=settings.server, ca_file=settings.ca_file,
+                    authorization=lambda: f"Bearer {files.current().value}")
+
+
+async def _from_kubeconfig(settings: ClusterSettings) -> Endpoint:
+    """The endpoint a kubeconfig's context describes, read by kubernetes_asyncio's loader (imported here only)."""
+    try:
+        from kubernetes_asyncio.client import Configuration  # noqa: PLC0415  (37 MB, 0.17 s: see above)
+        from kubernetes_asyncio.config import load_kube_config  # noqa: PLC0415
+
+        configuration = Configuration()
+        await load_kube_config(config_file=settings.kubeconfig, context=settings.context or None,
+                               client_configuration=configuration, persist_config=False)
+    except Exception as exc:  # the loader raises bare ConfigException/KeyError/yaml errors
+        raise ClusterError(f"cannot use kubeconfig {settings.kubeconfig}: {exc}") from exc
+    key = configuration.api_key.get("BearerToken", "")
+    prefix = configuration.api_key_prefix.get("BearerToken", "")
+    header = f"{prefix} {key}" if prefix and key else str(key)  # the loader's token carries its own "Bearer "
+    return Endpoint(server=str(configuration.host), authorization=lambda: header,
+                    ca_file=configuration.ssl_ca_cert or "", cert_file=configuration.cert_file or "",
+                    key_file=configuration.key_file or "", verify=bool(configuration.verify_ssl),
+                    strict=not configuration.disable_strict_ssl_verification,
+                    tls_server_name=configuration.tls_server_name or "", proxy=configuration.proxy or "")
 
 
 class KubeClient:
     """A connection to one cluster. Create with `await KubeClient.connect(settings)`; close when done."""
 
-    def __init__(self, configuration: Any, timeout: float, guard: CredentialGuard | None = None) -> None:
-        self._configuration = configuration
+    def __init__(self, endpoint: Endpoint, timeout: float, guard: CredentialGuard | None = None) -> None:
+        self._endpoint = endpoint
         self._guard = guard
-        self._api = k8s_client.ApiClient(configuration=configuration)
-        self.server = str(configuration.host)
+        self._ssl = endpoint.ssl_context()  # built once: loading the CA file is the costly part
+        self._session = self._new_session()
+        self.server = endpoint.server
         self._timeout = timeout
         self._known: dict[tuple[str, str], str] = {}  # (plural, name) -> resourceVersion last written or read
         self.list_version = ""  # of the last list(): a point in the cluster's history that a watch can start at
@@ -64,35 +123,23 @@ class KubeClient:
                       guard: CredentialGuard | None = None) -> KubeClient:
         """`tokens`: where the token is read (default: cluster.token_file alone); `guard`: holds calls back while
         the cluster refuses the token (agent.cluster.credentials)."""
-        configuration = k8s_client.Configuration()
-        if settings.kubeconfig:
-            try:
-                await k8s_config.load_kube_config(
-                    config_file=settings.kubeconfig,
-                    context=settings.context or None,
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-            except Exception as exc:  # the loader raises bare ConfigException/KeyError/yaml errors
-                raise ClusterError(f"cannot use kubeconfig {settings.kubeconfig}: {exc}") from exc
-        else:
-            configuration.host = settings.server
-            configuration.ssl_ca_cert = settings.ca_file or None
-            configuration.api_key_prefix["BearerToken"] = "Bearer"
-            try:
-                token = _BearerToken(tokens or TokenFiles([settings.token_file]))
-                token.refresh(configuration)
-            except OSError as exc:
-                raise ClusterError(f"cannot read cluster.token_file {settings.token_file}: {exc}") from exc
-            configuration.refresh_api_key_hook = token.refresh
-        return cls(configuration, settings.request_timeout, guard)
+        endpoint = await _from_kubeconfig(settings) if settings.kubeconfig else _from_token_files(settings, tokens)
+        try:
+            return cls(endpoint, settings.request_timeout, guard)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClusterError(f"cannot set up TLS for {endpoint.server}: {exc}") from exc
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        # trust_env: HTTPS_PROXY/NO_PROXY are honoured, as kubernetes_asyncio did.
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS, ssl=self._ssl),
+                                     trust_env=True, read_bufsize=READ_BUFFER)
 
     async def close(self) -> None:
-        await self._api.close()
+        await self._session.close()
 
     def ca_certificate(self) -> bytes:
         """The PEM of the CA this client trusts (from the kubeconfig's file or inline data); empty if none."""
-        path = self._configuration.ssl_ca_cert
+        path = self._endpoint.ca_file
         if not path:
             return b""
         with open(path, "rb") as fh:
@@ -102,8 +149,20 @@ class KubeClient:
         """Drop pooled connections, e.g. after the VM lost the address they were made from: packets
         from an address that is gone vanish without a reset, so the next request would hang until its
         timeout."""
-        old, self._api = self._api, k8s_client.ApiClient(configuration=self._configuration)
+        old, self._session = self._session, self._new_session()
         await old.close()
+
+    def _request(self, method: str, path: str, *, query: dict[str, str] | None, data: bytes | None,
+                 content_type: str, timeout: aiohttp.ClientTimeout) -> Any:
+        """The request, as an async context manager (aiohttp's); the token is read now, for this request."""
+        headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": USER_AGENT}
+        authorization = self._endpoint.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        endpoint = self._endpoint
+        return self._session.request(method, endpoint.server + path, params=query, data=data, headers=headers,
+                                     timeout=timeout, proxy=endpoint.proxy or None,
+                                     server_hostname=endpoint.tls_server_name or None)
 
     async def get(self, resource: Resource, namespace: str, name: str) -> Body:
         return await self._call("GET", resource, namespace, name, verb="get")
@@ -144,13 +203,11 @@ class KubeClient:
         if self._guard is not None:
             self._guard.before_call()
         try:
-            response = await self._api.call_api(
-                resource.path(namespace), "GET", query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-                _preload_content=False, _request_timeout=aiohttp.ClientTimeout(
-                    connect=self._timeout, sock_read=min(timeout_seconds, WATCH_SILENCE) + self._timeout),
-            )
-            async with response:
+            request = self._request("GET", resource.path(namespace), query=query, data=None,
+                                    content_type="application/json", timeout=aiohttp.ClientTimeout(
+                                        connect=self._timeout,
+                                        sock_read=min(timeout_seconds, WATCH_SILENCE) + self._timeout))
+            async with request as response:
                 if response.status != 200:
                     raise self._judged(_error(response.status, _decode(await response.read()), "watch",
                                               resource=resource, namespace=namespace, name="",
@@ -228,13 +285,10 @@ class KubeClient:
         if self._guard is not None:
             self._guard.before_call()
         try:
-            response = await self._api.call_api(
-                resource.path(namespace, name), method,
-                query_params=query, header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=self._timeout,
-            )
-            async with response:
+            request = self._request(method, resource.path(namespace, name), query=query,
+                                    data=None if body is None else json.dumps(body).encode(),
+                                    content_type=content_type, timeout=aiohttp.ClientTimeout(total=self._timeout))
+            async with request as response:
                 status = response.status
                 raw = await response.read()
                 retry_after = response.headers.get("Retry-After")

@@ -10,7 +10,7 @@ from agent.cluster.errors import Forbidden, Unavailable
 from agent.cluster.kube import KubeClient
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
-from agent.reaper import LeaseObserver, ReapBrake, Reaper
+from agent.reaper import CHECK_EVERY, IDLE_CHECK, LeaseObserver, ReapBrake, Reaper
 from agent.reaper_slots import ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.sync.backend import Backend
 from tests.unit.fake_leases import FakeClock, FakeLeases
@@ -152,6 +152,25 @@ def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None
                     backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm, owned_by_lease)),
                     log=get_logger(vm="me"), clock=clock)
     return reaper, removed
+
+
+def test_an_idle_reaper_looks_once_a_second_and_four_times_near_an_expiry() -> None:
+    """Idle CPU (bench/startup): no other VM, or none near expiry, is one look a second; from IDLE_CHECK before a
+    Lease would expire, and after (a reap to retry, the brake holding), every CHECK_EVERY as before."""
+    api, clock = FakeLeases(), FakeClock()
+    reaper, _ = reaper_on(api, clock)
+    reaper.observer.replace_all([lease("me", "t0")])
+    assert reaper.check_delay() == IDLE_CHECK  # alone: its own Lease never expires
+    reaper.observer.observe(lease("a", "t0"))
+    assert reaper.check_delay() == IDLE_CHECK
+    clock.advance(DURATION + GRACE - IDLE_CHECK - 0.01)
+    assert reaper.check_delay() == IDLE_CHECK
+    clock.advance(0.02)
+    assert reaper.check_delay() == CHECK_EVERY
+    clock.advance(10)  # long expired (not reaped yet): still looked at every CHECK_EVERY
+    assert reaper.check_delay() == CHECK_EVERY
+    reaper.observer.observe(lease("a", "t1", "2"))  # renewed after all
+    assert reaper.check_delay() == IDLE_CHECK
 
 
 async def test_a_reaper_whose_own_heartbeat_fails_reaps_nothing_and_starts_over_when_back() -> None:

@@ -1,0 +1,138 @@
+"""The cluster client without kubernetes_asyncio on the daemon's path: what reaches the apiserver (headers, the
+token of the moment, bodies, queries), how a kubeconfig is read, and that the daemon never imports the library.
+
+The server is a real aiohttp app on loopback standing in for the apiserver's HTTP surface; the real apiserver is
+the integration tests' (test_walking_skeleton, test_token_rotation, test_kubectl_vmesh use both paths).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent.cluster.errors import ClusterError, NotFound
+from agent.cluster.kube import USER_AGENT, KubeClient, _from_kubeconfig
+from agent.cluster.resources import ENDPOINT_SLICES, LEASES
+from agent.cluster.tokens import TokenFiles
+from agent.config import ClusterSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+Seen = list[dict[str, Any]]
+
+
+@pytest.fixture
+async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[str, Seen]]:
+    """Records every request; answers a GET of lease `missing` with the apiserver's 404, anything else with the
+    request's own body (or a list)."""
+    seen: Seen = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append({"method": request.method, "path": request.path, "query": dict(request.query),
+                     "headers": dict(request.headers), "body": json.loads(body) if body else None})
+        if request.path.endswith("/leases/missing"):
+            return web.json_response({"kind": "Status", "message": 'leases "missing" not found', "reason": "NotFound",
+                                      "code": 404}, status=404)
+        if request.method == "GET":
+            return web.json_response({"kind": "List", "metadata": {"resourceVersion": "42"}, "items": []})
+        return web.json_response(json.loads(body) if body else {})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_each_request_carries_the_token_in_its_file_now_and_json_both_ways(
+        apiserver: tuple[str, Seen], tmp_path: Path) -> None:
+    server, seen = apiserver
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))
+    try:
+        body = {"metadata": {"name": "s", "resourceVersion": "7"}, "endpoints": []}
+        assert await kube.create(ENDPOINT_SLICES, "vm", body) == body
+        token.write_text("second-token-longer\n")  # rotated: a new size and mtime, re-read by the next request
+        assert await kube.list(LEASES, "vm", "vmesh.dev/vm=a,app.kubernetes.io/managed-by") == []
+        await kube.patch(LEASES, "vm", "l", {"spec": {"x": 1}})
+        with pytest.raises(NotFound):  # the apiserver's status mapped as before (its wording is errors.py's)
+            await kube.get(LEASES, "vm", "missing")
+    finally:
+        await kube.close()
+    create, listed, patched, _ = seen
+    assert (create["method"], create["path"]) == ("POST", "/apis/discovery.k8s.io/v1/namespaces/vm/endpointslices")
+    assert create["headers"]["Authorization"] == "Bearer first-token"
+    assert create["headers"]["Content-Type"] == "application/json"
+    assert create["headers"]["Accept"] == "application/json"
+    assert create["headers"]["User-Agent"] == USER_AGENT
+    assert create["body"] == body
+    assert listed["headers"]["Authorization"] == "Bearer second-token-longer"
+    assert listed["query"] == {"labelSelector": "vmesh.dev/vm=a,app.kubernetes.io/managed-by"}
+    assert kube.list_version == "42"
+    assert patched["headers"]["Content-Type"] == "application/merge-patch+json"
+    assert patched["body"] == {"spec": {"x": 1}}
+    assert kube.knows(ENDPOINT_SLICES, body)  # what it wrote is remembered, as before
+
+
+async def test_an_unreadable_token_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match=r"cannot read cluster.token_file .*/none"):
+        await KubeClient.connect(ClusterSettings(server="https://127.0.0.1:1", token_file=str(tmp_path / "none")))
+
+
+async def test_the_token_files_given_are_the_ones_read(apiserver: tuple[str, Seen], tmp_path: Path) -> None:
+    server, seen = apiserver
+    enrolled, renewed = tmp_path / "token", tmp_path / "renewed"
+    enrolled.write_text("enrolled")
+    renewed.write_text("renewed")
+    kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(enrolled)),
+                                    TokenFiles([str(enrolled), str(renewed)]))
+    try:
+        await kube.list(LEASES, "vm")
+        await kube.reconnect()  # a fresh pool, the same credentials
+        await kube.list(LEASES, "vm")
+    finally:
+        await kube.close()
+    # Neither is a JWT, so the newer file wins.
+    assert [s["headers"]["Authorization"] for s in seen] == ["Bearer renewed", "Bearer renewed"]
+
+
+async def test_a_kubeconfig_is_read_by_kubernetes_asyncio(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not parsed here")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1:6443/", "certificate-authority": str(ca),
+                                               "tls-server-name": "kubernetes"}}],
+        "users": [{"name": "u", "user": {"token": "abc"}}],
+        "contexts": [{"name": "vm", "context": {"cluster": "c", "user": "u"}}, {"name": "other", "context": {}}],
+    }))
+    endpoint = await _from_kubeconfig(ClusterSettings(kubeconfig=str(kubeconfig), context="vm"))
+    assert endpoint.server == "https://10.0.0.1:6443"
+    assert endpoint.authorization() == "Bearer abc"
+    assert (endpoint.ca_file, endpoint.tls_server_name, endpoint.verify) == (str(ca), "kubernetes", True)
+    with pytest.raises(ClusterError, match=f"cannot use kubeconfig {kubeconfig}"):
+        await _from_kubeconfig(ClusterSettings(kubeconfig=str(kubeconfig), context="absent"))
+
+
+def test_the_daemon_imports_neither_kubernetes_asyncio_nor_pymysql() -> None:
+    """Their import is most of the agent's memory and start (docs/decisions.md, "A light process"): the daemon's
+    modules import neither; a kubeconfig or a login check imports them when used."""
+    script = ("import sys, agent.cli, agent.agent, agent.oneshot\n"
+              "print(' '.join(m for m in ('kubernetes_asyncio', 'pymysql', 'yaml') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
