@@ -382,12 +382,19 @@ def _decode(raw: bytes) -> Body:
 
 
 def _describe_connection_error(exc: BaseException) -> str:
+    """Why the request got no answer, and what to look at; the callers retry (it is an Unavailable)."""
     if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
+        return ("timed out (an overloaded apiserver, or packets dropped on the way: check the route and firewall "
+                "to cluster.server)")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate not trusted ({exc.certificate_error}); check cluster.ca_file"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"{exc.os_error.strerror if exc.os_error else exc}; check the host name in cluster.server"
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error is not None:
-        return exc.os_error.strerror or str(exc.os_error)
+        reason = exc.os_error.strerror or str(exc.os_error)
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return f"{reason} (is the apiserver up, and is cluster.server's port right?)"
+        return f"{reason}; check cluster.server and the network path to it"
     return str(exc) or type(exc).__name__
 
 

@@ -8,6 +8,7 @@ the integration tests' (test_walking_skeleton, test_token_rotation, test_kubectl
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.cluster.errors import ClusterError, NotFound
+from agent.cluster.errors import ClusterError, NotFound, Unavailable
 from agent.cluster.kube import USER_AGENT, KubeClient, _from_kubeconfig
 from agent.cluster.resources import ENDPOINT_SLICES, LEASES
 from agent.cluster.tokens import TokenFiles
@@ -136,3 +137,21 @@ def test_the_daemon_imports_neither_kubernetes_asyncio_nor_pymysql() -> None:
               "print(' '.join(m for m in ('kubernetes_asyncio', 'pymysql', 'yaml') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""
+
+
+async def test_an_unreachable_apiserver_is_named_with_what_to_check(tmp_path: Path) -> None:
+    """A refused connection says what to look at (the agent retries it). (No host-name case: its lookup would leave
+    the machine.)"""
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    with socket.socket() as closed:  # a port nothing listens on: bound, never listening, so refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        for server, hint in ((f"http://127.0.0.1:{port}", "is the apiserver up, and is cluster.server's port right?"),):
+            kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token), request_timeout=5))
+            try:
+                with pytest.raises(Unavailable) as caught:
+                    await kube.get(LEASES, "vm", "l")
+            finally:
+                await kube.close()
+            assert str(caught.value).startswith(f"cannot reach {server}: ") and hint in str(caught.value), caught.value
