@@ -139,19 +139,18 @@ def test_the_daemon_imports_neither_kubernetes_asyncio_nor_pymysql() -> None:
     assert loaded.stdout.strip() == ""
 
 
-async def test_an_unreachable_apiserver_is_named_with_what_to_check(tmp_path: Path) -> None:
-    """A refused connection says what to look at (the agent retries it). (No host-name case: its lookup would leave
-    the machine.)"""
+async def test_a_refused_connection_is_named_with_what_to_check(tmp_path: Path) -> None:
+    """The agent retries it, and says what to look at meanwhile."""
     token = tmp_path / "token"
     token.write_text("t\n")
-    with socket.socket() as closed:  # a port nothing listens on: bound, never listening, so refused
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        for server, hint in ((f"http://127.0.0.1:{port}", "is the apiserver up, and is cluster.server's port right?"),):
-            kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token), request_timeout=5))
-            try:
-                with pytest.raises(Unavailable) as caught:
-                    await kube.get(LEASES, "vm", "l")
-            finally:
-                await kube.close()
-            assert str(caught.value).startswith(f"cannot reach {server}: ") and hint in str(caught.value), caught.value
+        server = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))
+        try:
+            with pytest.raises(Unavailable) as caught:
+                await kube.get(LEASES, "vm", "l")
+        finally:
+            await kube.close()
+    assert str(caught.value).startswith(f"cannot reach {server}: "), caught.value
+    assert "is the apiserver up, and is cluster.server's port right?" in str(caught.value), caught.value
