@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import sys
@@ -23,7 +24,8 @@ from typing import Any
 from agent import __version__
 from agent.agent import Agent
 from agent.client import EXIT_NOPERM, ClientError, call
-from agent.config import ConfigError, Settings, load_settings, parse_settings
+from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
+from agent.discovery.listeners import scan_listeners
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
@@ -129,9 +131,26 @@ def _discover(args: argparse.Namespace) -> int:
     s = settings
     report = asyncio.run(Scanner(s.discovery.probe_timeout).discover(
         s.discovery.allow if s.discovery.enabled else {}, address=s.address.address,
-        interface=s.address.interface, cidr=s.address.cidr))
-    print(json.dumps(report_json(report), indent=2) if args.json else report_table(report))
+        interface=s.address.interface, cidr=s.address.cidr, own=own_listeners(s)))
+    if args.json:
+        print(json.dumps({**report_json(report), "discovery_enabled": s.discovery.enabled}, indent=2))
+    else:
+        print((DISCOVERY_OFF if not s.discovery.enabled else "") + report_table(report))
     return 0 if report.addresses.address else EXIT_NO_ADDRESS
+
+
+DISCOVERY_OFF = ("discovery is off (discovery.enabled = false): only [[service]] entries are registered; set "
+                 "[discovery] enabled = true for the allow-list hints below to apply\n\n")
+
+
+def own_listeners(settings: Settings) -> list[int]:
+    """Socket inodes of the daemon's metrics listener (`[metrics] listen`): `discover` leaves it out, as the
+    daemon's own discovery does, instead of probing the agent for a MySQL greeting."""
+    if not settings.metrics.listen:
+        return []
+    host, port = parse_listen(settings.metrics.listen)
+    bound = ipaddress.ip_address(host)
+    return [lst.inode for lst in scan_listeners() if lst.port == port and ipaddress.ip_address(lst.address) == bound]
 
 
 def _socket_path(args: argparse.Namespace) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from agent import client
-from agent.cli import main
+from agent.cli import main, own_listeners
 from agent.client import EXIT_NOPERM, EXIT_UNAVAILABLE, ClientError
+from agent.config import parse_settings
 
 
 def test_unreadable_socket_says_join_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,3 +36,29 @@ def test_missing_socket_says_start_the_agent(tmp_path: Path, capsys: pytest.Capt
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version", "--json"]) == 0
     assert '"version"' in capsys.readouterr().out
+
+
+def test_discover_leaves_out_the_agents_own_metrics_listener() -> None:
+    """`discover` (one-shot) skips the socket at `[metrics] listen`, as the daemon's discovery does, and only that
+    one: a listener on another port, or on the same port at another address, is still the machine's."""
+    with socket.socket() as metrics, socket.socket() as other, socket.socket() as elsewhere:
+        for sock in (metrics, other):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        port = metrics.getsockname()[1]
+        elsewhere.bind(("127.0.0.2", port))
+        elsewhere.listen()
+        inodes = {os.fstat(s.fileno()).st_ino: s for s in (metrics, other, elsewhere)}
+        own = own_listeners(parse_settings(f'[metrics]\nlisten = "127.0.0.1:{port}"', require_cluster=False))
+        assert [inodes[i] for i in own if i in inodes] == [metrics]
+        assert own_listeners(parse_settings("", require_cluster=False)) == []
+
+
+def test_discover_says_when_discovery_is_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With discovery off, the allow-list hints alone would not register anything: the table says so first."""
+    config = tmp_path / "config.toml"
+    config.write_text("[discovery]\nenabled = false\n")
+    main(["discover", "--config", str(config)])
+    assert capsys.readouterr().out.startswith("discovery is off (discovery.enabled = false)")
+    main(["discover", "--config", str(config), "--json"])
+    assert json.loads(capsys.readouterr().out)["discovery_enabled"] is False
