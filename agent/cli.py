@@ -198,13 +198,18 @@ def _ago(value: Any) -> str:
     return "never" if value is None else f"{value:.1f}s ago"
 
 
+def _cluster_state(cluster: dict[str, Any]) -> str:
+    if not cluster["reachable"]:
+        return f"UNREACHABLE: {cluster['last_error'] or 'no sync yet'}"
+    return f"reachable, sync FAILING: {cluster['last_error']}" if cluster["last_error"] else "reachable"
+
+
 def _status_text(s: dict[str, Any]) -> str:
     addr, cluster = s["address"], s["cluster"]
     lines = [
         f"vmesh-agent {s['version']} on {s['vm']} (namespace {s['namespace']}, backend {s['backend']}): {s['health']}",
         f"address    {addr['advertised'] or 'none'} ({addr['reason']})",
-        f"cluster    {cluster['server']} " + ("reachable" if cluster["reachable"] else
-                                              f"FAILING: {cluster['last_error'] or 'no sync yet'}"),
+        f"cluster    {cluster['server']} " + _cluster_state(cluster),
         f"last sync  {_ago(s['last_sync']['seconds_ago'])}; heartbeat {_ago(s['last_heartbeat']['seconds_ago'])}"
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",

@@ -75,8 +75,8 @@ def status(agent: AgentView) -> dict[str, Any]:
         },
         "cluster": {
             "server": agent.server,
-            # Only some services failing means the cluster answered (and refused those).
-            "reachable": bool(rec and (rec.service_errors or (rec.last_success is not None and not rec.last_error))),
+            # The cluster answered the last sync: it succeeded, or was refused (403, 422, ...), not lost on the way.
+            "reachable": bool(rec and rec.reached),
             "last_error": rec.last_error if rec and rec.last_error else None,
         },
         "last_sync": {"at": _wall(rec.last_success if rec else None),

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from agent.backoff import Backoff, jittered
-from agent.cluster.errors import ClusterError
+from agent.cluster.errors import ClusterError, Unavailable
 from agent.state import DesiredState
 from agent.sync.backend import Backend
 from agent.sync.failures import ServiceFailures
@@ -48,6 +48,7 @@ class Reconciler:
         self.last_success: float | None = None  # monotonic
         self.last_error = ""
         self.service_errors: dict[str, str] = {}  # of the last sync, when only some services failed
+        self.reached = False  # the cluster answered the last sync (a success, or a refusal: not a lost connection)
         self.runs = 0
         self.errors = 0
         self._last_error_type: type[ClusterError] | None = None
@@ -74,6 +75,7 @@ class Reconciler:
             await self._backend.sync(self._state.registrations)
         except ClusterError as exc:
             self.errors += 1
+            self.reached = not unreachable(exc)
             message = str(exc)
             self._report_services(exc)
             if type(exc) is not self._last_error_type:
@@ -99,6 +101,7 @@ class Reconciler:
         self.last_error = ""
         self.service_errors = {}
         self._last_error_type = None
+        self.reached = True
         self.last_success = self._clock()
         self._backoff.reset()
         return jittered(self.resync_interval, rand=self._rand)
@@ -121,3 +124,11 @@ class Reconciler:
         for name in sorted(self.service_errors.keys() - failures.keys()) if failures else ():
             self._log.info("sync recovered", service=name, previous_error=self.service_errors[name])
         self.service_errors = {name: str(error) for name, error in failures.items()}
+
+
+def unreachable(exc: ClusterError) -> bool:
+    """No answer from the apiserver (refused, reset, timed out), as opposed to an answer that refuses: for every
+    service, when the failure is per service."""
+    if isinstance(exc, ServiceFailures):
+        return all(unreachable(e) for e in exc.errors.values())
+    return isinstance(exc, Unavailable) and exc.status == 0

@@ -37,6 +37,7 @@ def test_a_missing_namespace_is_named_with_the_fix_and_registration_follows_its_
     print(status)
     # Without its own Lease the agent takes no reaper slot: not because other agents hold them all.
     assert "until this agent holds its VM's Lease" in status and "another agent holds" not in status
+    assert f"reachable, sync FAILING: {expected}" in status  # the apiserver answered: it is not unreachable
 
     try:
         cluster.kubectl("create", "namespace", namespace)

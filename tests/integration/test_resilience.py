@@ -142,6 +142,8 @@ def test_apiserver_down_for_60s_at_start_then_registered_within_2s_of_its_return
     try:
         vm.start_agent(config)
         vm.wait_log(lambda line: line.get("event") == "sync failed", 10, "the outage noticed")
+        status = vm.cli("status").stdout
+        assert "UNREACHABLE: cannot reach " in status and "is the apiserver up" in status, status
         time.sleep(60)  # the scenario itself: an outage of 60 s while the agent starts
         assert vm.agent is not None
         assert vm.agent.poll() is None

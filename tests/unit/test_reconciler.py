@@ -129,3 +129,17 @@ async def test_each_sync_run_reports_its_duration_failed_or_not() -> None:
     await loop.sync_once()
     await loop.sync_once()
     assert len(durations) == 2 and all(d >= 0 for d in durations)
+
+
+async def test_reachable_means_the_cluster_answered_not_that_the_sync_passed() -> None:
+    lost = Unavailable("cannot reach https://198.18.0.1:6443: timed out")  # no HTTP status: no answer
+    busy = Unavailable("list endpointslices.discovery.k8s.io: overloaded", status=429)
+    refused = Forbidden("cannot create leases.coordination.k8s.io", status=403)
+    loop = reconciler(ScriptedBackend(lost, busy, refused, ServiceFailures({"a": lost, "b": lost}),
+                                      ServiceFailures({"a": lost, "b": refused})))
+    assert loop.reached is False  # before any sync
+    seen = []
+    for _ in range(6):
+        await loop.sync_once()
+        seen.append(loop.reached)
+    assert seen == [False, True, True, False, True, True]
