@@ -253,7 +253,10 @@ class KubeClient:
         return await self._call("POST", resource, namespace, "", body=body)
 
     async def replace(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:
-        return await self._call("PUT", resource, namespace, name, body=body)
+        """PUT `body`, without the managedFields it was read with: an update that leaves them out keeps the
+        server's, so sending them back (every heartbeat) only makes each request larger."""
+        metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+        return await self._call("PUT", resource, namespace, name, body={**body, "metadata": metadata})
 
     async def patch(self, resource: Resource, namespace: str, name: str, patch: Any,
                     kind: PatchKind = "merge") -> Body:

@@ -70,6 +70,10 @@ async def test_a_repair_keeps_other_controllers_labels_annotations_finalizers_an
             assert meta["labels"]["vmesh.dev/vm"] == "vm-a"
             assert meta["annotations"]["example.com/note"] == "by hand"
             assert other_owner["uid"] in [o["uid"] for o in meta["ownerReferences"]]
+            # The agent's PUT leaves managedFields out (kube.replace); the apiserver keeps everyone's entries.
+            shown = json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json",
+                                               "--show-managed-fields").stdout)
+            assert "kubectl-patch" in {m["manager"] for m in shown["metadata"].get("managedFields", [])}
             lease = cluster.get("lease", "vmesh-vm-a", namespace)
             assert lease is not None
             assert lease["metadata"]["uid"] in [o["uid"] for o in meta["ownerReferences"]]

@@ -154,3 +154,21 @@ async def test_a_refused_connection_is_named_with_what_to_check(tmp_path: Path) 
             await kube.close()
     assert str(caught.value).startswith(f"cannot reach {server}: "), caught.value
     assert "is the apiserver up, and is cluster.server's port right?" in str(caught.value), caught.value
+
+
+async def test_a_replace_leaves_the_managed_fields_it_read_to_the_server(apiserver: tuple[str, Seen],
+                                                                        tmp_path: Path) -> None:
+    server, seen = apiserver
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    read = {"metadata": {"name": "l", "resourceVersion": "7", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "vmesh-agent", "operation": "Update", "fieldsV1": {}}]},
+            "spec": {"holderIdentity": "a"}}
+    kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))
+    try:
+        await kube.replace(LEASES, "vm", "l", read)
+    finally:
+        await kube.close()
+    assert seen[0]["body"] == {"metadata": {"name": "l", "resourceVersion": "7", "labels": {"a": "b"}},
+                               "spec": {"holderIdentity": "a"}}
+    assert "managedFields" in read["metadata"]  # the caller's copy is not changed
