@@ -13,7 +13,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from agent import __version__
 from agent.api.view import AgentView
-from agent.api.views import reaper_status
+from agent.api.views import current_token, reaper_status
 
 Family = GaugeMetricFamily | CounterMetricFamily
 Families = dict[str, Family]  # by the name served (a counter's family name has no _total)
@@ -93,13 +93,8 @@ class AgentCollector:
 
     @staticmethod
     def _token_expiry(view: AgentView) -> float:
-        if view.tokens is None:
-            return 0.0
-        try:
-            token = view.tokens.current()
-        except OSError:
-            return 0.0
-        return token.claims.expires_at if token.claims else 0.0
+        token = current_token(view)
+        return token.claims.expires_at if token and token.claims else 0.0
 
     @staticmethod
     def _services(families: Families, view: AgentView) -> None:
@@ -107,9 +102,7 @@ class AgentCollector:
         reasons = view.maintenance_reasons
         for name in sorted({r.service for r in view.tracked} | reasons.keys()):
             registered = rec is not None and rec.registered(name)
-            # A whole sync that failed failed for every service; a partial failure names its services.
-            failing = rec is not None and bool(rec.last_error) and (
-                not rec.service_errors or name in rec.service_errors)
+            failing = rec is not None and rec.failing(name)
             families["vmesh_service_registered"].add_metric([name], 1 if registered else 0)
             families["vmesh_service_sync_failing"].add_metric([name], 1 if failing else 0)
             families["vmesh_service_maintenance"].add_metric([name], 1 if name in reasons else 0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from agent import __version__
 from agent.api.view import AgentView
-from agent.cluster.tokens import utc
+from agent.cluster.tokens import Token, utc
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 HEARTBEAT_CRITICAL_FAILURES = 3
@@ -92,15 +92,20 @@ def status(agent: AgentView) -> dict[str, Any]:
     }
 
 
+def current_token(agent: AgentView) -> Token | None:
+    """The token the agent presents now; None without token files, or while none can be read."""
+    if agent.tokens is None:
+        return None
+    try:
+        return agent.tokens.current()
+    except OSError:
+        return None
+
+
 def credentials_status(agent: AgentView) -> dict[str, Any]:
     """Whose token the agent uses, until when, and when it renews it."""
     account, renewal = agent.account, agent.renewal
-    token = None
-    if agent.tokens is not None:
-        try:
-            token = agent.tokens.current()
-        except OSError:
-            token = None
+    token = current_token(agent)
     claims = token.claims if token else None
     return {
         "account": account.username or None if account else None,

@@ -155,11 +155,11 @@ class KubeClient:
     def _request(self, method: str, path: str, *, query: dict[str, str] | None, data: bytes | None,
                  content_type: str, timeout: aiohttp.ClientTimeout) -> Any:
         """The request, as an async context manager (aiohttp's); the token is read now, for this request."""
+        endpoint = self._endpoint
         headers = {"Accept": "application/json", "Content-Type": content_type, "User-Agent": USER_AGENT}
-        authorization = self._endpoint.authorization()
+        authorization = endpoint.authorization()
         if authorization:
             headers["Authorization"] = authorization
-        endpoint = self._endpoint
         return self._session.request(method, endpoint.server + path, params=query, data=data, headers=headers,
                                      timeout=timeout, proxy=endpoint.proxy or None,
                                      server_hostname=endpoint.tls_server_name or None)
@@ -209,9 +209,9 @@ class KubeClient:
                                         sock_read=min(timeout_seconds, WATCH_SILENCE) + self._timeout))
             async with request as response:
                 if response.status != 200:
-                    raise self._judged(_error(response.status, _decode(await response.read()), "watch",
-                                              resource=resource, namespace=namespace, name="",
-                                              retry_after=response.headers.get("Retry-After")))
+                    raise self._judged(from_status(response.status, _decode(await response.read()), "watch",
+                                                   resource=resource, namespace=namespace, name="",
+                                                   retry_after=response.headers.get("Retry-After")))
                 if self._guard is not None:
                     self._guard.accepted()
                 if on_open is not None:
@@ -229,7 +229,7 @@ class KubeClient:
         except ClusterError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
+            raise self._unreachable(exc) from exc
         except Exception as exc:  # a watch ends in a ClusterError, never in something that kills its caller
             raise ClusterError(f"watch of {resource.qualified} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -296,7 +296,7 @@ class KubeClient:
                 raw = await response.read()
                 retry_after = response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}") from exc
+            raise self._unreachable(exc) from exc
         payload = _decode(raw)
         if 200 <= status < 300:
             if self._guard is not None:
@@ -305,8 +305,11 @@ class KubeClient:
                 if isinstance(obj, dict) and obj.get("kind") != "Status":
                     self._remember(resource, obj)
             return payload
-        raise self._judged(_error(status, payload, verb, resource=resource, namespace=namespace, name=name,
-                                  retry_after=retry_after))
+        raise self._judged(from_status(status, payload, verb, resource=resource, namespace=namespace, name=name,
+                                       retry_after=retry_after))
+
+    def _unreachable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}")
 
     def _judged(self, error: ClusterError) -> ClusterError:
         """A 401 goes through the guard, which rephrases it (expired or revoked) and holds further calls back."""
@@ -399,9 +402,3 @@ def _describe_connection_error(exc: BaseException) -> str:
             return f"{reason} (is the apiserver up, and is cluster.server's port right?)"
         return f"{reason}; check cluster.server and the network path to it"
     return str(exc) or type(exc).__name__
-
-
-def _error(status: int, payload: Body, verb: str, *, resource: Resource, namespace: str, name: str,
-           retry_after: str | None) -> ClusterError:
-    return from_status(status, payload, verb, resource=resource, namespace=namespace, name=name,
-                       retry_after=retry_after)

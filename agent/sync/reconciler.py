@@ -112,6 +112,11 @@ class Reconciler:
             return self.last_success is not None
         return bool(self.service_errors) and service not in self.service_errors
 
+    def failing(self, service: str) -> bool:
+        """Whether the last sync failed for `service`: a whole sync that failed failed for every service; a
+        partial failure names its services."""
+        return bool(self.last_error) and (not self.service_errors or service in self.service_errors)
+
     def _report_services(self, exc: ClusterError) -> None:
         """Each failing service on its own line, once per distinct error. A failure of the whole run (the Lease,
         the list) says nothing of any one service."""
