@@ -12,7 +12,6 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -164,7 +163,7 @@ class MysqlCheck:
     async def _greeting(self) -> tuple[bool, str]:
         # Our timeout (timed) bounds the connect and the read. Run every second at the defaults, so kept to a bare
         # non-blocking socket: no transport, protocol and stream objects per check (bench/startup, idle CPU).
-        data = await _read_greeting(self.host, self.port)
+        data = await banner.read_unbounded(self.host, self.port)
         if not data:
             return False, "no greeting: connection refused or closed"
         greeting = parse_greeting(data)
@@ -211,19 +210,6 @@ class MysqlCheck:
     async def aclose(self) -> None:
         if self._own_executor and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-async def _read_greeting(host: str, port: int) -> bytes:
-    """What the server says first (at most banner.MAX_BANNER bytes); b"" when refused, reset or closed."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, (host, port))
-            return await loop.sock_recv(sock, banner.MAX_BANNER)
-        except OSError:  # refused, reset, unreachable: no greeting (a timeout is the caller's, and says so)
-            return b""
 
 
 def _mysql_error(exc: pymysql.err.MySQLError) -> str:
