@@ -23,6 +23,8 @@ class Identity:
     # Why the probe could not tell, when it could not (no answer: busy, or still starting): it is tried again.
     unsettled: str = ""
     probed: bool = True  # False: the socket was not connected to (what it speaks is then guessed from its port)
+    # Never answered though probed MAX_PROBES times (probe_memory): why, for the report. Final, like an answer.
+    silent: str = ""
 
 
 # Protocols where the client speaks first: (request, bytes to read at most, parser of the reply).
@@ -51,7 +53,9 @@ async def identify(listener: Listener, allow: Mapping[str, str], timeout: float)
         return _unrecognised(answer, f"no answer to the {well_known} probe", timeout)
     if "mysql" not in allow and well_known != "mysql":
         return NOT_PROBED  # nothing allowed speaks first here: do not even connect
-    answer = await banner.converse(host, listener.port, timeout)
+    # A MySQL greeting is answered with a login probe before the hang-up (a bare hang-up is a handshake error
+    # that MariaDB counts against the address): once per socket, since a definite answer is kept.
+    answer = await mysql.first_words(host, listener.port, timeout)
     if mysql.parse_greeting(answer.data) is not None:
         return Identity("mysql")
     if banner.is_ssh(answer.data):

@@ -33,6 +33,11 @@ def is_reachable(listener: Listener, local: Collection[IPAddress] | None) -> boo
     return ipaddress.ip_address(listener.address) in local
 
 
+def loopback_only(listener: Listener) -> str:
+    return (f"loopback only: bound to {listener.address}, unreachable from other hosts (not probed); "
+            "make it listen on 0.0.0.0 or the VM address (MySQL/MariaDB: bind-address = 0.0.0.0)")
+
+
 def allow_hint(protocol: str, allow: Mapping[str, str]) -> str:
     """What to write in the config to register `protocol`, in the config's own syntax."""
     entries = ", ".join(f'{p} = "{name}"' for p, name in {**allow, protocol: "<service>"}.items())
@@ -66,6 +71,9 @@ def decide(
     if not is_reachable(listener, local):
         # The kernel keeps a socket bound to an address that was removed from the VM; nothing reaches it there.
         return skip(f"bound to {listener.address}, which is not an address of this VM (any more)")
+    if listener.is_loopback and not probed:
+        # Never connected to (the socket table says enough): a loopback listener cannot be registered.
+        return skip(loopback_only(listener))
     if unsettled:
         return skip(unsettled)
     if not probed:
@@ -77,10 +85,7 @@ def decide(
     if not service:
         return skip(allow_hint(protocol, allow))
     if listener.is_loopback:
-        return skip(
-            f"bound to {listener.address} only, unreachable from other hosts; "
-            f"make it listen on 0.0.0.0 or the VM address (MySQL/MariaDB: bind-address = 0.0.0.0)"
-        )
+        return skip(loopback_only(listener))
     if listener.is_wildcard:
         if advertised is None:
             return skip("no VM address to advertise")

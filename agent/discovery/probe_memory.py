@@ -1,5 +1,7 @@
 """What each listening socket was found to be: definite answers are kept for the socket's life, silence is
-asked again after a doubling delay (a MariaDB busy at boot answers later; a silent service costs little)."""
+asked again after a doubling delay (a MariaDB busy at boot answers later), MAX_PROBES times in all per socket:
+then it is taken as silent for the socket's life (a restarted server has a new socket and is probed afresh).
+So no listener is connected to more than MAX_PROBES times, whatever it is."""
 
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ from agent.discovery.listeners import Listener
 
 RETRY_FIRST = 1.0  # seconds after the first silence; then doubling
 RETRY_CAP = 300.0
+# Probes of one socket at most: 1 + 2 + 4 + 8 + 16 s of retries, the last about half a minute after the first.
+MAX_PROBES = 6
 
 
 class ProbeMemory:
     def __init__(self, clock: Callable[[], float] = time.monotonic, first: float = RETRY_FIRST,
-                 cap: float = RETRY_CAP) -> None:
+                 cap: float = RETRY_CAP, max_probes: int = MAX_PROBES) -> None:
         self._clock = clock
-        self._first, self._cap = first, cap
+        self._first, self._cap, self._max_probes = first, cap, max_probes
         self._settled: dict[Listener, Identity] = {}
         self._unsettled: dict[Listener, tuple[Identity, float, int]] = {}  # last answer, retry due, silences
 
@@ -37,6 +41,12 @@ class ProbeMemory:
             self._unsettled.pop(listener, None)
             return
         silences = self._unsettled[listener][2] + 1 if listener in self._unsettled else 1
+        if silences >= self._max_probes:
+            reason = identity.unsettled.removesuffix("; will retry")
+            self._settled[listener] = Identity(identity.protocol, "", identity.probed, silent=(
+                f"{reason}, {silences} times; not probed again until it listens anew"))
+            self._unsettled.pop(listener, None)
+            return
         delay = min(self._cap, self._first * 2.0 ** (silences - 1))
         self._unsettled[listener] = (identity, self._clock() + delay, silences)
 

@@ -72,8 +72,9 @@ class Scanner:
         due: list[Listener] = []
         for lst in found:
             recalled = self._memory.recall(lst)
-            if not is_reachable(lst, local):
-                known[lst] = NOT_PROBED  # decided by its address alone
+            if not is_reachable(lst, local) or lst.is_loopback:
+                # Decided by its address alone: nothing is registered there, so nothing is connected to.
+                known[lst] = NOT_PROBED
             elif recalled is None:
                 due.append(lst)
             else:
@@ -81,7 +82,8 @@ class Scanner:
 
         def report() -> DiscoveryReport:
             decisions = tuple(
-                decide(lst, known[lst].protocol, allow, choice.address, local=local, unsettled=known[lst].unsettled,
+                decide(lst, known[lst].protocol, allow, choice.address, local=local,
+                       unsettled=known[lst].unsettled or known[lst].silent,
                        probed=known[lst].probed)
                 for lst in found if lst in known
             )

@@ -6,24 +6,39 @@ import concurrent.futures
 from collections.abc import Sequence
 
 from agent.check_credentials import Credentials, CredentialsError, load_credentials
-from agent.health.checks import BrokenCheck, Check, CheckResult, ExecCheck, HttpCheck, MysqlCheck, TcpCheck
+from agent.health.checks import (
+    BrokenCheck,
+    Check,
+    CheckResult,
+    ExecCheck,
+    HttpCheck,
+    MysqlCheck,
+    TcpCheck,
+    is_timeout,
+)
+from agent.health.guard import GuardedCheck
 from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
 
 KINDS = ("tcp", "mysql", "http", "exec")
 
 __all__ = [
     "CRITICAL", "KINDS", "PASSING", "BrokenCheck", "Check", "CheckResult", "Credentials", "CredentialsError",
-    "HealthMonitor", "Status", "build_check", "load_credentials",
+    "GuardedCheck", "HealthMonitor", "Status", "build_check", "load_credentials",
 ]
 
 
 def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = "/",
                 command: Sequence[str] = (), credentials_file: str = "",
-                executor: concurrent.futures.Executor | None = None) -> Check:
+                executor: concurrent.futures.Executor | None = None, interval: float = 1.0,
+                active_interval: float = 0.0) -> Check:
     """The check for one service; ValueError (one line) for an unknown kind or a missing/misplaced parameter.
 
     A credentials file is read here, once, so that a bad one is reported at start-up (or on reload). A mysql
     login check runs pymysql in `executor` (its own one-thread executor when None).
+
+    With `active_interval` > 0, the checks the server would count or log (the mysql login probe, an http GET)
+    run at most that often and on suspicion; the socket table is read every `interval` (agent/health/guard.py).
+    A mysql check with credentials logs nothing and runs every time.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown check type {kind!r}; use one of {', '.join(KINDS)}")
@@ -41,11 +56,18 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
         return TcpCheck(host, port, timeout=timeout)
     if kind == "mysql":
         credentials = load_credentials(credentials_file) if credentials_file else None
-        return MysqlCheck(host, port, timeout=timeout, credentials=credentials, executor=executor)
+        mysql = MysqlCheck(host, port, timeout=timeout, credentials=credentials, executor=executor)
+        return _guarded(mysql, host, port, interval, active_interval) if credentials is None else mysql
     if kind == "http":
         if not path.startswith("/"):
             raise ValueError(f"http check: path {path!r} must start with '/'")
-        return HttpCheck(host, port, timeout=timeout, path=path)
+        return _guarded(HttpCheck(host, port, timeout=timeout, path=path), host, port, interval, active_interval)
     if not command:
         raise ValueError("exec check: command is required (a list: program and arguments)")
     return ExecCheck(command, timeout=timeout)
+
+
+def _guarded(check: Check, host: str, port: int, interval: float, active_interval: float) -> Check:
+    if active_interval <= interval:
+        return check
+    return GuardedCheck(check, host, port, interval=interval, active_interval=active_interval, timed_out=is_timeout)

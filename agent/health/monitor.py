@@ -7,6 +7,8 @@
   and `rise` consecutive successes make a critical one passing again.
 - While passing, a failure is confirmed quickly: the next check runs after interval/2, not interval. A killed
   server is then critical within interval + (fall-1)*interval/2 (1.5 s at interval 1 s, fall 2).
+- A definite failure (the check read it as a fact, e.g. no listener in the socket table, rather than a probe
+  that may have been unlucky) makes a passing status critical at once: `fall` is against flapping probes.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class HealthMonitor:
             self.failures += 1
             self.consecutive_failures += 1
             self.consecutive_successes = 0
-            if self.status == PASSING and self.consecutive_failures >= self.fall:
+            if self.status == PASSING and (self.consecutive_failures >= self.fall or result.definite):
                 self._flip(CRITICAL)
 
     def _flip(self, status: Status) -> None:

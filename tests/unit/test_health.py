@@ -227,7 +227,7 @@ def test_mysql_check_repr_hides_the_password(tmp_path: Path) -> None:
 
 def test_result_repr_is_its_fields() -> None:
     result = CheckResult(ok=False, output="HTTP 503", duration=0.25)
-    assert repr(result) == "CheckResult(ok=False, output='HTTP 503', duration=0.25)"
+    assert repr(result) == "CheckResult(ok=False, output='HTTP 503', duration=0.25, definite=False)"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 
 MAX_BANNER = 512
@@ -46,21 +45,6 @@ async def exchange(host: str, port: int, timeout: float, request: bytes = b"", l
 async def read(host: str, port: int, timeout: float) -> bytes:
     """What a server-speaks-first protocol (MySQL, SSH) says unprompted."""
     return await exchange(host, port, timeout)
-
-
-async def read_unbounded(host: str, port: int) -> bytes:
-    """What a server says first (at most MAX_BANNER bytes), with no timeout of its own: the caller bounds it.
-    b"" when refused, reset or closed. A bare non-blocking socket, without the stream objects and the second
-    timer of `read`: the default MySQL health check reads a greeting this way every second (bench/startup: idle
-    CPU)."""
-    loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, (host, port))
-            return await loop.sock_recv(sock, MAX_BANNER)
-        except OSError:  # refused, reset, unreachable: no greeting (a timeout is the caller's, and says so)
-            return b""
 
 
 def is_ssh(data: bytes) -> bool:

@@ -1,0 +1,179 @@
+"""A check that looks at the kernel's socket table every interval and touches the server seldom.
+
+Every active check is seen by the server: a MySQL login attempt is one "Access denied" line in MariaDB's error
+log, an HTTP GET one access-log line. So the server is touched only when it tells something new:
+
+- every `interval`, passively: is there a LISTEN socket for the port that covers the advertised address (one
+  sock_diag dump, nothing sent to the server)? None → failing at once, and definite (a vanished listener is
+  read from the kernel, not a flaky probe, so the monitor does not wait for `fall` to confirm it);
+- actively (the wrapped check): at the first call, when the listener comes back or is a new socket (a
+  restarted server), every `active_interval`, and at once on a suspicion: the listener's accept queue held
+  connections at two samples in a row (a server that no longer accepts: hung);
+- after an active check timed out, none is started while the server has not accepted even that one (its
+  accept queue is not empty and not shrinking): each connection a hung server finds in its queue when it wakes
+  is a handshake error to it (MariaDB counts it towards max_connect_errors). The status stays failing; the
+  next active check runs when the queue drains, or after `active_interval`.
+
+Bounds at the defaults (interval 1 s, active_interval 90 s, timeout 1 s): a killed server is failing within
+one interval; a hung one within 2 intervals + timeout + interval/2 (3.5 s) while clients connect, and within
+active_interval + timeout + interval/2 (92.5 s) when nobody does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent.discovery.listeners import Listener, scan_listeners
+from agent.health.checks import Check, CheckResult, short
+
+# After an active failure that was not a timeout (a refusal, "too many connections"), the next active check
+# confirms it at the next call; after a second one, retries come this often (at most active_interval).
+RETRY_FAILING = 5.0
+# A stuck accept queue starts an active check at most this often.
+SUSPICION_GAP = 5.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the socket table says about the port at the advertised address."""
+
+    listening: bool
+    accept_queue: int = 0  # connections completed by the kernel, not accepted by the server
+    socket: int = 0  # inode of the (first) covering listener: a new one is a restarted server
+    elsewhere: tuple[str, ...] = ()  # addresses the port listens on that do not cover the advertised one
+
+
+def covers(listener: Listener, address: str) -> bool:
+    """Whether a connection to `address` reaches `listener` (same address, or a wildcard of its family; an IPv6
+    wildcard also takes IPv4 unless the socket is v6-only, which the socket table does not say)."""
+    if listener.address == address:
+        return True
+    if not listener.is_wildcard:
+        return False
+    return ":" in listener.address or ipaddress.ip_address(address).version == 4
+
+
+def sample(address: str, port: int, listeners: Iterable[Listener]) -> Sample:
+    """The Sample for address:port from a listener table (pure)."""
+    on_port = [lst for lst in listeners if lst.port == port]
+    covering = [lst for lst in on_port if covers(lst, address)]
+    if not covering:
+        return Sample(False, elsewhere=tuple(sorted({lst.address for lst in on_port})))
+    return Sample(True, max(lst.accept_queue for lst in covering), covering[0].inode)
+
+
+@dataclass(frozen=True)
+class Decision:
+    active: bool  # run the active check now
+    reason: str  # why (for an active check) or what the passive look says
+
+
+class Schedule:
+    """When to run the active check, from passive samples and active results. Pure state, clock injected."""
+
+    def __init__(self, *, interval: float, active_interval: float, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.interval = interval
+        self.active_interval = max(active_interval, interval)
+        self._clock = clock
+        self.last: CheckResult | None = None  # last active result; None: none since the listener (re)appeared
+        self.last_at = 0.0
+        self.timed_out = False  # the last active check timed out (the server did not even answer)
+        self.failures_in_row = 0
+        self._socket = 0  # the listener the last active check talked to
+        self._queue: int | None = None  # accept queue at the previous sample
+
+    def decide(self, now_sample: Sample) -> Decision:
+        """Whether the active check runs now. Call with every sample; a failing sample (not listening) resets."""
+        previous_queue, self._queue = self._queue, now_sample.accept_queue if now_sample.listening else None
+        if not now_sample.listening:
+            self.last = None  # whatever comes back is checked afresh
+            return Decision(False, "not listening")
+        now = self._clock()
+        since = now - self.last_at
+        if self.last is None:
+            return Decision(True, "first check")
+        if now_sample.socket != self._socket:
+            return Decision(True, "a new listening socket (server restarted)")
+        if self.timed_out:
+            # Not even accepted: another connection would only wait beside it (and count against the server
+            # when it wakes). Run again when the server accepts again, or after active_interval.
+            drained = now_sample.accept_queue == 0 or (previous_queue is not None
+                                                        and now_sample.accept_queue < previous_queue)
+            if drained:
+                return Decision(True, "the server accepts connections again")
+            if since >= self.active_interval:
+                return Decision(True, "periodic")
+            return Decision(False, f"{now_sample.accept_queue} connection(s) not accepted")
+        if not self.last.ok:
+            if self.failures_in_row == 1:
+                return Decision(True, "confirming a failure")
+            if since >= min(RETRY_FAILING, self.active_interval):
+                return Decision(True, "retrying")
+            return Decision(False, "failing")
+        stuck = now_sample.accept_queue > 0 and (previous_queue or 0) > 0
+        if stuck and since >= SUSPICION_GAP:
+            return Decision(True, f"accept queue not drained ({now_sample.accept_queue} waiting)")
+        if since >= self.active_interval:
+            return Decision(True, "periodic")
+        return Decision(False, "listening")
+
+    def record(self, now_sample: Sample, result: CheckResult, *, timed_out: bool) -> None:
+        self.last, self.last_at, self.timed_out = result, self._clock(), timed_out
+        self.failures_in_row = 0 if result.ok else self.failures_in_row + 1
+        self._socket = now_sample.socket
+
+
+class GuardedCheck:
+    """`active` run seldom, the socket table every call (see the module's doc). The wrapped check's timeout
+    output is recognised by `timed_out(result)`."""
+
+    def __init__(self, active: Check, address: str, port: int, *, interval: float, active_interval: float,
+                 timed_out: Callable[[CheckResult], bool],
+                 listeners: Callable[[], Iterable[Listener]] = scan_listeners,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kind = active.kind
+        self.active = active
+        self.address, self.port = address, port
+        self._timed_out = timed_out
+        self._listeners = listeners
+        self._clock = clock
+        self.schedule = Schedule(interval=interval, active_interval=active_interval, clock=clock)
+        self.active_checks = 0  # how many times the server was touched
+
+    def __repr__(self) -> str:
+        return f"GuardedCheck({self.active!r}, active_interval={self.schedule.active_interval})"
+
+    async def __call__(self) -> CheckResult:
+        started = self._clock()
+        try:
+            now = sample(self.address, self.port, self._listeners())
+        except OSError as exc:  # no socket table: fall back to the active check every time
+            result = await self.active()
+            return CheckResult(result.ok, short(f"{result.output} (socket table unreadable: {exc})"),
+                               result.duration)
+        decision = self.schedule.decide(now)
+        if not now.listening:
+            where = f" (listening on {', '.join(now.elsewhere)} only)" if now.elsewhere else ""
+            return CheckResult(False, f"not listening on {self._target()}{where}", self._clock() - started,
+                               definite=True)
+        if decision.active:
+            result = await self.active()
+            self.active_checks += 1
+            self.schedule.record(now, result, timed_out=not result.ok and self._timed_out(result))
+            return result
+        last = self.schedule.last
+        assert last is not None  # decide() runs the active check whenever there is none
+        ago = f"{self._clock() - self.schedule.last_at:.0f}s ago"
+        if last.ok:
+            return CheckResult(True, short(f"listening; {last.output} {ago}"), self._clock() - started)
+        return CheckResult(False, short(f"{decision.reason}; {last.output} {ago}"), self._clock() - started)
+
+    def _target(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    async def aclose(self) -> None:
+        await self.active.aclose()
