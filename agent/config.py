@@ -71,8 +71,8 @@ class CheckSettings:
     path: str = "/"  # http
     command: tuple[str, ...] = ()  # exec: program and arguments, no shell
     credentials_file: str = ""  # mysql: TOML with user and password, not readable by others
-    # mysql without credentials, http: how often the server itself is asked (a login probe, a GET: each one a
-    # line in its log); the socket table is read every `interval` (agent/health/guard.py).
+    # mysql without credentials, http, tcp: how often the server itself is asked (a login probe, a GET, a
+    # connect: each one a line in its log); the socket table is read every `interval` (agent/health/guard.py).
     active_interval: float = _duration("90s")
 
     def kind_for(self, protocol: str) -> str:

@@ -36,9 +36,9 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
     A credentials file is read here, once, so that a bad one is reported at start-up (or on reload). A mysql
     login check runs pymysql in `executor` (its own one-thread executor when None).
 
-    With `active_interval` > 0, the checks the server would count or log (the mysql login probe, an http GET)
-    run at most that often and on suspicion; the socket table is read every `interval` (agent/health/guard.py).
-    A mysql check with credentials logs nothing and runs every time.
+    With `active_interval` longer than `interval`, the checks the server sees (the mysql login probe, an http GET,
+    a tcp connect) run at most that often and on suspicion; the socket table is read every `interval`
+    (agent/health/guard.py). A mysql check with credentials logs nothing and runs every time; so does exec.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown check type {kind!r}; use one of {', '.join(KINDS)}")
@@ -53,7 +53,7 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
     if path != "/" and kind != "http":
         raise ValueError(f"{kind} check: path applies only to http checks")
     if kind == "tcp":
-        return TcpCheck(host, port, timeout=timeout)
+        return _guarded(TcpCheck(host, port, timeout=timeout), host, port, interval, active_interval)
     if kind == "mysql":
         credentials = load_credentials(credentials_file) if credentials_file else None
         mysql = MysqlCheck(host, port, timeout=timeout, credentials=credentials, executor=executor)

@@ -143,6 +143,9 @@ class GuardedCheck:
         self._clock = clock
         self.schedule = Schedule(interval=interval, active_interval=active_interval, clock=clock)
         self.active_checks = 0  # how many times the server was touched
+        # A listener for the port was seen in this network namespace. Until then a missing one may be a server
+        # behind a DNAT (a container's published port without a userland proxy): asked every call instead.
+        self._seen_listener = False
 
     def __repr__(self) -> str:
         return f"GuardedCheck({self.active!r}, active_interval={self.schedule.active_interval})"
@@ -156,10 +159,18 @@ class GuardedCheck:
             return CheckResult(result.ok, short(f"{result.output} (socket table unreadable: {exc})"),
                                result.duration)
         decision = self.schedule.decide(now)
+        if not now.listening and not self._seen_listener:
+            result = await self.active()
+            self.active_checks += 1
+            if not result.ok:
+                return result
+            return CheckResult(True, short(f"{result.output} (no listener in this network namespace: the server "
+                                           "is asked at every check)"), result.duration)
         if not now.listening:
             where = f" (listening on {', '.join(now.elsewhere)} only)" if now.elsewhere else ""
             return CheckResult(False, f"not listening on {self._target()}{where}", self._clock() - started,
                                definite=True)
+        self._seen_listener = True
         if decision.active:
             result = await self.active()
             self.active_checks += 1

@@ -30,13 +30,24 @@ RECIPE = "2"
 HOSTNAME = "debian12"
 CACHE = Path(os.environ.get("VMESH_CACHE", Path.home() / ".cache" / "vmesh-agent"))
 
+# What the boot test changes in Debian's MariaDB configuration, and why; everything else (name resolution and
+# the host cache, max_connect_errors, log_warnings) is the distribution's.
 MARIADB_CNF = """\
-# The boot test's MariaDB: reachable on the VM's address (the distribution default is 127.0.0.1 only).
+# The boot test's MariaDB: reachable on the VM's address (the distribution default is 127.0.0.1 only), as
+# the README tells the admin; a smaller buffer pool (memory: the test machine runs many things at once).
 [mariadbd]
 bind-address = 0.0.0.0
 innodb_buffer_pool_size = 16M
-skip-name-resolve
 """
+
+
+def hosts_file(address: str) -> str:
+    """/etc/hosts as Debian's installer writes it (localhost, the hostname on 127.0.1.1), plus the VM's address
+    under its name, which on a VM the DNS answers: MariaDB's reverse lookup of a client on that address gets a
+    definite answer, so its host cache counts that client as on a real VM (a lookup that fails for want of a
+    DNS server is never cached)."""
+    return (f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n{address}\t{HOSTNAME}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
 def cached_root() -> Path:
@@ -66,6 +77,8 @@ def copy_root(dest: Path) -> Path:
     source = cached_root()
     subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", str(dest)], check=True)
     (dest / ".vmesh-complete").unlink()
+    # Written on every copy, so that a root cached before this recipe (with skip-name-resolve) is corrected too.
+    (dest / "etc" / "mysql" / "mariadb.conf.d" / "90-vmesh-test.cnf").write_text(MARIADB_CNF)
     return dest
 
 

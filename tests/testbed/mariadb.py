@@ -22,6 +22,26 @@ RATINGS_SQL = [
 ]
 RATINGS_USER = ("ratings", "ratings-pass")
 
+# The test bed's MariaDB reads Debian's own configuration (/etc/mysql/my.cnf and what it includes), as on a VM:
+# name resolution on (no skip-name-resolve), so the host cache counts connection errors; max_connect_errors
+# 100; log_warnings 2. Each server then gets only these, and why:
+# - datadir, socket, pid-file: several servers (one per simulated VM) on one machine, each its own files;
+# - user=root: the test bed runs as root and owns the copied datadirs (Debian runs it as mysql);
+# - port and bind-address: Debian binds 127.0.0.1 only; a VM that publishes MariaDB is made to listen on its
+#   address (0.0.0.0), as the README tells the admin;
+# - log-error: a file per server, for the tests to read (Debian's goes to stderr, i.e. the journal; the same
+#   lines);
+# - innodb-buffer-pool-size=16M: memory, with many VMs on a 24 GB machine (Debian's default is 128M);
+# - performance-schema=ON, only for the tests that read performance_schema.host_cache (Debian's default is
+#   OFF; it only makes the host cache visible, the cache itself works the same either way).
+def server_args(datadir: Path, socket_path: Path, port: int, bind: str, performance_schema: bool) -> list[str]:
+    args = [
+        "mariadbd", f"--datadir={datadir}", f"--socket={socket_path}", f"--pid-file={datadir / 'mysqld.pid'}",
+        "--user=root", f"--log-error={datadir / 'error.log'}", "--innodb-buffer-pool-size=16M",
+    ]
+    args += ["--skip-networking"] if port == 0 else [f"--port={port}", f"--bind-address={bind}"]
+    return args + (["--performance-schema=ON"] if performance_schema else [])
+
 
 def make_template(base: Path) -> Path:
     """A datadir with the ratings data, made once per test session (mariadb-install-db is slow)."""
@@ -49,8 +69,11 @@ def make_template(base: Path) -> Path:
 
 
 class MariaDB:
-    def __init__(self, datadir: Path, netns: str | None, port: int = 3306, bind: str = "0.0.0.0") -> None:
+    def __init__(self, datadir: Path, netns: str | None, port: int = 3306, bind: str = "0.0.0.0",
+                 performance_schema: bool = False) -> None:
         self.datadir = datadir
+        self.performance_schema = performance_schema
+        self.error_log = datadir / "error.log"
         self.netns = netns
         self.port = port
         self.bind = bind
@@ -58,12 +81,7 @@ class MariaDB:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = [
-            "mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-            f"--pid-file={self.datadir / 'mysqld.pid'}", "--user=root", "--skip-name-resolve",
-            "--innodb-buffer-pool-size=16M", "--skip-log-bin", f"--log-error={self.datadir / 'error.log'}",
-        ]
-        args += ["--skip-networking"] if self.port == 0 else [f"--port={self.port}", f"--bind-address={self.bind}"]
+        args = server_args(self.datadir, self.socket, self.port, self.bind, self.performance_schema)
         if self.netns:
             args = ["ip", "netns", "exec", self.netns, *args]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,6 +119,21 @@ class MariaDB:
             conn.commit()
         finally:
             conn.close()
+
+    def query(self, statement: str) -> list[tuple[object, ...]]:
+        """Rows of one statement, as root over the unix socket."""
+        conn = pymysql.connect(unix_socket=str(self.socket), user="root")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self._proc is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tests.testbed.cluster import ROOT, Cluster
 from tests.testbed.mariadb import RATINGS_USER
-from tests.testbed.vm import add_netns, next_address, sh
+from tests.testbed.vm import add_netns, del_netns, next_address, sh
 from tests.testbed.waiting import terminate, wait_until
 
 BUILD_NODE = ROOT / "tests" / "cluster" / "build-node"
@@ -68,7 +68,7 @@ class Node:
         self.search_namespace = search_namespace
         bins = node_binaries()
         try:
-            add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"])
+            add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"], sources="files dns")
             self._register_node()
             self._resolv_conf(search_namespace)
             kubeconfig = self._kubeconfig()
@@ -181,4 +181,4 @@ class Node:
         self.cluster.kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false", check=False)
         shutil.rmtree(self.resolv_dir, ignore_errors=True)
         sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.netns, check=False)
+        del_netns(self.netns)

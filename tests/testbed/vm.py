@@ -45,16 +45,37 @@ def ensure_bridge(gateway: str) -> None:
     sh("ip", "link", "set", BRIDGE, "up")
 
 
-def add_netns(netns: str, host_if: str, address: str, gateway: str) -> None:
+NETNS_ETC = Path("/etc/netns")
+
+
+def add_netns(netns: str, host_if: str, address: str, gateway: str, *, hostname: str = "",
+              sources: str = "files") -> None:
     """A network namespace whose eth0 (a veth, the other end `host_if` on the bridge) has `address`, routed
-    through the gateway."""
+    through the gateway, and whose name resolution gives definite answers, as a VM's does.
+
+    `ip netns exec` bind-mounts /etc/netns/<netns>/* over /etc: the namespace's hosts file names its own
+    address (`hostname`, default the namespace's name) and localhost, and nsswitch.conf asks that file only.
+    Without them the namespace would use the host's resolver, which has no DNS here: every reverse lookup
+    would fail transiently, and MariaDB never counts a client whose name lookup failed that way in its host
+    cache (a real VM's DNS answers: a name or a definite "no such name"). `sources`: nsswitch's hosts line
+    (the node adds "dns", its CoreDNS)."""
     ensure_bridge(gateway)
+    etc = NETNS_ETC / netns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                               f"{address}\t{hostname or netns}\n")
+    (etc / "nsswitch.conf").write_text(f"hosts: {sources}\n")
     sh("ip", "netns", "add", netns)
     sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
     sh("ip", "link", "set", host_if, "master", BRIDGE, "up")
     for args in (("addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0"), ("link", "set", "eth0", "up"),
                  ("link", "set", "lo", "up"), ("route", "add", "default", "via", gateway)):
         sh("ip", "-n", netns, *args)
+
+
+def del_netns(netns: str) -> None:
+    sh("ip", "netns", "del", netns, check=False)
+    shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
 
 
 def next_address() -> str:
@@ -87,7 +108,7 @@ class VM:
         self.mariadb: MariaDB | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = self.workdir / "agent.log"
-        add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"])
+        add_netns(self.netns, self.host_if, self.address, cluster.env["GATEWAY"], hostname=name)
 
     def __enter__(self) -> VM:
         return self
@@ -113,11 +134,12 @@ class VM:
         report: dict[str, Any] = json.loads(result.stdout)
         return result.returncode, report
 
-    def start_mariadb(self, template: Path, bind: str = "0.0.0.0", port: int = 3306) -> MariaDB:
+    def start_mariadb(self, template: Path, bind: str = "0.0.0.0", port: int = 3306,
+                      performance_schema: bool = False) -> MariaDB:
         datadir = self.workdir / "mysql"
         if not datadir.exists():
             shutil.copytree(template, datadir)
-        self.mariadb = MariaDB(datadir, self.netns, port=port, bind=bind)
+        self.mariadb = MariaDB(datadir, self.netns, port=port, bind=bind, performance_schema=performance_schema)
         self.mariadb.start()
         return self.mariadb
 
@@ -216,4 +238,4 @@ class VM:
         if self.mariadb is not None:
             self.mariadb.stop()
         sh("ip", "link", "del", self.host_if, check=False)
-        sh("ip", "netns", "del", self.netns, check=False)
+        del_netns(self.netns)

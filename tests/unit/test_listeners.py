@@ -76,3 +76,29 @@ def test_scan_matches_proc_net_tcp() -> None:
 
 def extra_inode(sock: socket.socket) -> int:
     return os.fstat(sock.fileno()).st_ino
+
+
+def test_the_accept_queue_is_read_and_not_part_of_the_identity() -> None:
+    # MariaDB SIGSTOPped with three connections waiting: rx_queue 3 (the accept queue), tx_queue 80 (backlog).
+    line = ("   0: 00000000:0CEA 00000000:0000 0A 00000050:00000003 00:00000000 00000000   105        0 21823 1 "
+            "0000000000000000 100 0 0 10 0\n")
+    (found,) = parse_proc_net_tcp(TCP.splitlines()[0] + "\n" + line, socket.AF_INET)
+    assert found.accept_queue == 3
+    assert found == Listener("0.0.0.0", 3306, 21823)  # the same socket, whatever its queue
+
+
+def test_sock_diag_reads_the_accept_queue_of_a_real_listener() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            (found,) = [lst for lst in scan_listeners() if lst.port == port]
+            assert found.accept_queue == 2
+            server.accept()[0].close()
+            (found,) = [lst for lst in scan_listeners() if lst.port == port]
+            assert found.accept_queue == 1
+        finally:
+            for client in clients:
+                client.close()

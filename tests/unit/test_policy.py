@@ -86,3 +86,10 @@ def test_an_unknown_port_not_probed_says_why() -> None:
 def test_an_unreachable_address_wins_over_the_likely_protocol() -> None:
     d = decide(Listener("10.0.0.8", 5432), "unknown", ALLOW, VM, local={VM}, probed=False)
     assert d.reason == "bound to 10.0.0.8, which is not an address of this VM (any more)"
+
+
+def test_a_loopback_listener_not_probed_is_said_loopback_only() -> None:
+    """etcd on 127.0.0.1:2379: never connected to (discovery does not probe loopback listeners)."""
+    d = decide(Listener("127.0.0.1", 2379), "unknown", ALLOW, VM, probed=False)
+    assert not d.register
+    assert d.reason.startswith("loopback only: bound to 127.0.0.1, unreachable from other hosts (not probed)")

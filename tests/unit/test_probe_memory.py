@@ -49,3 +49,20 @@ def test_a_socket_that_is_gone_is_forgotten() -> None:
     memory.record(MARIADB, Identity("mysql"))
     memory.keep_only([Listener("0.0.0.0", 3306, inode=9)])  # restarted: a new socket
     assert memory.recall(MARIADB) is None
+
+
+def test_a_silent_socket_is_probed_max_probes_times_then_left_alone() -> None:
+    clock = Clock()
+    memory = ProbeMemory(clock, first=1.0, cap=300.0, max_probes=6)
+    probes = 0
+    for _ in range(100_000):  # a day of discovery passes, 1 s apart
+        if memory.recall(MARIADB) is None:
+            probes += 1
+            memory.record(MARIADB, SILENT)
+        clock.now += 1
+    assert probes == 6
+    settled = memory.recall(MARIADB)
+    assert settled is not None and not settled.unsettled
+    assert settled.silent == "no greeting within 1 s, 6 times; not probed again until it listens anew"
+    memory.keep_only([Listener("0.0.0.0", 3306, inode=9)])  # restarted
+    assert memory.recall(Listener("0.0.0.0", 3306, inode=9)) is None
