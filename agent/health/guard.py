@@ -8,15 +8,16 @@ log, an HTTP GET one access-log line. So the server is touched only when it tell
   read from the kernel, not a flaky probe, so the monitor does not wait for `fall` to confirm it);
 - actively (the wrapped check): at the first call, when the listener comes back or is a new socket (a
   restarted server), every `active_interval`, and at once on a suspicion: the listener's accept queue held
-  connections at two samples in a row (a server that no longer accepts: hung);
+  connections at two samples in a row without shrinking (a server that no longer accepts: hung);
 - after an active check timed out, none is started while the server has not accepted even that one (its
   accept queue is not empty and not shrinking): each connection a hung server finds in its queue when it wakes
   is a handshake error to it (MariaDB counts it towards max_connect_errors). The status stays failing; the
   next active check runs when the queue drains, or after `active_interval`.
 
 Bounds at the defaults (interval 1 s, active_interval 90 s, timeout 1 s): a killed server is failing within
-one interval; a hung one within 2 intervals + timeout + interval/2 (3.5 s) while clients connect, and within
-active_interval + timeout + interval/2 (92.5 s) when nobody does.
+one interval; a hung one within 2 intervals + timeout + interval/2 (3.5 s) while clients connect (when no
+suspicion proved false in the last SUSPICION_GAP), and within active_interval + timeout + interval/2 (92.5 s)
+when nobody does.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from agent.health.checks import Check, CheckResult, short
 # After an active failure that was not a timeout (a refusal, "too many connections"), the next active check
 # confirms it at the next call; after a second one, retries come this often (at most active_interval).
 RETRY_FAILING = 5.0
-# A stuck accept queue starts an active check at most this often.
-SUSPICION_GAP = 5.0
+# A stuck accept queue starts an active check when the last one is this old; each suspicion that proves false
+# (the server answers) doubles it, up to active_interval, until a sample sees the queue empty: a server whose
+# queue is never empty under load is not asked more than about once per active_interval for long.
+SUSPICION_GAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,14 @@ class Schedule:
         self.active_interval = max(active_interval, interval)
         self._clock = clock
         self.last: CheckResult | None = None  # last active result; None: none since the listener (re)appeared
-        self.last_at = 0.0
+        self.last_at = 0.0  # when the last active check started
+        self._asked_at = 0.0
         self.timed_out = False  # the last active check timed out (the server did not even answer)
         self.failures_in_row = 0
         self._socket = 0  # the listener the last active check talked to
         self._queue: int | None = None  # accept queue at the previous sample
+        self.suspicion_gap = SUSPICION_GAP
+        self._suspecting = False  # the active check running is a suspicion's
 
     def decide(self, now_sample: Sample) -> Decision:
         """Whether the active check runs now. Call with every sample; a failing sample (not listening) resets."""
@@ -92,7 +98,10 @@ class Schedule:
         if not now_sample.listening:
             self.last = None  # whatever comes back is checked afresh
             return Decision(False, "not listening")
+        if now_sample.accept_queue == 0:
+            self.suspicion_gap = SUSPICION_GAP
         now = self._clock()
+        self._asked_at = now  # an active check decided now is dated from its start: periods do not drift
         since = now - self.last_at
         if self.last is None:
             return Decision(True, "first check")
@@ -114,17 +123,21 @@ class Schedule:
             if since >= min(RETRY_FAILING, self.active_interval):
                 return Decision(True, "retrying")
             return Decision(False, "failing")
-        stuck = now_sample.accept_queue > 0 and (previous_queue or 0) > 0
-        if stuck and since >= SUSPICION_GAP:
+        stuck = previous_queue is not None and 0 < previous_queue <= now_sample.accept_queue
+        if stuck and since >= min(self.suspicion_gap, self.active_interval):
+            self._suspecting = True
             return Decision(True, f"accept queue not drained ({now_sample.accept_queue} waiting)")
         if since >= self.active_interval:
             return Decision(True, "periodic")
         return Decision(False, "listening")
 
     def record(self, now_sample: Sample, result: CheckResult, *, timed_out: bool) -> None:
-        self.last, self.last_at, self.timed_out = result, self._clock(), timed_out
+        self.last, self.last_at, self.timed_out = result, self._asked_at, timed_out
         self.failures_in_row = 0 if result.ok else self.failures_in_row + 1
         self._socket = now_sample.socket
+        if self._suspecting and result.ok:
+            self.suspicion_gap = min(self.suspicion_gap * 2, self.active_interval)
+        self._suspecting = False
 
 
 class GuardedCheck:

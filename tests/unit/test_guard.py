@@ -69,11 +69,30 @@ def test_a_stuck_accept_queue_is_a_suspicion_rate_limited() -> None:
     schedule.record(Sample(True, 0, 7), PASS, timed_out=False)
     clock.now += 1
     assert not schedule.decide(Sample(True, 2, 7)).active  # one sample: a burst, maybe
+    clock.now += 0.5
+    assert not schedule.decide(Sample(True, 2, 7)).active  # two, but the last ask was 1.5 s ago (< SUSPICION_GAP)
     clock.now += 1
-    assert not schedule.decide(Sample(True, 2, 7)).active  # two, but the last ask was 2 s ago (< SUSPICION_GAP)
-    clock.now += 4
+    assert not schedule.decide(Sample(True, 1, 7)).active  # shrinking: the server accepts
+    clock.now += 1
     decision = schedule.decide(Sample(True, 3, 7))
     assert (decision.active, decision.reason) == (True, "accept queue not drained (3 waiting)")
+
+
+def test_false_suspicions_back_off_until_the_queue_is_seen_empty() -> None:
+    clock = Clock()
+    schedule = _schedule(clock)
+    schedule.decide(Sample(True, 0, 7))
+    schedule.record(Sample(True, 0, 7), PASS, timed_out=False)
+    asked = []
+    for _ in range(300):  # a server so busy that its queue is never empty, yet alive
+        clock.now += 1
+        if schedule.decide(Sample(True, 4, 7)).active:
+            asked.append(clock.now - 100.0)
+            schedule.record(Sample(True, 4, 7), PASS, timed_out=False)
+    assert asked == [2.0, 6.0, 14.0, 30.0, 62.0, 126.0, 216.0]  # gaps 2, 4, 8, ... then active_interval (90)
+    clock.now += 1
+    schedule.decide(Sample(True, 0, 7))
+    assert schedule.suspicion_gap == 2.0
 
 
 def test_after_a_timeout_nobody_asks_until_the_server_accepts_again() -> None:
