@@ -102,9 +102,18 @@ def test_loopback_only_mariadb_is_skipped_with_the_fix_then_registered_when_rebo
 ) -> None:
     vm = make_vm("a")
     db = vm.start_mariadb(mariadb_template, bind="127.0.0.1")
+
+    def connections() -> int:
+        return int(str(db.query("SHOW GLOBAL STATUS LIKE 'Connections'")[0][1]))
+
+    before = connections()
     _, report = vm.discover()
+    assert connections() == before + 1  # the query's own: discover connected to nothing
     entry = listener(report, 3306)
-    assert (entry["address"], entry["protocol"], entry["decision"]) == ("127.0.0.1", "mysql", "skip")
+    # Not probed (a loopback listener can never be registered): its port names what it likely is.
+    assert (entry["address"], entry["protocol"], entry["likely_protocol"], entry["decision"]) == (
+        "127.0.0.1", "unknown", "mysql", "skip")
+    assert entry["reason"].startswith("loopback only: bound to 127.0.0.1")
     assert "bind-address = 0.0.0.0" in entry["reason"]
 
     vm.start_agent(vm.write_config(namespace))
