@@ -31,7 +31,9 @@ from agent.discovery.listeners import Listener, scan_listeners
 from agent.health.checks import Check, CheckResult, short
 
 # After an active failure that was not a timeout (a refusal, "too many connections"), the next active check
-# confirms it at the next call; after a second one, retries come this often (at most active_interval).
+# confirms it at the next call; then retries come after this long, doubling up to active_interval. The same
+# wait applies after a timeout once the server has taken the probe off its accept queue: a server that accepts
+# but never answers is not asked every second (each such probe is a handshake error to it).
 RETRY_FAILING = 5.0
 # A stuck accept queue starts an active check when the last one is this old; each suspicion that proves false
 # (the server answers) doubles it, up to active_interval, until a sample sees the queue empty: a server whose
@@ -112,7 +114,7 @@ class Schedule:
             # when it wakes). Run again when the server accepts again, or after active_interval.
             drained = now_sample.accept_queue == 0 or (previous_queue is not None
                                                         and now_sample.accept_queue < previous_queue)
-            if drained:
+            if drained and since >= self._retry_gap():
                 return Decision(True, "the server accepts connections again")
             if since >= self.active_interval:
                 return Decision(True, "periodic")
@@ -120,7 +122,7 @@ class Schedule:
         if not self.last.ok:
             if self.failures_in_row == 1:
                 return Decision(True, "confirming a failure")
-            if since >= min(RETRY_FAILING, self.active_interval):
+            if since >= self._retry_gap():
                 return Decision(True, "retrying")
             return Decision(False, "failing")
         stuck = previous_queue is not None and 0 < previous_queue <= now_sample.accept_queue
@@ -130,6 +132,11 @@ class Schedule:
         if since >= self.active_interval:
             return Decision(True, "periodic")
         return Decision(False, "listening")
+
+    def _retry_gap(self) -> float:
+        """After `failures_in_row` failures: 5 s after the first (a timeout) or second (confirmed), doubling."""
+        doublings = max(0, self.failures_in_row - (1 if self.timed_out else 2))
+        return min(RETRY_FAILING * 2.0 ** doublings, self.active_interval)
 
     def record(self, now_sample: Sample, result: CheckResult, *, timed_out: bool) -> None:
         self.last, self.last_at, self.timed_out = result, self._asked_at, timed_out

@@ -109,6 +109,19 @@ def test_after_a_timeout_nobody_asks_until_the_server_accepts_again() -> None:
     assert schedule.decide(Sample(True, 1, 7)).reason == "the server accepts connections again"  # shrinking
 
 
+def test_a_server_that_accepts_but_never_answers_is_asked_less_and_less() -> None:
+    """Each such probe is a handshake error to it: 5 s after the first timeout, then doubling, up to 90 s."""
+    clock = Clock()
+    schedule = _schedule(clock)
+    asked = []
+    for _ in range(400):
+        if schedule.decide(Sample(True, 0, 7)).active:
+            asked.append(clock.now - 100.0)
+            schedule.record(Sample(True, 0, 7), TIMEOUT, timed_out=True)
+        clock.now += 1
+    assert asked == [0.0, 5.0, 15.0, 35.0, 75.0, 155.0, 245.0, 335.0]
+
+
 def test_a_hang_costs_one_ask_per_active_interval_at_most() -> None:
     clock = Clock()
     schedule = _schedule(clock)
@@ -122,18 +135,18 @@ def test_a_hang_costs_one_ask_per_active_interval_at_most() -> None:
     assert asked == 1 + 600 // 90  # the first, then one per active_interval
 
 
-def test_a_refusal_is_confirmed_at_once_then_retried_every_5_s() -> None:
+def test_a_refusal_is_confirmed_at_once_then_retried_after_5_s_doubling() -> None:
     clock = Clock()
     schedule = _schedule(clock)
     listening = Sample(True, 0, 7)
     asked = []
-    for _ in range(12):
+    for _ in range(20):
         decision = schedule.decide(listening)
         if decision.active:
             asked.append((clock.now - 100.0, decision.reason))
             schedule.record(listening, TOO_MANY, timed_out=False)
         clock.now += 1
-    assert asked == [(0.0, "first check"), (1.0, "confirming a failure"), (6.0, "retrying"), (11.0, "retrying")]
+    assert asked == [(0.0, "first check"), (1.0, "confirming a failure"), (6.0, "retrying"), (16.0, "retrying")]
 
 
 class Active:
