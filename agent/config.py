@@ -71,8 +71,9 @@ class CheckSettings:
     path: str = "/"  # http
     command: tuple[str, ...] = ()  # exec: program and arguments, no shell
     credentials_file: str = ""  # mysql: TOML with user and password, not readable by others
-    # mysql without credentials, http, tcp: how often the server itself is asked (a login probe, a GET, a
-    # connect: each one a line in its log); the socket table is read every `interval` (agent/health/guard.py).
+    # mysql without credentials, tcp, http with type "auto": how often the server itself is asked (a login probe,
+    # a connect, a GET: each one a line in its log); the socket table is read every `interval`
+    # (agent/health/guard.py).
     active_interval: float = _duration("90s")
 
     def kind_for(self, protocol: str) -> str:
@@ -83,6 +84,12 @@ class CheckSettings:
     def path_for(self, kind: str) -> str:
         """With type "auto", `path` is for the http checks only; the other kinds ignore it."""
         return self.path if kind == "http" else "/"
+
+    def active_interval_for(self, kind: str) -> float:
+        """How often the server is asked; 0: at every check. An http check typed by hand (type = "http") GETs at
+        every check: its answer (a 503 from a listening server) is what it is for, and the admin who chose its
+        path can keep it out of the access log. Discovered http (type "auto") is asked every active_interval."""
+        return 0.0 if kind == "http" and self.type == "http" else self.active_interval
 
     def credentials_for(self, kind: str) -> str:
         """With type "auto", `credentials_file` is for the mysql checks only; the other kinds ignore it."""

@@ -140,7 +140,7 @@ class MysqlCheck:
 
     What a MariaDB 10.11 with Debian's configuration (name resolution on, max_connect_errors 100, log_warnings 2)
     makes of each, measured (docs/decisions.md, "Do no harm: checks and probes"):
-    - a greeting read and a hang-up (this check until 0.x) is a handshake error: +1 in the host cache's
+    - a greeting read and a hang-up (this check before issue 17) is a handshake error: +1 in the host cache's
       SUM_CONNECT_ERRORS for the client's address, which is blocked (ERR 1129, for every client on it) after 100,
       and one "Aborted connection ... without authentication" warning in the error log;
     - the login probe (HandshakeResponse for a user that does not exist, empty auth data; the server answers

@@ -111,7 +111,7 @@ class HealthSupervisor:
             return build_check(kind, str(key.address), key.port, timeout=settings.timeout,
                                path=settings.path_for(kind), command=settings.command,
                                credentials_file=settings.credentials_for(kind), executor=self._executor,
-                               interval=settings.interval, active_interval=settings.active_interval)
+                               interval=settings.interval, active_interval=settings.active_interval_for(kind))
         except ValueError as exc:  # CredentialsError included: a file that became unreadable since the start
             log.error("health check cannot run; the service stays not ready", error=str(exc))
             return BrokenCheck(kind, str(exc))

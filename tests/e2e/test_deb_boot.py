@@ -138,6 +138,10 @@ class Lifecycle:
         assert c.wait_booted() in ("running", "degraded")
         assert c.unit("ActiveState") == "active"
         assert c.unit("NRestarts") == "0"
+        # Debian's defaults (no skip-name-resolve: the host cache counts), and the VM's address has a name.
+        settings = c.run("mariadb", "-N", "-e", "SELECT @@skip_name_resolve, @@max_connect_errors").stdout.split()
+        assert settings == ["0", "100"], settings
+        assert c.run("getent", "hosts", self.address).stdout.split()[1:] == [HOSTNAME]
         assert c.unit("Type") == "notify"  # and active: the agent sent READY=1
         assert c.unit("StatusText"), "no STATUS= from the agent"
         assert c.unit("WatchdogUSec") not in ("", "0", "infinity")

@@ -49,6 +49,8 @@ def make_template(base: Path) -> Path:
     if (template / "test" / "ratings.frm").exists():
         return template
     shutil.rmtree(template, ignore_errors=True)
+    # --no-defaults here only: the datadir is made once for all VMs, away from Debian's /var/lib/mysql; the
+    # servers started from copies of it read Debian's configuration (server_args).
     subprocess.run(
         ["mariadb-install-db", "--no-defaults", f"--datadir={template}", "--user=root", "--skip-test-db",
          "--auth-root-authentication-method=socket"],

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
+from agent.config import CheckSettings, ConfigError, Settings, load_settings, parse_listen, parse_settings
 
 BASE = """
 vm_name = "vm-a"
@@ -164,3 +164,11 @@ def test_metrics_listener_addresses(token: Path, listen: str, expected: tuple[st
     settings = parse_settings(BASE.format(token=token) + f'[metrics]\nlisten = "{listen}"\n')
     assert parse_listen(settings.metrics.listen) == expected
     assert parse_settings(BASE.format(token=token)).metrics.listen == ""  # off by default
+
+
+def test_active_interval_applies_to_auto_http_and_not_to_http_typed_by_hand() -> None:
+    auto = CheckSettings()
+    assert auto.active_interval == 90.0
+    assert [auto.active_interval_for(kind) for kind in ("mysql", "tcp", "http")] == [90.0, 90.0, 90.0]
+    assert CheckSettings(type="http").active_interval_for("http") == 0.0
+    assert CheckSettings(type="tcp", active_interval=30.0).active_interval_for("tcp") == 30.0
