@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.cluster.objects import object_name
 from agent.discovery.probes.mysql import handshake_response
 from tests.testbed.cluster import Cluster
@@ -123,6 +125,7 @@ def test_the_bed_counts_a_greeting_and_hang_up_and_not_a_login_probe(
     assert cache is not None and cache["connect_errors"] == 0, cache  # the restart emptied the cache
 
 
+@pytest.mark.timeout(DURATION + 120)
 def test_ten_minutes_at_the_defaults_never_count_an_error_nor_fill_the_log(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
