@@ -49,20 +49,20 @@ class History:
         self._reader.start()
 
     def _read(self) -> None:
-        """kubectl prints one pretty-printed JSON document per event: decode them as they complete."""
+        """kubectl prints one JSON document per event (on one line; pretty-printed by some versions): decode
+        each as soon as it is complete."""
         assert self._proc.stdout is not None
         decoder, buffer = json.JSONDecoder(), ""
         for line in self._proc.stdout:
-            buffer += line
-            if line.rstrip() != "}":
-                continue
-            try:
-                doc, end = decoder.raw_decode(buffer.strip())
-            except ValueError:
-                continue
-            buffer = buffer.strip()[end:]
-            with self._lock:
-                self._events.append(Event(time.monotonic(), doc["type"], doc["object"]))
+            buffer = (buffer + line).lstrip()
+            while buffer:
+                try:
+                    doc, end = decoder.raw_decode(buffer)
+                except ValueError:
+                    break  # incomplete: wait for more lines
+                buffer = buffer[end:].lstrip()
+                with self._lock:
+                    self._events.append(Event(time.monotonic(), doc["type"], doc["object"]))
 
     def events(self, matching: Callable[[Body], bool] = lambda obj: True) -> list[Event]:
         with self._lock:
