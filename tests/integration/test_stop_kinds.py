@@ -10,7 +10,6 @@ first) and removes, as before.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,12 @@ import pytest
 from agent.agent import Agent
 from agent.config import load_settings
 from agent.sdnotify import Notifier
-from agent.stop_kind import StopKind, write_kind
+from agent.stop_kind import StopKind
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import install_istio_crds, install_linkerd_crds
 from tests.testbed.history import Event, History
 from tests.testbed.notify import FakeSystemd
+from tests.testbed.unit import AgentUnit
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
@@ -101,26 +101,17 @@ def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake.close()
 
 
-class Unit:
-    """One VM's agent run as the shipped unit runs it: NOTIFY_SOCKET set, the stop kind in a file."""
+@pytest.fixture
+def units() -> Iterator[Callable[[VM, Path, bool], AgentUnit]]:
+    made: list[AgentUnit] = []
 
-    def __init__(self, vm: VM, config: Path, systemd: FakeSystemd | None) -> None:
-        self.vm = vm
-        self.config = config
-        self.systemd = systemd
-        self.kind_file = vm.workdir / "run" / "stop-kind"
-        self.kind_file.parent.mkdir(exist_ok=True)
+    def make(vm: VM, config: Path, under_systemd: bool = True) -> AgentUnit:
+        made.append(AgentUnit(vm, config, under_systemd=under_systemd))
+        return made[-1]
 
-    def start(self) -> int:
-        env = {"NOTIFY_SOCKET": str(self.systemd.path)} if self.systemd else {}
-        agent = self.vm.start_agent(self.config, env=env, args=("--stop-kind-file", str(self.kind_file)))
-        return agent.pid
-
-    def stop(self, kind: StopKind | None) -> None:
-        """What systemd does: ExecStop writes the kind (None: no ExecStop ran), then SIGTERM; exit 0."""
-        if kind is not None:
-            write_kind(str(self.kind_file), kind)
-        assert self.vm.stop_agent(signal.SIGTERM) == 0
+    yield make
+    for unit in made:
+        unit.close()
 
 
 def setup(vm: VM, namespace: str, cluster: Cluster, template: Path, backend: str, **sync: str) -> Path:
@@ -156,10 +147,10 @@ def holder_pid(cluster: Cluster, vm: VM, namespace: str) -> int:
 
 def test_a_restart_keeps_every_object_ready_and_the_next_process_adopts_them(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, *, view: View,
-    systemd: FakeSystemd,
+    units: Callable[[VM, Path], AgentUnit],
 ) -> None:
     vm = make_vm("a")
-    unit = Unit(vm, setup(vm, namespace, cluster, mariadb_template, view.backend), systemd)
+    unit = units(vm, setup(vm, namespace, cluster, mariadb_template, view.backend))
     unit.start()
     before = {o["metadata"]["uid"] for o in wait_ready(cluster, view, vm, namespace)}
     lease_before = lease(cluster, vm, namespace)
@@ -171,7 +162,7 @@ def test_a_restart_keeps_every_object_ready_and_the_next_process_adopts_them(
             "the objects did not outlive the stop"
         kept = lease(cluster, vm, namespace)
         assert kept is not None and kept["metadata"]["uid"] == lease_before["metadata"]["uid"], "the Lease is gone"
-        stopping = [m for m in systemd.drain() if m.startswith("STATUS=")]
+        stopping = [m for m in unit.messages() if m.startswith("STATUS=")]
         assert stopping[-1] == "STATUS=restarting: registrations kept"
 
         second = unit.start()
@@ -205,10 +196,10 @@ def test_a_restart_keeps_every_object_ready_and_the_next_process_adopts_them(
 
 def test_a_stop_for_good_drains_then_removes(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, *, view: View,
-    systemd: FakeSystemd,
+    units: Callable[[VM, Path], AgentUnit],
 ) -> None:
     vm = make_vm("a")
-    unit = Unit(vm, setup(vm, namespace, cluster, mariadb_template, view.backend), systemd)
+    unit = units(vm, setup(vm, namespace, cluster, mariadb_template, view.backend))
     unit.start()
     wait_ready(cluster, view, vm, namespace)
     with History(cluster, view.resource, namespace) as history:
@@ -218,7 +209,7 @@ def test_a_stop_for_good_drains_then_removes(
     assert any(view.terminating(e.obj, vm) for e in history.events(lambda o: view.ours(o, vm))), \
         f"never published terminating before the removal: {history}"
     assert lease(cluster, vm, namespace) is None
-    assert "STATUS=deregistering" in systemd.drain()
+    assert "STATUS=deregistering" in unit.messages()
 
 
 @pytest.mark.parametrize(("under_systemd", "switch", "kind", "keeps"), [
@@ -230,12 +221,13 @@ def test_a_stop_for_good_drains_then_removes(
 ])
 def test_what_decides_between_keeping_and_deregistering(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, *,
-    systemd: FakeSystemd, under_systemd: bool, switch: str, kind: StopKind | None, keeps: bool,
+    units: Callable[[VM, Path, bool], AgentUnit], under_systemd: bool, switch: str, kind: StopKind | None,
+    keeps: bool,
 ) -> None:
     view = VIEWS["endpointslice"]
     vm = make_vm("a")
     config = setup(vm, namespace, cluster, mariadb_template, view.backend, deregister_on_stop=switch)
-    unit = Unit(vm, config, systemd if under_systemd else None)
+    unit = units(vm, config, under_systemd)
     unit.start()
     before = {o["metadata"]["uid"] for o in wait_ready(cluster, view, vm, namespace)}
     unit.stop(kind)
