@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import stop_command
 from agent.config import ConfigError, parse_settings
 from agent.stop_kind import (
     StopKind,
@@ -130,3 +131,21 @@ def test_the_switch_defaults_to_auto_and_refuses_other_words() -> None:
     with pytest.raises(ConfigError, match=r"^sync\.deregister_on_stop: 'sometimes' is not one of auto, always, "
                                           r"never \(line 3\)$"):
         parse_settings('vm_name = "a"\n[sync]\nderegister_on_stop = "sometimes"\n', require_cluster=False)
+
+
+def test_the_exec_stop_command_makes_a_restart_into_a_stop_when_the_next_start_would_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vmesh-agent stop-kind --config`: a restart whose config the next process would refuse (exit 78) never
+    comes back, so the agent is told to deregister now. Always exit 0 (a failing ExecStop is only logged)."""
+    monkeypatch.setattr(stop_command, "ask_systemd", lambda unit: (StopKind.RESTART, "running", "restart"))
+    kind_file = tmp_path / "stop-kind"
+    config = tmp_path / "config.toml"
+    config.write_text('vm_name = "a"\n[cluster]\nkubeconfig = "/nonexistent"\n[heartbeat]\ninterval = "soon"\n')
+    assert stop_command.main(["--write", str(kind_file), "--config", str(config)]) == 0
+    assert read_kind(str(kind_file)) is StopKind.STOP
+    assert "the config is invalid, the next start would fail: heartbeat.interval" in capsys.readouterr().out
+    assert stop_command.main(["--write", str(kind_file)]) == 0  # no config to check: the restart stands
+    assert read_kind(str(kind_file)) is StopKind.RESTART
+    assert stop_command.main(["--write", str(tmp_path / "missing" / "stop-kind")]) == 0  # cannot write: said
+    assert "cannot write" in capsys.readouterr().err
