@@ -223,6 +223,8 @@ def _status_text(s: dict[str, Any]) -> str:
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
+    if s.get("stopping"):  # "restarting: registrations kept" (a restart) or "deregistering"
+        lines.insert(1, f"stopping   {s['stopping']}")
     if (token := s.get("credentials") or {}).get("kind"):
         lines.append(f"token      {token['account'] or 'unknown account'} ({token['kind']})"
                      + (f", expires {token['expires']}" if token["expires"] else "")

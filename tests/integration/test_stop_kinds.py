@@ -10,6 +10,7 @@ first) and removes, as before.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from agent.agent import Agent
 from agent.config import load_settings
 from agent.sdnotify import Notifier
-from agent.stop_kind import StopKind
+from agent.stop_kind import StopKind, write_kind
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import install_istio_crds, install_linkerd_crds
 from tests.testbed.history import Event, History
@@ -199,12 +200,18 @@ def test_a_stop_for_good_drains_then_removes(
     units: Callable[[VM, Path], AgentUnit],
 ) -> None:
     vm = make_vm("a")
-    unit = units(vm, setup(vm, namespace, cluster, mariadb_template, view.backend))
+    unit = units(vm, setup(vm, namespace, cluster, mariadb_template, view.backend, drain="2s"))
     unit.start()
     wait_ready(cluster, view, vm, namespace)
     with History(cluster, view.resource, namespace) as history:
         history.wait_for(lambda o: view.ours(o, vm), 10, "the watch's first list")
-        unit.stop(StopKind.STOP)
+        write_kind(str(unit.kind_file), StopKind.STOP)
+        assert vm.agent is not None
+        vm.agent.send_signal(signal.SIGTERM)
+        # `vmesh-agent status` while it drains (the local API serves until the end of the stop).
+        wait_until(lambda: "stopping   deregistering" in vm.cli("status").stdout, 2, "status: deregistering")
+        assert vm.agent.wait(timeout=15) == 0
+        vm.agent = None
         wait_until(lambda: not published(cluster, view, vm, namespace), 10, "the VM's objects removed")
     assert any(view.terminating(e.obj, vm) for e in history.events(lambda o: view.ours(o, vm))), \
         f"never published terminating before the removal: {history}"
