@@ -44,6 +44,7 @@ from agent.reaper import Reaper
 from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
+from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
 from agent.sync.backend import Backend
 from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
@@ -67,9 +68,12 @@ RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "metrics", 
 
 class Agent:
     def __init__(self, settings: Settings, *, config_path: str = "",
-                 log: structlog.typing.FilteringBoundLogger | None = None, notifier: Notifier | None = None) -> None:
+                 log: structlog.typing.FilteringBoundLogger | None = None, notifier: Notifier | None = None,
+                 stop_kind_file: str = "") -> None:
         self.settings = settings
         self.config_path = config_path
+        # Where the unit's ExecStop writes the kind of stop (agent.stop_kind); "" outside the shipped unit.
+        self.stop_kind_file = stop_kind_file
         self.log = log or get_logger(vm=settings.vm_name)
         self.notifier = notifier or Notifier({})
         self.started_at = time.monotonic()
@@ -102,6 +106,7 @@ class Agent:
         # The discovery loop and a reload both run passes: one at a time, or the health monitors race.
         self._discovery_lock = asyncio.Lock()
         self._discovered = asyncio.Event()  # the first registrations are known (or the first pass found none)
+        self._first_pass = asyncio.Event()  # a whole discovery pass is done
         self._vanish = VanishTracker(settings.discovery.remove_after)
         self._clients: list[KubeClient] = []
         cluster = settings.cluster
@@ -117,6 +122,7 @@ class Agent:
         self._last_status = ""
         self._stopped = False
         self._stop_requested_at: float | None = None  # monotonic: the stop deadline counts from the signal
+        self.stopping = ""  # once stopping: what the stop does, in words (STATUS=, `vmesh-agent status`)
         self.identity = read_identity(settings.vm_name)
 
     def _fail(self, why: str) -> None:
@@ -140,6 +146,7 @@ class Agent:
 
     async def run(self) -> int:
         """Start, serve until asked to stop, stop. Returns the process exit code."""
+        forget_kind(self.stop_kind_file)  # an earlier run's: only this run's ExecStop speaks for this run's stop
         try:
             if await self._start_unless_stopped():
                 await self.should_exit.wait()
@@ -267,7 +274,7 @@ class Agent:
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
         self._start_renewal(beat_client)
-        await self._first_registrations()
+        await self._first_registrations(resuming=await self._resuming(heartbeat))
         self.tasks.spawn("reconciler", self.reconciler.run())
         self.tasks.spawn("heartbeat", heartbeat.run())
         self.tasks.spawn("watch", self._watch_after_first_sync(self.reconciler, self.watcher))
@@ -326,12 +333,31 @@ class Agent:
                 WatchTarget(SERVICES, service, on_fresh=compare),
                 WatchTarget(LEASES, lease, field_selector=f"metadata.name={heartbeat.name}")]
 
-    async def _first_registrations(self) -> None:
-        """Until the first sync may start: the first listeners are identified (a silent one does not hold up the
-        others) and their first health checks have answered, so a healthy service is written once, ready."""
-        stop = asyncio.create_task(self.should_exit.wait(), name="stop-requested")
+    async def _resuming(self, heartbeat: Heartbeat) -> bool:
+        """Whether an earlier run of this agent on this boot left its registrations in place (a restart): its Lease
+        is there, held by a process of this machine and boot that is gone. A read only; an error means no."""
         try:
-            for step in (self._discovered.wait, self.health.first_results):
+            previous = await heartbeat.earlier_run_holder()
+        except ClusterError:
+            return False
+        if previous:
+            self.log.info("resuming an earlier run's registrations: nothing is written before the first discovery "
+                          "pass and the first check results", previous_holder=previous)
+        return bool(previous)
+
+    async def _first_registrations(self, *, resuming: bool = False) -> None:
+        """Until the first sync may start: the first listeners are identified (a silent one does not hold up the
+        others) and their first health checks have answered, so a healthy service is written once, ready.
+
+        Resuming after a restart, the cluster already holds what the last run published: the first sync waits
+        for the whole first discovery pass (a service found later would have its objects deleted, then made
+        again) and for every first check result however long its timeout, so the published readiness stays
+        until this run has its own."""
+        stop = asyncio.create_task(self.should_exit.wait(), name="stop-requested")
+        steps = ((self._first_pass.wait, functools.partial(self.health.first_results, limit=None)) if resuming
+                 else (self._discovered.wait, self.health.first_results))
+        try:
+            for step in steps:
                 first = asyncio.create_task(step(), name="first-discovery")
                 await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)
                 first.cancel()
@@ -359,6 +385,7 @@ class Agent:
         async with self._discovery_lock:
             await self._discover_locked()
         self._discovered.set()
+        self._first_pass.set()
 
     async def _publish_early(self, partial: DiscoveryReport) -> None:
         """A probe has just found a service to register: follow it now, not after the slowest probe of the pass.
@@ -493,6 +520,8 @@ class Agent:
     def status_line(self) -> str:
         """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
         rec = self.reconciler
+        if self.stopping:
+            return self.stopping
         if self.guard is not None and self.guard.problem:
             return self.guard.problem[:200]
         if self.account is not None and not self.account.registers:
@@ -561,19 +590,29 @@ class Agent:
 
     async def stop(self) -> None:
         """The shutdown order, in one place, bounded by sync.stop_deadline counted from the stop request:
-        stop the loops (the watchdog first) → mark endpoints terminating → hold them for sync.drain → delete own
-        objects → release the Lease and the reaper slot → close the API and the connections. A second signal
-        (force_exit) abandons the cluster clean-up at once; the Lease expiry and peers finish it.
+        decide what kind of stop this is → stop the loops (the watchdog first) → for a stop for good: mark
+        endpoints terminating → hold them for sync.drain → delete own objects → release the Lease; for a restart:
+        leave every object and the Lease to the next process → let the reaper slot go → close the API and the
+        connections. A second signal (force_exit) abandons the cluster clean-up at once; the Lease expiry and
+        peers finish it.
         """
         if self._stopped:
             return
         self._stopped = True
         deadline = (self._stop_requested_at or time.monotonic()) + self.settings.sync.stop_deadline
-        self.notifier.notify("STOPPING=1", "STATUS=deregistering")  # no WATCHDOG=1 after this (Notifier)
+        kind = read_kind(self.stop_kind_file)
+        deregister = should_deregister(kind, self.settings.sync.deregister_on_stop,
+                                       under_systemd=self.notifier.enabled, failing=bool(self.failure))
+        self.stopping = "deregistering" if deregister else "restarting: registrations kept"
+        self.notifier.notify("STOPPING=1", f"STATUS={self.stopping}")  # no WATCHDOG=1 after this (Notifier)
+        self.log.info("stopping", kind=kind.value, deregister=deregister,
+                      switch=self.settings.sync.deregister_on_stop, under_systemd=self.notifier.enabled,
+                      failure=self.failure or None)
         # Health checks go on through the drain (serving follows them); they stop once the clean-up is over.
         await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload", "credentials",
                                 "token-renewal")
-        cleanup = asyncio.create_task(self._deregister(deadline), name="deregister")
+        cleanup = asyncio.create_task(self._deregister(deadline) if deregister else self._keep(kind),
+                                      name="deregister" if deregister else "keep")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
         try:
             done, _ = await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED,
@@ -593,6 +632,20 @@ class Agent:
                     await client.close()
             self._clients.clear()
         self.log.info("agent stopped", failure=self.failure or None)
+
+    async def _keep(self, kind: StopKind) -> None:
+        """A restart: nothing is marked or removed, and the Lease stays as last renewed; the next process adopts
+        it at once (same machine and boot, this process gone). If none comes, the Lease expires and a reaper
+        removes the VM as after a crash. The reaper slot is let go so another agent reaps meanwhile."""
+        await self.tasks.cancel("heartbeat")
+        if self.heartbeat is not None and self.heartbeat.held:
+            self.log.info("registrations kept for the next process", kind=kind.value,
+                          lease=self.heartbeat.name, failure=self.failure or None)
+        try:
+            if self.slots is not None:
+                await self.slots.release()
+        except Exception as exc:
+            self.log.warning("reaper slot not let go; it is taken over once unrenewed", error=str(exc))
 
     async def _deregister(self, deadline: float) -> None:
         if self.backend is None or self.heartbeat is None:

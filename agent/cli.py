@@ -31,6 +31,8 @@ from agent.discovery.scanner import Scanner
 from agent.logs import configure
 from agent.oneshot import deregister, reap_once
 from agent.sdnotify import Notifier
+from agent.stop_command import add_arguments as add_stop_kind_arguments
+from agent.stop_command import run as stop_kind
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
 DEFAULT_SOCKET = "/run/vmesh-agent/agent.sock"
@@ -56,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="JSON output, for scripts")
         return p
 
-    command("run", "run the agent (what the systemd unit starts)", as_json=False)
+    run = command("run", "run the agent (what the systemd unit starts)", as_json=False)
+    run.add_argument("--stop-kind-file", default="", metavar="PATH",
+                     help="where the unit's ExecStop writes the kind of stop (restart keeps the registrations)")
     check = command("check-config", "validate a config file and exit", config=False, as_json=False)
     check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
     command("discover", "show what this VM would register, and why (no cluster needed)")
@@ -70,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     command("deregister", "remove this VM's objects from the cluster now (decommissioning; stop the agent first)")
     command("reap", "one pass of peer reaping: watch the Leases for a lease period, remove the dead VMs'")
     command("version", "print the version", config=False)
+    # Normally reached through agent/__main__.py's fast path; listed here for --help.
+    add_stop_kind_arguments(command("stop-kind", "what the unit's ExecStop runs (as root): tell the agent whether "
+                                    "systemd restarts or stops it", config=False, as_json=False))
     return parser
 
 
@@ -88,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             path = args.config or DEFAULT_CONFIG
             settings = _settings(path, require_cluster=True)
             configure(settings.log.format, settings.log.level)
-            return asyncio.run(_run(settings, path))
+            return asyncio.run(_run(settings, path, args.stop_kind_file))
+        if args.command == "stop-kind":
+            return stop_kind(args)
         if args.command == "discover":
             return _discover(args)
         if args.command in ("status", "services", "maintenance"):
@@ -114,8 +123,8 @@ def _settings(path: str, *, require_cluster: bool) -> Settings:
         raise
 
 
-async def _run(settings: Settings, config_path: str) -> int:
-    agent = Agent(settings, config_path=config_path, notifier=Notifier())
+async def _run(settings: Settings, config_path: str, stop_kind_file: str) -> int:
+    agent = Agent(settings, config_path=config_path, notifier=Notifier(), stop_kind_file=stop_kind_file)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)  # handlers only set flags
@@ -214,6 +223,8 @@ def _status_text(s: dict[str, Any]) -> str:
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
+    if s.get("stopping"):  # "restarting: registrations kept" (a restart) or "deregistering"
+        lines.insert(1, f"stopping   {s['stopping']}")
     if (token := s.get("credentials") or {}).get("kind"):
         lines.append(f"token      {token['account'] or 'unknown account'} ({token['kind']})"
                      + (f", expires {token['expires']}" if token["expires"] else "")

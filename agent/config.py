@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.check_credentials import load_credentials
 from agent.durations import parse_duration
+from agent.stop_kind import SWITCHES
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -133,6 +134,10 @@ class SyncSettings:
     # On shutdown the endpoints are marked terminating and held so this long before they are removed, so that
     # consumers that propagate slowly (istiod) move traffic away first. Inside stop_deadline.
     drain: float = _duration("1s")
+    # Whether a stop removes the VM's objects (agent.stop_kind): "auto" keeps them over a restart under systemd
+    # and removes them on a stop for good, at shutdown and outside systemd; "always" removes on every stop;
+    # "never" on none (the Lease expiry and the reapers do it).
+    deregister_on_stop: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -384,6 +389,9 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"externalworkload.{key}", f"{template!r} is not a valid template "
                               f"({exc}); use {{vm}}, {{namespace}}, {{service}}") from None
+    if s.sync.deregister_on_stop not in SWITCHES:
+        raise ConfigError("sync.deregister_on_stop",
+                          f"{s.sync.deregister_on_stop!r} is not one of {', '.join(SWITCHES)}")
     if s.sync.drain >= s.sync.stop_deadline:
         raise ConfigError("sync.drain", f"must be shorter than sync.stop_deadline ({s.sync.stop_deadline:g}s): the "
                           "drain is part of the stop")

@@ -105,6 +105,16 @@ class Heartbeat:
     def conflict_confirmed(self) -> bool:
         return bool(self._contest and self._contest.renewed and self._lease is None)
 
+    async def earlier_run_holder(self) -> str:
+        """The holder of the VM's Lease when it is an earlier run of this agent on this boot whose process is gone
+        (a restart: what it registered is still there), else "". A read only: nothing is taken here."""
+        try:
+            current = await self._kube.get(LEASES, self.namespace, self.name)
+        except NotFound:
+            return ""
+        holder = _holder(current)
+        return holder if self.identity.earlier_run(holder, self._alive) else ""
+
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._wall_clock(), datetime.UTC)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("base", [("agent.__init__", "agent.durations", "agent.check_credentials", "agent.identity", "agent.logs",
-               "agent.maintenance", "agent.sdnotify", "agent.tasks", "agent.metrics")]),
+               "agent.maintenance", "agent.sdnotify", "agent.stop_kind", "agent.tasks", "agent.metrics")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
     ("health | cluster", [("agent.health",), ("agent.cluster", "agent.backoff")]),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),
     ("agent | oneshot", [("agent.agent",), ("agent.oneshot",)]),
-    ("cli | plugin", [("agent.cli", "agent.client", "agent.__main__"), ("agent.plugin",)]),
+    ("cli | plugin", [("agent.cli", "agent.client", "agent.__main__", "agent.stop_command"), ("agent.plugin",)]),
 ]
 
 # Third-party packages a module may import only where named here (prefix of the importing module).

@@ -102,6 +102,7 @@ OPENAPI: dict[str, Any] = {
                        "cluster": {"type": "object", "properties": {
                            "server": {"type": "string"}, "reachable": {"type": "boolean"},
                            "last_error": {"type": "string", "nullable": True}}},
+                       "stopping": {"type": "string", "nullable": True},
                    }},
         "Service": {"type": "object", "required": ["name", "registrations"], "properties": {
             "name": {"type": "string"},

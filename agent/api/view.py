@@ -36,6 +36,8 @@ class AgentView(Protocol):
     @property
     def failure(self) -> str: ...  # why the agent stops, once it does
     @property
+    def stopping(self) -> str: ...  # once stopping: "restarting: registrations kept" or "deregistering"
+    @property
     def server(self) -> str: ...  # the API server (or kubeconfig) it talks to
     @property
     def report(self) -> DiscoveryReport | None: ...

@@ -89,6 +89,7 @@ def status(agent: AgentView) -> dict[str, Any]:
         "reaper": reaper_status(agent),
         "credentials": credentials_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
+        "stopping": agent.stopping or None,
     }
 
 

@@ -57,8 +57,9 @@ class HealthSupervisor:
         monitor = self.monitor(registration)
         return monitor is not None and monitor.status == "passing"
 
-    async def first_results(self) -> None:
-        """Until each monitored registration has had its first check result, or FIRST_RESULTS_WAIT at most."""
+    async def first_results(self, limit: float | None = FIRST_RESULTS_WAIT) -> None:
+        """Until each monitored registration has had its first check result, or `limit` seconds at most (None: as
+        long as the slowest check may take)."""
         waiting = [w for w in self._watched.values() if not w.monitor.first_result.is_set()]
         if not waiting:
             return
@@ -66,7 +67,7 @@ class HealthSupervisor:
         waits = [asyncio.create_task(w.monitor.first_result.wait()) for w in waiting]
         try:
             # A monitor stopped meanwhile never answers: the timeout bounds the wait, it is not a failure.
-            await asyncio.wait(waits, timeout=min(longest + 0.5, FIRST_RESULTS_WAIT))
+            await asyncio.wait(waits, timeout=longest + 0.5 if limit is None else min(longest + 0.5, limit))
         finally:
             for wait in waits:
                 wait.cancel()

@@ -101,10 +101,11 @@ class Container:
     def unit(self, prop: str, unit: str = "vmesh-agent.service") -> str:
         return self.run("systemctl", "show", "-P", prop, unit).stdout.strip()
 
-    def poweroff(self, timeout: float = 90) -> int:
-        """`systemctl poweroff` inside; returns systemd-nspawn's exit code once the container is gone."""
+    def poweroff(self, timeout: float = 90, verb: str = "poweroff") -> int:
+        """`systemctl poweroff` (or `reboot`: systemd-nspawn then exits with 133 instead of booting again) inside;
+        returns systemd-nspawn's exit code once the container is gone."""
         assert self.nspawn is not None
-        self.run("systemctl", "--no-block", "poweroff", check=False)
+        self.run("systemctl", "--no-block", verb, check=False)
         code = self.nspawn.wait(timeout=timeout)
         self.nspawn = None
         return code

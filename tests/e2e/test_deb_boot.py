@@ -9,6 +9,7 @@ boot → registered, stop/start, power-off, upgrade, a broken config, purge.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -23,8 +24,12 @@ import pytest
 from tests.e2e.container import Container, chroot
 from tests.e2e.debian_root import HOSTNAME, copy_root
 from tests.e2e.test_install import warnings_in
+from tests.testbed.client import Attempt, Client
 from tests.testbed.cluster import Cluster
+from tests.testbed.failover import make_kube_proxy_sync
+from tests.testbed.history import Event, History
 from tests.testbed.mariadb import RATINGS_USER
+from tests.testbed.node import Node
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
@@ -93,6 +98,201 @@ def test_deb_lifecycle_on_booted_debian12(lifecycle: Lifecycle) -> None:
     lifecycle.upgrade_keeps_config()
     lifecycle.broken_config_fails_once()
     lifecycle.purge_leaves_nothing()
+
+
+@pytest.mark.timeout(1500)
+def test_restarts_keep_the_endpoint_and_stops_drain_on_booted_debian12(
+    lifecycle: Lifecycle, mariadb_template: Path, tmp_path: Path
+) -> None:
+    """A client connects through kube-proxy every 20 ms while the agent is restarted every way systemd does it,
+    then stopped for good with a second VM serving, removed by apt, and powered off (issue 17)."""
+    lifecycle.install()
+    lifecycle.container.boot()
+    lifecycle.wait_registered(timeout=60)
+    c, cluster, namespace = lifecycle.container, lifecycle.cluster, lifecycle.namespace
+    name = f"mysqldb.{namespace}.svc.cluster.local"
+    with VM(f"b-{uuid.uuid4().hex[:4]}", tmp_path, cluster) as other, \
+            Node(tmp_path, cluster, search_namespace=namespace) as node:
+        wait_until(lambda: node.resolve(name), 30, name)
+        with Client(node.netns, name) as client:
+            restarts = Restarts(lifecycle, client)
+            restarts.run()
+            # The planned stops need a second VM to fail over to.
+            other.start_mariadb(mariadb_template)
+            other.start_agent(other.write_config(namespace))
+            assert other.mariadb is not None
+            poke = make_kube_proxy_sync(cluster, namespace)
+            PlannedStops(lifecycle, client, str(other.mariadb.datadir), poke).run()
+    seen = subprocess.run(["journalctl", "-D", str(lifecycle.root / "var/log/journal"), "--no-pager", "-o", "cat",
+                           "-u", UNIT, "--grep", "^stop kind: "], capture_output=True, text=True, check=False).stdout
+    counts: dict[str, int] = {}
+    for line in seen.splitlines():
+        counts[line] = counts.get(line, 0) + 1
+    lifecycle.report("what the unit's ExecStop saw: " + " | ".join(f"{n} x {line}" for line, n in counts.items()))
+    assert c.nspawn is None
+
+
+CONTAINER_DATADIR = "/var/lib/mysql/"
+START_SPACING = 2.5  # seconds between two starts of the unit: 4 in any 10 s
+
+
+def _lease_holder_pid(cluster: Cluster, namespace: str) -> str:
+    lease = cluster.get("lease", f"vmesh-{HOSTNAME}", namespace) or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "").rpartition("/")[2]
+
+
+def _longest_gap(attempts: list[Attempt]) -> float:
+    """The longest time between the starts of two answered connections in a row."""
+    answered = [a.at for a in attempts if a.ok]
+    return max((b - a for a, b in itertools.pairwise(answered)), default=0.0)
+
+
+class Restarts:
+    """Every way systemd restarts the agent, MariaDB untouched: nothing may be published not ready or
+    terminating, no connection may fail, the slice and the Lease keep their uids."""
+
+    def __init__(self, lifecycle: Lifecycle, client: Client) -> None:
+        self.l = lifecycle
+        self.c = lifecycle.container
+        self.client = client
+        self.last_start = 0.0
+
+    def ours(self, obj: dict[str, object]) -> bool:
+        meta = obj.get("metadata") or {}
+        assert isinstance(meta, dict)
+        return (meta.get("labels") or {}).get("vmesh.dev/vm") == HOSTNAME or meta.get("name") == f"vmesh-{HOSTNAME}"
+
+    def pace(self) -> None:
+        """systemd refuses a unit's sixth start within 10 s (DefaultStartLimitBurst=5 per
+        DefaultStartLimitIntervalSec=10s): an admin's restarts are never that close, so neither are these."""
+        time.sleep(max(0.0, self.last_start + START_SPACING - time.monotonic()))
+        self.last_start = time.monotonic()
+
+    def adopted(self) -> None:
+        """The process systemd now runs holds the Lease (it adopted it: same boot, the old process gone)."""
+        pid = self.c.unit("MainPID")
+        wait_until(lambda: pid != "0" and _lease_holder_pid(self.l.cluster, self.l.namespace) == pid, 30,
+                   f"the Lease held by the new process {pid}")
+
+    def run(self) -> None:
+        cluster, namespace, c = self.l.cluster, self.l.namespace, self.c
+        with History(cluster, "endpointslices", namespace) as slices, History(cluster, "leases", namespace) as leases:
+            first_slice = slices.wait_for(self.ours, 10, "the slice in the watch")
+            first_lease = leases.wait_for(self.ours, 10, "the Lease in the watch")
+            began = time.monotonic()
+            ways = [("systemctl", "restart", UNIT), ("systemctl", "try-restart", UNIT),
+                    ("deb-systemd-invoke", "restart", UNIT)]
+            for i in range(30):
+                before = c.unit("MainPID")
+                self.pace()
+                c.run(*ways[i % 3])  # returns once the new process sent READY=1 (after its first sync)
+                assert c.unit("ActiveState") == "active" and c.unit("MainPID") not in (before, "0")
+                self.adopted()
+            restarted = time.monotonic()
+            crashes = 3
+            for _ in range(crashes):
+                before, count = c.unit("MainPID"), int(c.unit("NRestarts"))
+                self.pace()
+                c.run("systemctl", "kill", "--signal=SIGKILL", "--kill-whom=main", UNIT)
+
+                def restarted_after_kill(before: str = before, count: int = count) -> bool:
+                    return (int(c.unit("NRestarts")) > count and c.unit("ActiveState") == "active"
+                            and c.unit("MainPID") not in (before, "0"))
+
+                wait_until(restarted_after_kill, 30, "Restart=on-failure after SIGKILL")
+                self.adopted()
+            killed = time.monotonic()
+            before = c.unit("MainPID")
+            self.pace()
+            c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs[2].name}")
+            assert c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout.endswith("-2")
+            assert c.unit("MainPID") not in (before, "0"), "the upgrade did not restart the agent"
+            self.adopted()
+            upgraded = time.monotonic()
+            self.client.wait_for(50, upgraded)  # a second of connections after the last restart
+            attempts = self.client.since(began)
+            slice_events = slices.events(self.ours)
+            lease_events = leases.events(self.ours)
+
+        failed = [a for a in attempts if not a.ok]
+        phases = {"30 restarts": (began, restarted), f"{crashes} SIGKILLs": (restarted, killed),
+                  "upgrade to revision 2": (killed, upgraded)}
+        for phase, (start, end) in phases.items():
+            during = [a for a in attempts if start <= a.at < end]
+            self.l.report(f"{phase} (client every 20 ms through kube-proxy): {sum(not a.ok for a in during)} failed of "
+                          f"{len(during)}, longest gap between answered connections {_longest_gap(during):.3f} s, "
+                          f"{end - start:.1f} s")
+        self.l.report(f"slice versions seen across all restarts: {len(slice_events)}; "
+                      f"Lease versions: {len(lease_events)}")
+        assert not failed, f"{len(failed)} connections failed across the restarts: {failed[:5]}"
+        assert all(e.type != "DELETED" for e in slice_events + lease_events)
+        assert {e.uid for e in slice_events} == {first_slice.uid}, "the slice was replaced"
+        assert {e.uid for e in lease_events} == {first_lease.uid}, "the Lease was replaced"
+        bad = [e.obj.get("endpoints") for e in slice_events if not _slice_ready(e)]
+        assert not bad, f"the endpoint was published not ready or terminating: {bad[:3]}"
+
+
+def _slice_ready(event: Event) -> bool:
+    conditions = [e["conditions"] for e in event.obj.get("endpoints") or []]
+    return bool(conditions) and all(c.get("ready") and not c.get("terminating") for c in conditions)
+
+
+class PlannedStops:
+    """A stop for good while another VM serves: drained first, so no connection fails (bench/failover's planned
+    stop): systemctl stop, apt remove, and the machine's power-off, each right after a change that made
+    kube-proxy sync (its next sync then waits out its 1 s minimum period: the worst moment)."""
+
+    def __init__(self, lifecycle: Lifecycle, client: Client, other_datadir: str, poke: Callable[[], object]) -> None:
+        self.l = lifecycle
+        self.c = lifecycle.container
+        self.client = client
+        self.other = other_datadir
+        self.poke = poke
+
+    def served_by_both(self) -> None:
+        since = time.monotonic()
+        wanted = {CONTAINER_DATADIR.rstrip("/"), self.other.rstrip("/")}
+        wait_until(lambda: wanted <= {a.server.rstrip("/") for a in self.client.since(since) if a.ok}, 30,
+                   "connections answered by both VMs")
+
+    def stop(self, what: str, action: Callable[[], object], then_database: bool = True) -> None:
+        self.served_by_both()
+        self.poke()
+        began = time.monotonic()
+        action()
+        if then_database:  # the order systemd uses at shutdown: the database right after the agent
+            self.c.run("systemctl", "stop", "mariadb")
+        stopped = time.monotonic()
+        assert self.l.address not in self.l.endpoints(), f"{what} left the endpoint behind"
+        assert self.l.cluster.get("lease", f"vmesh-{HOSTNAME}", self.l.namespace) is None, f"{what} left the Lease"
+        self.client.wait_for(1, stopped + 2)
+        attempts = self.client.since(began)
+        failed = [a for a in attempts if not a.ok]
+        after = [a for a in attempts if a.at >= stopped]
+        elsewhere = sum(a.answered_by(self.other) for a in after)
+        self.l.report(f"{what} with a second VM serving: {len(failed)} failed of {len(attempts)}, longest gap "
+                      f"{_longest_gap(attempts):.3f} s; after the stop {elsewhere} of {len(after)} answered by the "
+                      "other VM")
+        assert not failed, f"{what}: {len(failed)} connections failed: {failed[:5]}"
+        assert all(a.answered_by(self.other) for a in after)
+
+    def run(self) -> None:
+        c = self.c
+        self.stop("systemctl stop vmesh-agent", lambda: c.run("systemctl", "stop", UNIT))
+        c.run("systemctl", "start", "mariadb")
+        c.run("systemctl", "start", UNIT)
+        self.l.wait_registered(timeout=30)
+        self.stop("apt-get remove vmesh-agent", lambda: c.run("apt-get", "remove", "-y", "vmesh-agent"))
+        c.run("systemctl", "start", "mariadb")
+        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs[2].name}")
+        self.l.wait_registered(timeout=30)
+        # Reboot and power-off: systemd itself stops the agent (kind shutdown), then MariaDB (the unit is ordered
+        # after it). systemd-nspawn ends at the reboot; the test boots the VM again.
+        self.stop("systemctl reboot of the VM", lambda: c.poweroff(verb="reboot"), then_database=False)
+        c.boot()
+        self.l.wait_registered(timeout=60)
+        self.stop("systemctl poweroff of the VM", c.poweroff, then_database=False)
+        assert '"event": "endpointslice deleted"' in _journal(self.l.root, boot="0")
 
 
 class Lifecycle:

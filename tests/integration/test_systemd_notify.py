@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,27 +10,9 @@ import pytest
 
 from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
+from tests.testbed.notify import FakeSystemd
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
-
-
-class FakeSystemd:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.extend(self.sock.recv(4096).decode().split("\n"))
-            except BlockingIOError:
-                return self.messages
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ the scenarios shared by tests/integration/test_failover.py and bench/failover.""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import uuid
@@ -10,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.stop_kind import StopKind
 from tests.testbed.client import Attempt, Client, failover_time
 from tests.testbed.cluster import Cluster
+from tests.testbed.unit import AgentUnit
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
@@ -28,6 +31,15 @@ def start_vm(vm: VM, template: Path, cluster: Cluster, namespace: str) -> VM:
     vm.start_mariadb(template)
     vm.start_agent(vm.write_config(namespace))
     return vm
+
+
+def start_vm_as_unit(vm: VM, template: Path, namespace: str) -> AgentUnit:
+    """MariaDB and the agent at its defaults, run as the shipped unit runs it (under systemd, told the kind of
+    each stop)."""
+    vm.start_mariadb(template)
+    unit = AgentUnit(vm, vm.write_config(namespace))
+    unit.start()
+    return unit
 
 
 def wait_served_by(client: Client, vms: list[VM], timeout: float = SERVED_TIMEOUT) -> None:
@@ -105,3 +117,30 @@ def planned_stop(client: Client, leaving: VM, staying: VM, watch: float = 2.0,
     after = [a for a in attempts if a.at >= stopped and a.at < stopped + watch]
     wrong = [a for a in attempts if not a.ok] + [a for a in after if a.ok and not a.answered_by(datadir(staying))]
     return PlannedStop(wrong, len(attempts), len(after))
+
+
+@dataclass
+class Restarts:
+    count: int
+    failed: list[Attempt]
+    attempts: int
+    longest_gap_s: float  # between the starts of two answered connections in a row
+
+
+def longest_gap(attempts: list[Attempt]) -> float:
+    answered = [a.at for a in attempts if a.ok]
+    return max((b - a for a, b in itertools.pairwise(answered)), default=0.0)
+
+
+def restarts(client: Client, unit: AgentUnit, count: int, kind: StopKind = StopKind.RESTART,
+             watch: float = 1.0) -> Restarts:
+    """`systemctl restart` of the agent `count` times in a row, MariaDB untouched (each restart waits for the new
+    process's READY=1, as systemctl does); `kind` is what the unit's ExecStop tells the agent (STOP: what every
+    release before issue 17 did on any SIGTERM). Connections from the first SIGTERM to `watch` s after the last
+    READY=1."""
+    began = time.monotonic()
+    for _ in range(count):
+        unit.restart(kind)
+    client.wait_for(1, time.monotonic() + watch)
+    attempts = client.since(began)
+    return Restarts(count, [a for a in attempts if not a.ok], len(attempts), longest_gap(attempts))

@@ -173,13 +173,13 @@ class VM:
         return config
 
     def start_agent(self, config: Path, env: dict[str, str] | None = None,
-                    tree: Path = ROOT, boot_id: str = "") -> subprocess.Popen[bytes]:
-        """Run the agent from `tree` (this checkout, or another release's) inside the VM. With `boot_id`, the
-        agent sees that as /proc/sys/kernel/random/boot_id (a mount namespace of its own): a VM booted apart
-        from the host, as a clone of a VM image is."""
+                    tree: Path = ROOT, boot_id: str = "", args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """Run the agent from `tree` (this checkout, or another release's) inside the VM, with `args` after
+        `run --config CONFIG`. With `boot_id`, the agent sees that as /proc/sys/kernel/random/boot_id (a mount
+        namespace of its own): a VM booted apart from the host, as a clone of a VM image is."""
         log = self.agent_log.open("ab")
         env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
-        command = [*AGENT, "run", "--config", str(config)]
+        command = [*AGENT, "run", "--config", str(config), *args]
         if boot_id:
             fake = self.workdir / "boot_id"
             fake.write_text(boot_id + "\n")
