@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.debian_root import hosts_file
+from tests.e2e.debian_root import resolve_definitely
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
@@ -49,7 +49,7 @@ class Container:
     def boot(self) -> None:
         """Start the container and return once PID 1 inside is known (not when booting is finished)."""
         _ensure_nspawn_state()
-        (self.root / "etc" / "hosts").write_text(hosts_file(self.vm.address))
+        resolve_definitely(self.root, self.vm.address)
         log = self.console_log.open("ab")
         self.booted_at = time.monotonic()
         self.nspawn = subprocess.Popen(

@@ -50,6 +50,28 @@ def hosts_file(address: str) -> str:
             "::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
+def resolve_definitely(root: Path, address: str) -> None:
+    """Name resolution in the root that answers at once, as a VM's DNS does (a name, or "no such name").
+
+    Departs from Debian's `hosts: files dns` because the test network has no DNS server: the root's
+    resolv.conf is the build host's, unreachable from the VM's namespace, so every lookup of an address not in
+    /etc/hosts (a pod's client on the node) would wait for the resolver's time-out ("Temporary failure in name
+    resolution") and MariaDB, which resolves each client before its greeting, would stall every connection by
+    that long. `hosts: files` answers from /etc/hosts alone; the resolver points at the container's own
+    loopback, so nothing in it sends a DNS query off the test network."""
+    etc = root / "etc"
+    (etc / "hosts").write_text(hosts_file(address))
+    nsswitch = etc / "nsswitch.conf"
+    lines = nsswitch.read_text().splitlines()
+    nsswitch.write_text("".join(f"{'hosts:          files' if line.startswith('hosts:') else line}\n"
+                                for line in lines))
+    resolv = etc / "resolv.conf"
+    if resolv.is_symlink() or resolv.exists():
+        resolv.unlink()
+    resolv.write_text("# the test network has no DNS server (tests/e2e/debian_root.py, resolve_definitely)\n"
+                      "nameserver 127.0.0.1\n")
+
+
 def cached_root() -> Path:
     """The cached, never-booted root (build it on first use, ~5 minutes); copy it before changing it."""
     key = hashlib.sha256(f"{SUITE} {RECIPE} {' '.join(PACKAGES)}".encode()).hexdigest()[:12]
