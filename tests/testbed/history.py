@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from tests.testbed.cluster import Cluster
 from tests.testbed.waiting import wait_until
@@ -76,7 +76,7 @@ class History:
     def __repr__(self) -> str:
         return f"History({[(e.type, e.name, e.obj['metadata'].get('resourceVersion')) for e in self.events()]})"
 
-    def __enter__(self) -> History:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

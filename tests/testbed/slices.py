@@ -2,52 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
-import threading
-from types import TracebackType
-
 from tests.testbed.cluster import Cluster
+from tests.testbed.history import Body, History
 
-SERVICE_LABEL = r"kubernetes\.io/service-name"
+SERVICE_LABEL = "kubernetes.io/service-name"
 
 
-class SliceHistory:
-    """`kubectl get endpointslices --watch` of one namespace in the background: (service, readiness) per
-    version, readiness as kubectl prints it ("true", "false", "true,false", "<none>" when no endpoints)."""
+def readiness(slice_: Body) -> str:
+    """A slice's endpoints' `ready` conditions as kubectl's custom columns print them: "true", "false",
+    "true,false", "<none>" when it has no endpoints."""
+    values = [str(ep["conditions"]["ready"]).lower() for ep in slice_.get("endpoints") or []
+              if "ready" in (ep.get("conditions") or {})]
+    return ",".join(values) or "<none>"
+
+
+class SliceHistory(History):
+    """The EndpointSlices of one namespace, watched in the background from now on: readiness per version."""
 
     def __init__(self, cluster: Cluster, namespace: str) -> None:
-        columns = f"SERVICE:.metadata.labels.{SERVICE_LABEL},READY:.endpoints[*].conditions.ready"
-        self._proc = subprocess.Popen(
-            [f"{cluster.env['BIN']}/kubectl", "--kubeconfig", cluster.kubeconfig, "get", "endpointslices",
-             "-n", namespace, "--watch", "--no-headers", "-o", f"custom-columns={columns}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        self._lock = threading.Lock()
-        self._versions: list[tuple[str, str]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            fields = line.split()
-            if len(fields) == 2:
-                with self._lock:
-                    self._versions.append((fields[0], fields[1]))
-
-    def __repr__(self) -> str:
-        with self._lock:
-            return f"SliceHistory({self._versions!r})"
+        super().__init__(cluster, "endpointslices", namespace)
 
     def of(self, service: str) -> list[str]:
-        with self._lock:
-            return [ready for name, ready in self._versions if name == service]
-
-    def __enter__(self) -> SliceHistory:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._proc.kill()
-        self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        """The readiness of each version of `service`'s slices, in the order the watch delivered them."""
+        return [readiness(e.obj) for e in self.events(
+            lambda obj: (obj["metadata"].get("labels") or {}).get(SERVICE_LABEL) == service)]
