@@ -8,7 +8,7 @@ demo: bootstrap
 	.venv/bin/python scripts/demo.py
 
 lint:
-	.venv/bin/ruff check agent tests scripts bench
+	.venv/bin/ruff check agent tests scripts bench packaging
 	.venv/bin/mypy
 	.venv/bin/python scripts/import_contract.py
 	promtool check rules packaging/monitoring/*.rules.yml

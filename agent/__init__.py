@@ -1,3 +1,3 @@
 """vmesh-agent: registers a VM's local services into Kubernetes."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from agent import __version__
+from agent import __version__, interpreter
 from agent.api.metrics import AgentCollector
 from agent.api.server import ApiServer
 from agent.backoff import retry_transient
@@ -77,6 +77,8 @@ class Agent:
         self.log = log or get_logger(vm=settings.vm_name)
         self.notifier = notifier or Notifier({})
         self.started_at = time.monotonic()
+        # The interpreter and the deb's compiled modules do not change while the process runs: inspected once.
+        self.interpreter = interpreter.inspect()
         self.state = DesiredState()
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
@@ -273,6 +275,8 @@ class Agent:
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
+        if self.interpreter.problem:  # a Python newer than the deb: pure-Python fallbacks
+            self.log.warning(self.interpreter.problem)
         self._start_renewal(beat_client)
         await self._first_registrations(resuming=await self._resuming(heartbeat))
         self.tasks.spawn("reconciler", self.reconciler.run())

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, interpreter
 from agent.agent import Agent
 from agent.client import EXIT_NOPERM, ClientError, call
 from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "version":
-            print(json.dumps({"version": __version__}) if args.json else f"vmesh-agent {__version__}")
+            python = interpreter.inspect()
+            print(json.dumps({"version": __version__, "python": python.as_dict()}) if args.json else
+                  f"vmesh-agent {__version__} on Python {python.version}"
+                  + (f"\n  ! {python.problem}" if python.problem else ""))
             return 0
         if args.command == "check-config":
             settings = _settings(args.path, require_cluster=True)
@@ -223,6 +226,12 @@ def _status_text(s: dict[str, Any]) -> str:
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
+    if python := s.get("python"):
+        lines.append(f"python     {python['version']} ({python['executable']})" + (
+            f", compiled modules {len(python['compiled_loaded'])} of "
+            f"{len(python['compiled_loaded']) + len(python['compiled_failed'])} loaded" if python["built_for"] else ""))
+        if python["problem"]:
+            lines.append(f"  ! {python['problem']}")
     if s.get("stopping"):  # "restarting: registrations kept" (a restart) or "deregistering"
         lines.insert(1, f"stopping   {s['stopping']}")
     if (token := s.get("credentials") or {}).get("kind"):

@@ -20,7 +20,8 @@ from pathlib import Path
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("base", [("agent.__init__", "agent.durations", "agent.check_credentials", "agent.identity", "agent.logs",
-               "agent.maintenance", "agent.sdnotify", "agent.stop_kind", "agent.tasks", "agent.metrics")]),
+               "agent.maintenance", "agent.sdnotify", "agent.stop_kind", "agent.tasks", "agent.metrics",
+               "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
     ("health | cluster", [("agent.health",), ("agent.cluster", "agent.backoff")]),

@@ -103,6 +103,12 @@ OPENAPI: dict[str, Any] = {
                            "server": {"type": "string"}, "reachable": {"type": "boolean"},
                            "last_error": {"type": "string", "nullable": True}}},
                        "stopping": {"type": "string", "nullable": True},
+                       "python": {"type": "object", "properties": {
+                           "version": {"type": "string"}, "executable": {"type": "string"}, "abi": {"type": "string"},
+                           "built_for": {"type": "array", "items": {"type": "string"}},
+                           "compiled_loaded": {"type": "array", "items": {"type": "string"}},
+                           "compiled_failed": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "problem": {"type": "string", "nullable": True}}},
                    }},
         "Service": {"type": "object", "required": ["name", "registrations"], "properties": {
             "name": {"type": "string"},

@@ -19,6 +19,7 @@ from agent.config import Settings
 from agent.discovery.scanner import DiscoveryReport
 from agent.health import HealthMonitor
 from agent.heartbeat import Heartbeat
+from agent.interpreter import Interpreter
 from agent.reaper import Reaper
 from agent.reaper_slots import ReaperSlots
 from agent.state import Registration
@@ -33,6 +34,8 @@ class AgentView(Protocol):
     def settings(self) -> Settings: ...
     @property
     def started_at(self) -> float: ...  # monotonic
+    @property
+    def interpreter(self) -> Interpreter: ...  # the Python it runs on, and the deb's compiled modules for it
     @property
     def failure(self) -> str: ...  # why the agent stops, once it does
     @property

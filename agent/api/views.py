@@ -90,6 +90,7 @@ def status(agent: AgentView) -> dict[str, Any]:
         "credentials": credentials_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),
         "stopping": agent.stopping or None,
+        "python": agent.interpreter.as_dict(),
     }
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from agent import __version__
 from agent.cluster.credentials import CredentialGuard
@@ -58,7 +60,6 @@ class Endpoint:
     cert_file: str = ""
     key_file: str = ""
     verify: bool = True
-    strict: bool = True  # VERIFY_X509_STRICT, Python's default
     tls_server_name: str = ""
     proxy: str = ""
 
@@ -69,8 +70,10 @@ class Endpoint:
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if not self.strict:
-            context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        # The cluster's CA is checked as kubectl checks it (Go's crypto/x509), on every Python alike: CPython 3.13
+        # turned on OpenSSL's X509_STRICT by default, which refuses a CA certificate without the keyUsage extension
+        # (`openssl req -x509` makes such CAs), so the same cluster worked from Debian 12 VMs and not from Debian 13.
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         return context
 
 
@@ -101,8 +104,21 @@ async def _from_kubeconfig(settings: ClusterSettings) -> Endpoint:
     return Endpoint(server=str(configuration.host), authorization=lambda: header,
                     ca_file=configuration.ssl_ca_cert or "", cert_file=configuration.cert_file or "",
                     key_file=configuration.key_file or "", verify=bool(configuration.verify_ssl),
-                    strict=not configuration.disable_strict_ssl_verification,
                     tls_server_name=configuration.tls_server_name or "", proxy=configuration.proxy or "")
+
+
+def _proxy_for(endpoint: Endpoint) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The kubeconfig's proxy, else the environment's (HTTPS_PROXY, NO_PROXY), honoured as kubernetes_asyncio
+    did. Looked up once, with aiohttp's own function: its `trust_env` looks it up again in a thread at every
+    request (and ~/.netrc in another), two thread hand-offs per heartbeat (bench/startup, idle CPU); the
+    environment of a running process does not change."""
+    if endpoint.proxy:
+        return endpoint.proxy, None
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(endpoint.server))
+    except LookupError:  # none for this scheme, or NO_PROXY names the server
+        return None, None
+    return str(proxy), auth
 
 
 class KubeClient:
@@ -112,6 +128,7 @@ class KubeClient:
         self._endpoint = endpoint
         self._guard = guard
         self._ssl = endpoint.ssl_context()  # built once: loading the CA file is the costly part
+        self._proxy, self._proxy_auth = _proxy_for(endpoint)
         self._session = self._new_session()
         self.server = endpoint.server
         self._timeout = timeout
@@ -130,9 +147,8 @@ class KubeClient:
             raise ClusterError(f"cannot set up TLS for {endpoint.server}: {exc}") from exc
 
     def _new_session(self) -> aiohttp.ClientSession:
-        # trust_env: HTTPS_PROXY/NO_PROXY are honoured, as kubernetes_asyncio did.
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS, ssl=self._ssl),
-                                     trust_env=True, read_bufsize=READ_BUFFER)
+                                     read_bufsize=READ_BUFFER)
 
     async def close(self) -> None:
         await self._session.close()
@@ -161,7 +177,7 @@ class KubeClient:
         if authorization:
             headers["Authorization"] = authorization
         return self._session.request(method, endpoint.server + path, params=query, data=data, headers=headers,
-                                     timeout=timeout, proxy=endpoint.proxy or None,
+                                     timeout=timeout, proxy=self._proxy, proxy_auth=self._proxy_auth,
                                      server_hostname=endpoint.tls_server_name or None)
 
     async def get(self, resource: Resource, namespace: str, name: str) -> Body:

@@ -3,9 +3,10 @@
 Every active check is seen by the server: a MySQL login attempt is one "Access denied" line in MariaDB's error
 log, an HTTP GET one access-log line. So the server is touched only when it tells something new:
 
-- every `interval`, passively: is there a LISTEN socket for the port that covers the advertised address (one
-  sock_diag dump, nothing sent to the server)? None → failing at once, and definite (a vanished listener is
-  read from the kernel, not a flaky probe, so the monitor does not wait for `fall` to confirm it);
+- every `interval`, passively: is there a LISTEN socket for the port that covers the advertised address (a
+  sock_diag dump of that port's listeners alone, nothing sent to the server)? None → failing at once, and
+  definite (a vanished listener is read from the kernel, not a flaky probe, so the monitor does not wait for
+  `fall` to confirm it);
 - actively (the wrapped check): at the first call, when the listener comes back or is a new socket (a
   restarted server), every `active_interval`, and at once on a suspicion: the listener's accept queue held
   connections at two samples in a row without shrinking (a server that no longer accepts: hung);
@@ -22,12 +23,11 @@ when nobody does.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.discovery.listeners import Listener, scan_listeners
+from agent.discovery.listeners import Listener, PortListeners
 from agent.health.checks import Check, CheckResult, short
 
 # After an active failure that was not a timeout (a refusal, "too many connections"), the next active check
@@ -51,14 +51,20 @@ class Sample:
     elsewhere: tuple[str, ...] = ()  # addresses the port listens on that do not cover the advertised one
 
 
+# The socket table spells addresses as inet_ntop does: the wildcards only so. Compared as strings, as `sample`
+# runs every second: parsing them with ipaddress was about a quarter of a check's CPU.
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
 def covers(listener: Listener, address: str) -> bool:
-    """Whether a connection to `address` reaches `listener` (same address, or a wildcard of its family; an IPv6
-    wildcard also takes IPv4 unless the socket is v6-only, which the socket table does not say)."""
+    """Whether a connection to `address` (an IP address) reaches `listener` (same address, or a wildcard of
+    its family; an IPv6 wildcard also takes IPv4 unless the socket is v6-only, which the socket table does not
+    say)."""
     if listener.address == address:
         return True
-    if not listener.is_wildcard:
+    if listener.address not in WILDCARDS:
         return False
-    return ":" in listener.address or ipaddress.ip_address(address).version == 4
+    return listener.address == "::" or ":" not in address
 
 
 def sample(address: str, port: int, listeners: Iterable[Listener]) -> Sample:
@@ -149,16 +155,21 @@ class Schedule:
 
 class GuardedCheck:
     """`active` run seldom, the socket table every call (see the module's doc). The wrapped check's timeout
-    output is recognised by `timed_out(result)`."""
+    output is recognised by `timed_out(result)`. `listeners`: the listeners of the port, by default read from
+    the kernel for that port alone (each service's check reads its own port: a read costs the same whatever
+    else listens on the VM, and every sample is of the moment of its check)."""
 
     def __init__(self, active: Check, address: str, port: int, *, interval: float, active_interval: float,
                  timed_out: Callable[[CheckResult], bool],
-                 listeners: Callable[[], Iterable[Listener]] = scan_listeners,
+                 listeners: Callable[[], Iterable[Listener]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.kind = active.kind
         self.active = active
         self.address, self.port = address, port
         self._timed_out = timed_out
+        self._own_table: PortListeners | None = None
+        if listeners is None:
+            listeners = self._own_table = PortListeners(port)
         self._listeners = listeners
         self._clock = clock
         self.schedule = Schedule(interval=interval, active_interval=active_interval, clock=clock)
@@ -207,4 +218,6 @@ class GuardedCheck:
         return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
     async def aclose(self) -> None:
+        if self._own_table is not None:
+            self._own_table.close()
         await self.active.aclose()

@@ -1,10 +1,12 @@
-"""The deb on a real Debian 12, booted by its own systemd: what a VM admin does, start to finish.
+"""The deb on a real Debian 12 and 13, booted by their own systemd: what a VM admin does, start to finish.
 
-A debootstrap'd Debian 12 root (tests/e2e/debian_root.py) with MariaDB and Istio's ratings data gets the
-deb built from this tree by `apt-get install ./vmesh-agent_*.deb` with no network, the admin's config
-edits and a ServiceAccount token; it then boots with systemd-nspawn inside a simulated VM's network
-namespace, and every step of the package's life is checked against the real control plane:
-boot → registered, stop/start, power-off, upgrade, a broken config, purge.
+A debootstrap'd root of each release (tests/e2e/debian_root.py) with MariaDB and Istio's ratings data gets
+the deb by `apt-get install ./vmesh-agent_*.deb` with no network, the admin's config edits and a
+ServiceAccount token; it then boots with systemd-nspawn inside a simulated VM's network namespace, and every
+step of the package's life is checked against the real control plane: on Debian 12 the previous release
+first, then the upgrade to this tree's deb; on Debian 13 (where the previous release cannot install) this
+tree's deb. Then on both: boot → registered on the distribution's python3 with every compiled module loaded,
+stop/start, power-off, upgrade, python3 changed under the running agent, a broken config, purge.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
 
+from tests.e2e.admin import UNIT, endpoints, journal, point_config_at_cluster
+from tests.e2e.conftest import Debs
 from tests.e2e.container import Container, chroot
-from tests.e2e.debian_root import HOSTNAME, copy_root
-from tests.e2e.test_install import warnings_in
+from tests.e2e.debian_root import BOOKWORM, PYTHON_DEBS, TRIXIE, Release, copy_root
 from tests.testbed.client import Attempt, Client
 from tests.testbed.cluster import Cluster
 from tests.testbed.failover import make_kube_proxy_sync
@@ -33,53 +37,21 @@ from tests.testbed.node import Node
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_DEB = ROOT / "packaging" / "build-deb"
-UNIT = "vmesh-agent.service"
 EXPOSURE_LIMIT = 2.0
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vm]
 
 
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """Two builds of this tree: revision 1 to install, revision 2 as the 'newer build' to upgrade to."""
-    out = tmp_path_factory.mktemp("debs")
-    built = {}
-    for revision in (1, 2):
-        result = subprocess.run([str(BUILD_DEB), "--revision", str(revision), "--out", str(out)],
-                                capture_output=True, text=True, timeout=600, check=False)
-        assert result.returncode == 0, f"build-deb failed:\n{result.stderr[-3000:]}"
-        assert not warnings_in(result.stdout + result.stderr), f"build-deb warned:\n{result.stderr[-3000:]}"
-        built[revision] = Path(result.stdout.strip().splitlines()[-1])
-    return built
-
-
-def test_lintian_reports_no_errors_or_warnings(debs: dict[int, Path]) -> None:
-    result = subprocess.run(["lintian", "--fail-on", "error,warning", str(debs[1])],
-                            capture_output=True, text=True, timeout=300, check=False)
-    tags = [line for line in result.stdout.splitlines() if re.match(r"^[EW]: ", line)]
-    assert result.returncode == 0 and not tags, result.stdout + result.stderr
-
-
-def test_the_deb_ships_the_monitoring_files(debs: dict[int, Path], tmp_path: Path) -> None:
-    """packaging/monitoring's rules, dashboard, scrape example and README, as they are in the tree."""
-    subprocess.run(["dpkg-deb", "-x", str(debs[1]), str(tmp_path)], check=True)
-    shipped = tmp_path / "usr/share/vmesh-agent/monitoring"
-    names = ["README.md", "prometheus-scrape.example.yml", "vmesh-agent-dashboard.json", "vmesh-agent.rules.yml"]
-    assert sorted(p.name for p in shipped.iterdir()) == names
-    for name in names:
-        assert (shipped / name).read_bytes() == (ROOT / "packaging/monitoring" / name).read_bytes(), name
-
-
 @pytest.fixture
-def lifecycle(cluster: Cluster, namespace: str, debs: dict[int, Path], tmp_path: Path,
+def lifecycle(request: pytest.FixtureRequest, cluster: Cluster, namespace: str, *, debs: Debs, tmp_path: Path,
               capsys: pytest.CaptureFixture[str]) -> Iterator[Lifecycle]:
+    release: Release = getattr(request, "param", BOOKWORM)
     vm = VM(f"deb-{uuid.uuid4().hex[:4]}", tmp_path, cluster)
-    container = Container(copy_root(tmp_path / "root"), vm, tmp_path / "console.log")
+    container = Container(copy_root(tmp_path / "root", release), vm, tmp_path / "console.log")
     figures: list[str] = []
     try:
-        yield Lifecycle(cluster, namespace, container, debs, figures.append)
+        yield Lifecycle(cluster, namespace, container, debs=debs, release=release,
+                        report=lambda line: figures.append(f"{release.suite}: {line}"))
     finally:
         container.destroy()
         vm.destroy()
@@ -87,15 +59,24 @@ def lifecycle(cluster: Cluster, namespace: str, debs: dict[int, Path], tmp_path:
             print("\n" + "\n".join(f"[e2e] {line}" for line in figures))
 
 
-@pytest.mark.timeout(900)
-def test_deb_lifecycle_on_booted_debian12(lifecycle: Lifecycle) -> None:
-    lifecycle.install()
-    lifecycle.boot_registers()
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("lifecycle", [BOOKWORM, TRIXIE], ids=["debian12", "debian13"], indirect=True)
+def test_deb_lifecycle_on_booted_debian(lifecycle: Lifecycle) -> None:
+    if lifecycle.release == BOOKWORM:  # what VMs run today: the previous release, upgraded to this one
+        lifecycle.install(lifecycle.debs.previous)
+        lifecycle.boot_registers()
+        lifecycle.upgrade_from_previous_release()
+    else:
+        lifecycle.previous_release_refused()
+        lifecycle.install(lifecycle.debs.amd64)
+        lifecycle.boot_registers()
+    lifecycle.runs_on_the_distributions_python()
     lifecycle.runs_sandboxed()
     lifecycle.feeds_the_watchdog()
     lifecycle.stop_and_start()
     lifecycle.poweroff_deregisters()
     lifecycle.upgrade_keeps_config()
+    lifecycle.follows_python3_changes()
     lifecycle.broken_config_fails_once()
     lifecycle.purge_leaves_nothing()
 
@@ -106,7 +87,7 @@ def test_restarts_keep_the_endpoint_and_stops_drain_on_booted_debian12(
 ) -> None:
     """A client connects through kube-proxy every 20 ms while the agent is restarted every way systemd does it,
     then stopped for good with a second VM serving, removed by apt, and powered off (issue 17)."""
-    lifecycle.install()
+    lifecycle.install(lifecycle.debs.amd64)
     lifecycle.container.boot()
     lifecycle.wait_registered(timeout=60)
     c, cluster, namespace = lifecycle.container, lifecycle.cluster, lifecycle.namespace
@@ -136,8 +117,8 @@ CONTAINER_DATADIR = "/var/lib/mysql/"
 START_SPACING = 2.5  # seconds between two starts of the unit: 4 in any 10 s
 
 
-def _lease_holder_pid(cluster: Cluster, namespace: str) -> str:
-    lease = cluster.get("lease", f"vmesh-{HOSTNAME}", namespace) or {}
+def _lease_holder_pid(cluster: Cluster, namespace: str, hostname: str) -> str:
+    lease = cluster.get("lease", f"vmesh-{hostname}", namespace) or {}
     return str((lease.get("spec") or {}).get("holderIdentity") or "").rpartition("/")[2]
 
 
@@ -160,7 +141,8 @@ class Restarts:
     def ours(self, obj: dict[str, object]) -> bool:
         meta = obj.get("metadata") or {}
         assert isinstance(meta, dict)
-        return (meta.get("labels") or {}).get("vmesh.dev/vm") == HOSTNAME or meta.get("name") == f"vmesh-{HOSTNAME}"
+        hostname = self.l.release.hostname
+        return (meta.get("labels") or {}).get("vmesh.dev/vm") == hostname or meta.get("name") == f"vmesh-{hostname}"
 
     def pace(self) -> None:
         """systemd refuses a unit's sixth start within 10 s (DefaultStartLimitBurst=5 per
@@ -171,7 +153,8 @@ class Restarts:
     def adopted(self) -> None:
         """The process systemd now runs holds the Lease (it adopted it: same boot, the old process gone)."""
         pid = self.c.unit("MainPID")
-        wait_until(lambda: pid != "0" and _lease_holder_pid(self.l.cluster, self.l.namespace) == pid, 30,
+        wait_until(lambda: pid != "0" and _lease_holder_pid(self.l.cluster, self.l.namespace,
+                                                            self.l.release.hostname) == pid, 30,
                    f"the Lease held by the new process {pid}")
 
     def run(self) -> None:
@@ -204,7 +187,7 @@ class Restarts:
             killed = time.monotonic()
             before = c.unit("MainPID")
             self.pace()
-            c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs[2].name}")
+            c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs.newer.name}")
             assert c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout.endswith("-2")
             assert c.unit("MainPID") not in (before, "0"), "the upgrade did not restart the agent"
             self.adopted()
@@ -264,7 +247,7 @@ class PlannedStops:
             self.c.run("systemctl", "stop", "mariadb")
         stopped = time.monotonic()
         assert self.l.address not in self.l.endpoints(), f"{what} left the endpoint behind"
-        assert self.l.cluster.get("lease", f"vmesh-{HOSTNAME}", self.l.namespace) is None, f"{what} left the Lease"
+        assert self.l.lease() is None, f"{what} left the Lease"
         self.client.wait_for(1, stopped + 2)
         attempts = self.client.since(began)
         failed = [a for a in attempts if not a.ok]
@@ -284,7 +267,7 @@ class PlannedStops:
         self.l.wait_registered(timeout=30)
         self.stop("apt-get remove vmesh-agent", lambda: c.run("apt-get", "remove", "-y", "vmesh-agent"))
         c.run("systemctl", "start", "mariadb")
-        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs[2].name}")
+        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.l.debs.newer.name}")
         self.l.wait_registered(timeout=30)
         # Reboot and power-off: systemd itself stops the agent (kind shutdown), then MariaDB (the unit is ordered
         # after it). systemd-nspawn ends at the reboot; the test boots the VM again.
@@ -292,13 +275,13 @@ class PlannedStops:
         c.boot()
         self.l.wait_registered(timeout=60)
         self.stop("systemctl poweroff of the VM", c.poweroff, then_database=False)
-        assert '"event": "endpointslice deleted"' in _journal(self.l.root, boot="0")
+        assert '"event": "endpointslice deleted"' in journal(self.l.root, boot="0")
 
 
 class Lifecycle:
     """The steps of the package's life on one VM, in order; each asserts what the issue promises."""
 
-    def __init__(self, cluster: Cluster, namespace: str, container: Container, debs: dict[int, Path],
+    def __init__(self, cluster: Cluster, namespace: str, container: Container, *, debs: Debs, release: Release,
                  report: Callable[[str], None]) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -306,27 +289,42 @@ class Lifecycle:
         self.root = container.root
         self.address = container.vm.address
         self.debs = debs
+        self.release = release
         self.report = report
         self.config = ""
 
-    def install(self) -> None:
+    def lease(self) -> dict[str, Any] | None:
+        return self.cluster.get("lease", f"vmesh-{self.release.hostname}", self.namespace)
+
+    def _inbox(self) -> None:
+        inbox = self.root / "root" / "debs"  # not /tmp: the booted container mounts a fresh tmpfs there
+        if not inbox.exists():
+            inbox.mkdir()
+            for built in (self.debs.previous, self.debs.amd64, self.debs.newer):
+                (inbox / built.name).write_bytes(built.read_bytes())
+
+    def previous_release_refused(self) -> None:
+        """The bug this deb fixes: the previous release needs python3.11, which this release does not have."""
+        self._inbox()
+        refused = chroot(self.root, f"cd /root/debs && apt-get install -y ./{self.debs.previous.name}")
+        assert refused.returncode != 0
+        assert "Depends: python3.11 but it is not installable" in refused.stdout + refused.stderr, refused.stdout
+
+    def install(self, deb: Path) -> None:
         """apt-get install ./deb into the never-booted root, with no network at all; then the admin's edits."""
-        root, deb = self.root, self.debs[1]
+        root = self.root
         (root / "var" / "log" / "journal").mkdir(parents=True, exist_ok=True)  # the journal survives power-off
         size = deb.stat().st_size
-        self.report(f"deb size: {size / 2**20:.1f} MiB ({size} bytes), installed size "
+        self.report(f"{deb.name}: {size / 2**20:.1f} MiB ({size} bytes), installed size "
                     f"{_control_field(deb, 'Installed-Size')} KiB")
-        inbox = root / "root" / "debs"  # not /tmp: the booted container mounts a fresh tmpfs there
-        inbox.mkdir()
-        for built in self.debs.values():
-            (inbox / built.name).write_bytes(built.read_bytes())
+        self._inbox()
         started = time.monotonic()
         installed = chroot(root, f"cd /root/debs && apt-get install -y ./{deb.name}")
         self.report(f"install time (apt-get install ./deb, chroot, no network): {time.monotonic() - started:.1f} s")
         assert installed.returncode == 0, installed.stdout + installed.stderr
         assert (root / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink(), "unit not enabled"
         assert "vmesh-agent:" in (root / "etc" / "group").read_text()
-        self.config = _point_config_at_cluster(root, self.cluster, self.namespace)
+        self.config = point_config_at_cluster(root, self.cluster, self.namespace)
 
     def boot_registers(self) -> None:
         """No manual start: booting alone registers mysqldb at the VM's address, and the socket API answers."""
@@ -341,7 +339,7 @@ class Lifecycle:
         # Debian's defaults (no skip-name-resolve: the host cache counts), and the VM's address has a name.
         settings = c.run("mariadb", "-N", "-e", "SELECT @@skip_name_resolve, @@max_connect_errors").stdout.split()
         assert settings == ["0", "100"], settings
-        assert c.run("getent", "hosts", self.address).stdout.split()[1:] == [HOSTNAME]
+        assert c.run("getent", "hosts", self.address).stdout.split()[1:] == [self.release.hostname]
         assert c.unit("Type") == "notify"  # and active: the agent sent READY=1
         assert c.unit("StatusText"), "no STATUS= from the agent"
         assert c.unit("WatchdogUSec") not in ("", "0", "infinity")
@@ -352,6 +350,66 @@ class Lifecycle:
         assert discovered["addresses"]["advertised"] == self.address
         assert any(item.get("service") == "mysqldb" for item in discovered["listeners"]), discovered
         self.read_ratings_through_registration()
+
+    def upgrade_from_previous_release(self) -> None:
+        """apt-get install of this tree's deb over the previous release's (a venv on python3.11) in the running VM:
+        the agent restarts on the new layout and keeps the VM's registrations (the Lease is the same object)."""
+        c = self.container
+        lease_uid = (self.lease() or {})["metadata"]["uid"]
+        old_pid = c.unit("MainPID")
+        started = time.monotonic()
+        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.debs.amd64.name}")
+        self.report(f"upgrade from the previous release in the booted VM: {time.monotonic() - started:.1f} s")
+        assert c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout.endswith("-1")
+        assert c.unit("ActiveState") == "active" and c.unit("MainPID") not in (old_pid, "0")
+        self.wait_registered(timeout=30)
+        assert (self.lease() or {})["metadata"]["uid"] == lease_uid, "the upgrade replaced the Lease"
+        for gone in ("/usr/lib/vmesh-agent/lib", "/usr/lib/vmesh-agent/bin", "/usr/lib/vmesh-agent/pyvenv.cfg"):
+            assert c.run("test", "-e", gone, check=False).returncode != 0, f"{gone} is left from the previous release"
+        assert (self.root / "etc/vmesh-agent/config.toml").read_text() == self.config
+
+    def runs_on_the_distributions_python(self) -> None:
+        """The unit runs /usr/bin/python3 of this release, and every compiled module the deb carries loads for it."""
+        c, python = self.container, self.release.python
+        exe = c.run("readlink", f"/proc/{c.unit('MainPID')}/exe").stdout.strip()
+        assert exe == f"/usr/bin/python{python}", exe
+        status = json.loads(c.run("vmesh-agent", "status", "--json").stdout)["python"]
+        shipped = json.loads((self.root / "usr/lib/vmesh-agent/bundle.json").read_text())["compiled"]
+        assert status["version"].startswith(f"{python}."), status
+        assert status["compiled_failed"] == {} and sorted(status["compiled_loaded"]) == sorted(shipped), status
+        assert len(shipped) == 8 and status["problem"] is None
+        tag = f"cpython-{python.replace('.', '')}"
+        pyc = c.run("sh", "-c", "find /usr/lib/vmesh-agent -name '*.pyc'").stdout.split()
+        assert len(pyc) > 500 and all(f".{tag}.pyc" in name for name in pyc), pyc[:5]
+        self.report(f"python{python}: {len(status['compiled_loaded'])} compiled modules loaded, {len(pyc)} .pyc")
+
+    def follows_python3_changes(self) -> None:
+        """A distribution upgrade changes /usr/bin/python3 (bookworm to trixie: 3.11 to 3.13) by installing
+        python3-minimal: the deb's trigger compiles for the new interpreter, drops the old one's bytecode, and
+        restarts an agent still on the old interpreter (a restart: registrations kept); when python3 did not
+        change, the agent is left alone. The old interpreter is played by a copy of this release's own."""
+        c, python = self.container, self.release.python
+        cache = "/usr/lib/vmesh-agent/site-packages/agent/__pycache__"
+        c.run("sh", "-c", f"cp /usr/bin/python{python} /usr/bin/python-before && ln -sf python-before /usr/bin/python3")
+        c.run("systemctl", "restart", UNIT)
+        before = c.unit("MainPID")
+        assert c.run("readlink", f"/proc/{before}/exe").stdout.strip() == "/usr/bin/python-before"
+        lease_uid = (self.lease() or {})["metadata"]["uid"]
+        tag = f"cpython-{python.replace('.', '')}"
+        c.run("sh", "-c", f"touch {cache}/cli.cpython-310.pyc && rm {cache}/cli.{tag}.pyc")
+        started = time.monotonic()
+        c.run("sh", "-c", f"dpkg -i {PYTHON_DEBS}/python3-minimal_*.deb")  # what the distribution upgrade does
+        self.report(f"python3-minimal installed, trigger run: {time.monotonic() - started:.1f} s")
+        assert c.run("readlink", "/usr/bin/python3").stdout.strip() == f"python{python}"
+        after = c.unit("MainPID")
+        assert after not in (before, "0"), "the agent was not restarted on the new python3"
+        assert c.run("readlink", f"/proc/{after}/exe").stdout.strip() == f"/usr/bin/python{python}"
+        assert c.run("test", "-e", f"{cache}/cli.cpython-310.pyc", check=False).returncode != 0, "stale bytecode kept"
+        assert c.run("test", "-e", f"{cache}/cli.{tag}.pyc", check=False).returncode == 0, "not compiled again"
+        self.wait_registered(timeout=30)
+        assert (self.lease() or {})["metadata"]["uid"] == lease_uid, "the restart replaced the Lease"
+        c.run("sh", "-c", f"dpkg -i {PYTHON_DEBS}/python3-minimal_*.deb && rm /usr/bin/python-before")
+        assert c.unit("MainPID") == after, "restarted though python3 did not change"
 
     def runs_sandboxed(self) -> None:
         out = self.container.run("systemd-analyze", "security", "--no-pager", UNIT).stdout
@@ -377,7 +435,7 @@ class Lifecycle:
         self.container.run("systemctl", "stop", UNIT)
         assert self.endpoints() == [], "systemctl stop left the endpoint behind"
         self.report(f"systemctl stop, endpoint removed: {time.monotonic() - started:.1f} s")
-        assert self.cluster.get("lease", f"vmesh-{HOSTNAME}", self.namespace) is None
+        assert self.lease() is None
         assert self.container.unit("ExecMainStatus") == "0"
         self.container.run("systemctl", "start", UNIT)  # returns after READY=1, i.e. after the first sync
         assert self.address in self.endpoints(), "not registered again after systemctl start"
@@ -386,8 +444,8 @@ class Lifecycle:
         started = time.monotonic()
         self.container.poweroff()
         self.report(f"power-off: container gone after {time.monotonic() - started:.1f} s")
-        assert self.endpoints() == [], "the endpoint outlived the VM's shutdown:\n" + _journal(self.root)
-        assert '"event": "endpointslice deleted"' in _journal(self.root, boot="0")
+        assert self.endpoints() == [], "the endpoint outlived the VM's shutdown:\n" + journal(self.root)
+        assert '"event": "endpointslice deleted"' in journal(self.root, boot="0")
 
     def upgrade_keeps_config(self) -> None:
         """A newer build installed by apt inside the running VM (no internet there): restart, same config."""
@@ -398,7 +456,7 @@ class Lifecycle:
         self.report(f"second boot to registered: {time.monotonic() - booted:.1f} s")
         old_pid = c.unit("MainPID")
         started = time.monotonic()
-        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.debs[2].name}")
+        c.run("sh", "-c", f"cd /root/debs && apt-get install -y ./{self.debs.newer.name}")
         self.report(f"upgrade (apt-get install ./newer.deb in the booted VM): {time.monotonic() - started:.1f} s")
         version = c.run("dpkg-query", "-W", "-f=${Version}", "vmesh-agent").stdout
         assert version.endswith("-2"), version
@@ -418,7 +476,7 @@ class Lifecycle:
         time.sleep(3 * _seconds(c.unit("RestartUSec")) + 1)  # a restart loop would have shown by now
         assert c.unit("ActiveState") == "failed"
         assert c.unit("NRestarts") == "0", "restarted despite RestartPreventExitStatus=78"
-        failures = _journal(self.root, boot="0").count("Main process exited, code=exited, status=78")
+        failures = journal(self.root, boot="0").count("Main process exited, code=exited, status=78")
         assert failures == 1, f"exit 78 logged {failures} times"
 
     def purge_leaves_nothing(self) -> None:
@@ -442,7 +500,7 @@ class Lifecycle:
     # -- observations --
 
     def endpoints(self) -> list[str]:
-        return _endpoints(self.cluster, self.namespace)
+        return endpoints(self.cluster, self.namespace)
 
     def wait_registered(self, timeout: float) -> None:
         def registered() -> bool:
@@ -455,9 +513,9 @@ class Lifecycle:
         try:
             wait_until(registered, timeout, f"mysqldb registered at {self.address}", interval=0.2)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_journal(self.root)}") from None
+            raise AssertionError(f"{exc}\n{journal(self.root)}") from None
         if time.monotonic() - started > 10:  # normally 2-3 s: show why (an apiserver outage from another test?)
-            self.report("slow registration; the agent's journal:\n" + _journal(self.root, boot="0")[-5000:])
+            self.report("slow registration; the agent's journal:\n" + journal(self.root, boot="0")[-5000:])
 
     def read_ratings_through_registration(self) -> None:
         """What a pod would do: connect to the registered endpoint and read Istio's ratings."""
@@ -482,41 +540,7 @@ def _control_field(deb: Path, name: str) -> str:
     return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _point_config_at_cluster(root: Path, cluster: Cluster, namespace: str) -> str:
-    """Edit the shipped conffile as the README tells an admin to; returns the new text."""
-    etc = root / "etc" / "vmesh-agent"
-    (etc / "token").write_text(cluster.token(namespace, shared=True))  # vm_name is the hostname: legacy account
-    (etc / "ca.crt").write_bytes(Path(cluster.ca_file).read_bytes())
-    result = chroot(root, "chown root:vmesh-agent /etc/vmesh-agent/token && chmod 0640 /etc/vmesh-agent/token")
-    assert result.returncode == 0, result.stderr
-    config = (etc / "config.toml").read_text()
-    edits = {"namespace": namespace, "server": cluster.url_from_vms, "ca_file": "/etc/vmesh-agent/ca.crt",
-             "token_file": "/etc/vmesh-agent/token"}
-    for key, value in edits.items():
-        config, count = re.subn(rf'^{key} = "[^"]*"', f'{key} = "{value}"', config, count=1, flags=re.M)
-        assert count == 1, f"config.example.toml has no {key} line"
-    (etc / "config.toml").write_text(config)
-    return config
-
-
-def _endpoints(cluster: Cluster, namespace: str) -> list[str]:
-    slices = cluster.list("endpointslices", namespace, selector="kubernetes.io/service-name=mysqldb")
-    return [address for s in slices for e in s.get("endpoints") or [] for address in e["addresses"]]
-
-
 def _seconds(usec: str) -> float:
     """systemctl show's time span ("2s", "100ms", "1min 30s") in seconds."""
     units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
     return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(us|ms|min|s|h)", usec))
-
-
-def _journal(root: Path, *, boot: str = "", unit_only: bool = True) -> str:
-    """The container's persistent journal, read from the host (diagnostics and log assertions)."""
-    args = ["journalctl", "-D", str(root / "var" / "log" / "journal"), "--no-pager", "-o", "cat"]
-    if unit_only:
-        args += ["-u", UNIT]
-    if boot:
-        args += ["-b", boot]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-    return result.stdout[-20000:] + result.stderr[-2000:]
-

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _locked() -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "packaging" / "requirements.lock").read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+) --hash=sha256:[0-9a-f]{64}$", line)
+    text = (ROOT / "packaging" / "requirements.lock").read_text().replace("\\\n", " ")  # pip's continuations
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)(\s+--hash=sha256:[0-9a-f]{64})+$", line)
         if match:
             pins[canonicalize_name(match.group(1))] = match.group(2)
         else:

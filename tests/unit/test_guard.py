@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 
 from agent.discovery.listeners import Listener
@@ -210,3 +211,33 @@ async def test_no_listener_ever_seen_asks_every_time() -> None:
         assert result.ok and not result.definite
         assert "no listener in this network namespace" in result.output
     assert active.calls == 3
+
+
+async def test_the_kernel_read_of_the_port_sees_a_stuck_queue_and_a_vanished_listener() -> None:
+    """The default socket table (the port's listeners, read from the kernel) on real loopback sockets: a queue
+    that does not drain starts the active check; a closed listener fails at once, definitely, unasked."""
+    clock = Clock()
+    server = socket.create_server(("127.0.0.1", 0), backlog=8)
+    port = server.getsockname()[1]
+    active = Active([PASS])
+    check = GuardedCheck(active, "127.0.0.1", port, interval=1.0, active_interval=90.0,
+                         timed_out=lambda r: False, clock=clock)
+    waiting = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # never accepted
+    try:
+        assert (await check()).ok and active.calls == 1  # the first check asks
+        clock.now += 1
+        assert (await check()).output.startswith("listening;") and active.calls == 1
+        clock.now += 1
+        await check()  # the queue (2) has not shrunk for two samples and the last ask is 2 s old
+        assert active.calls == 2 and check.schedule.last_at == clock.now
+        server.close()
+        clock.now += 1
+        result = await check()
+        assert (result.ok, result.definite) == (False, True)
+        assert result.output == f"not listening on 127.0.0.1:{port}"
+        assert active.calls == 2
+    finally:
+        for sock in waiting:
+            sock.close()
+        server.close()
+        await check.aclose()

@@ -156,6 +156,36 @@ async def test_a_refused_connection_is_named_with_what_to_check(tmp_path: Path) 
     assert "is the apiserver up, and is cluster.server's port right?" in str(caught.value), caught.value
 
 
+async def test_the_environment_proxy_is_honoured_unless_no_proxy_names_the_server(
+        apiserver: tuple[str, Seen], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP(S)_PROXY and NO_PROXY, read once when the client is made (not at every request, in threads)."""
+    proxy, seen = apiserver  # the recording server plays the proxy: it gets the request in absolute form
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    with socket.socket() as closed:  # bound, never listening: a direct connection is refused
+        closed.bind(("127.0.0.1", 0))
+        server = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))
+        try:
+            assert await kube.list(LEASES, "vm") == []
+        finally:
+            await kube.close()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))
+        try:
+            with pytest.raises(Unavailable):
+                await direct.list(LEASES, "vm")
+        finally:
+            await direct.close()
+    (through,) = seen
+    assert through["path"] == "/apis/coordination.k8s.io/v1/namespaces/vm/leases"
+    assert through["headers"]["Host"] == server.removeprefix("http://")
+
+
 async def test_a_replace_leaves_the_managed_fields_it_read_to_the_server(apiserver: tuple[str, Seen],
                                                                         tmp_path: Path) -> None:
     server, seen = apiserver

@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery.listeners import Listener, _proc_listeners, parse_proc_net_tcp, parse_sock_diag, scan_listeners
+from agent.discovery import listeners
+from agent.discovery.listeners import (
+    Listener,
+    PortListeners,
+    _proc_listeners,
+    parse_proc_net_tcp,
+    parse_sock_diag,
+    port_filter,
+    scan_listeners,
+)
 
 # Captured from /proc/net/tcp and /proc/net/tcp6 on a Debian 12 host with MariaDB and sshd.
 TCP = """\
@@ -102,3 +111,68 @@ def test_sock_diag_reads_the_accept_queue_of_a_real_listener() -> None:
         finally:
             for client in clients:
                 client.close()
+
+
+def test_port_filter_bytecode() -> None:
+    # sport >= 3306 (yes: go on 8 bytes, no: 20 = past the end by 4, reject), then sport <= 3306 (no: 12, the
+    # same place); each test's op is followed by one holding the port in its `no` field.
+    assert port_filter(3306) == bytes.fromhex("02081400" "0000ea0c" "03080c00" "0000ea0c")
+
+
+def _listen(family: int, address: str, port: int = 0) -> socket.socket:
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.bind((address, port))
+    server.listen(8)
+    return server
+
+
+def test_port_listeners_asks_the_kernel_for_one_port_only() -> None:
+    """Real sockets: the listeners of the port in both families, not another port's, not the port's
+    established connections; the accept queue as the full scan reads it. The kept netlink socket serves every
+    call."""
+    with _listen(socket.AF_INET, "127.0.0.1") as server, _listen(socket.AF_INET, "127.0.0.1") as other:
+        port = server.getsockname()[1]
+        try:
+            v6: socket.socket | None = _listen(socket.AF_INET6, "::1", port)
+        except OSError:  # no IPv6 on this host
+            v6 = None
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()  # an established socket with the local port `port`
+        waiting = socket.create_connection(("127.0.0.1", port))  # completed by the kernel, not accepted
+        reader = PortListeners(port)
+        try:
+            expected = [Listener("127.0.0.1", port, extra_inode(server), 1)]
+            if v6 is not None:
+                expected.append(Listener("::1", port, extra_inode(v6)))
+            for _ in range(2):
+                found = reader()
+                assert found == expected
+                assert [lst.accept_queue for lst in found] == [1] + [0] * (v6 is not None)
+            assert sorted(found) == sorted(lst for lst in scan_listeners() if lst.port == port)
+            assert other.getsockname()[1] not in {lst.port for lst in reader()}
+            server.close()
+            assert reader() == expected[1:]
+        finally:
+            reader.close()
+            for sock in (client, accepted, waiting, *([v6] if v6 else [])):
+                sock.close()
+
+
+class _NoNetlink:
+    """The socket module where netlink is refused (a sandbox without AF_NETLINK)."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args: object) -> socket.socket:
+        raise PermissionError(13, "Permission denied")
+
+
+def test_port_listeners_fall_back_to_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "tcp").write_text(TCP)
+    (tmp_path / "net" / "tcp6").write_text(TCP6)
+    monkeypatch.setattr(listeners, "socket", _NoNetlink())
+    assert PortListeners(3306, proc=tmp_path)() == [Listener("0.0.0.0", 3306, 21823)]
+    assert PortListeners(22, proc=tmp_path)() == [Listener("::", 22, 19155)]
