@@ -27,6 +27,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
 MAX_REAPER_SLOTS = 16
+MAX_LEASE_DURATION = 300.0  # packaging/kubernetes/policy.yaml's bound on a reaper slot's leaseDurationSeconds
 PROTOCOLS = ("mysql", "postgres", "redis", "http", "tcp")
 
 
@@ -344,6 +345,14 @@ def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:
     raise TypeError(f"unsupported settings type {hint!r} at {path}")  # a bug in this module
 
 
+def _validate_heartbeat(h: HeartbeatSettings) -> None:
+    if h.lease_duration <= h.interval:
+        raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
+    if h.lease_duration > MAX_LEASE_DURATION:  # the reaper slots carry it, and the policy caps them
+        raise ConfigError("heartbeat.lease_duration", f"at most {MAX_LEASE_DURATION:g}s (5m): the isolation policy "
+                          "refuses longer reaper slots, and peers wait out no longer one")
+
+
 def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Settings:
     vm_name = s.vm_name or socket.gethostname().split(".")[0].lower()
     if not _DNS_LABEL.match(vm_name):
@@ -380,8 +389,7 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
     services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check, base_dir,
                                                                     protocol=svc.protocol))
                      for i, svc in enumerate(s.service))
-    if s.heartbeat.lease_duration <= s.heartbeat.interval:
-        raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
+    _validate_heartbeat(s.heartbeat)
     for key in ("identity", "server_name"):
         template = getattr(s.externalworkload, key)
         try:

@@ -35,9 +35,14 @@ from agent.cluster.errors import ClusterError, Conflict, Forbidden, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, MANAGER, lease_body, micro_time
 from agent.cluster.resources import LEASES
+from agent.config import MAX_LEASE_DURATION
 
 Body = dict[str, Any]
 LABEL_SLOT = "vmesh.dev/reaper-slot"
+# The longest leaseDurationSeconds of a peer's slot this agent waits out (the isolation policy refuses longer
+# ones, and no agent is configured longer): a slot written with 2^31 s by a stolen token, or a bug, must not
+# switch reaping off for good.
+MAX_SLOT_DURATION = MAX_LEASE_DURATION
 FIRST_LOOK_SPREAD = 10.0  # seconds at most: a fleet started at once looks at the slots over a while, after
 # registering, not all in its first instant
 
@@ -79,7 +84,7 @@ class SlotObserver:
             seen = self._seen[name] = _Seen(version, self.clock())  # a first sight counts as a renewal
         if not holder or holder == self.identity or self._earlier_run(holder):
             return True
-        duration = float(spec.get("leaseDurationSeconds") or 0)
+        duration = min(float(spec.get("leaseDurationSeconds") or 0), MAX_SLOT_DURATION)
         return self.clock() - seen.seen_at > duration
 
 

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from tests.testbed.cluster import Cluster
+from tests.testbed.crds import install_istio_crds
 from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -107,8 +108,27 @@ def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: st
     a.denied("the legacy shared Endpoints cannot be isolated per VM", "create", "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "mysqldb"}}))
 
-    # The shared Service: created and extended; never shrunk, redirected or deleted.
+    # The shared Service: created only as the agent creates it (issue 19: what else it is created with stays).
+    owned_by_b = [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": f"vmesh-{b.vm}",
+                   "uid": json.loads(json.dumps(b_lease))["metadata"]["uid"]}]
+
+    def service_with(part: str, fields: dict[str, object]) -> str:
+        svc = json.loads(json.dumps(SERVICE))
+        svc[part].update(fields)
+        return json.dumps(svc)
+
+    for metadata in ({"ownerReferences": owned_by_b}, {"finalizers": ["example.com/hold"]}):
+        a.denied("may not create Service mysqldb with ownerReferences or finalizers", "create", "-f", "-",
+                 input=service_with("metadata", metadata))
+    for spec in ({"clusterIP": "None"}, {"internalTrafficPolicy": "Local"}, {"sessionAffinity": "ClientIP"},
+                 {"publishNotReadyAddresses": True}):
+        a.denied("may not create Service mysqldb headless, with internalTrafficPolicy Local, session affinity",
+                 "create", "-f", "-", input=service_with("spec", spec))
+    # Then extended; never shrunk, redirected, handed to the garbage collector, held or deleted.
     a.create(SERVICE)
+    for patch in ({"metadata": {"ownerReferences": owned_by_b}}, {"metadata": {"finalizers": ["example.com/hold"]}}):
+        a.denied("may change only the ports (add) and the selector (set) of Service mysqldb, not its labels, "
+                 "annotations, owners, finalizers", "patch", "service", "mysqldb", "-p", json.dumps(patch))
     a.ok("patch", "service", "mysqldb", "--type=json",
          "-p", '[{"op": "add", "path": "/spec/ports/-", "value": {"name": "http", "port": 8080, "protocol": "TCP"}}]')
     a.denied("may not remove or change a port of Service mysqldb", "patch", "service", "mysqldb", "--type=json",
@@ -123,6 +143,21 @@ def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: st
     a.ok("patch", "service", "mysqldb", "-p", '{"spec": {"selector": {"app": "mysqldb"}}}')
     a.denied("may not change the selector of Service mysqldb", "patch", "service", "mysqldb",
              "-p", '{"spec": {"selector": {"app": "elsewhere"}}}')
+
+    # Its own slice, but not a bigger share of the traffic than its addresses (issue 19).
+    share = "may write endpointslices with at most 16 endpoints of one address each, every address once"
+
+    def slice_with(addresses: list[list[str]]) -> str:
+        body = json.loads(json.dumps(slice_of(a.vm, owner=a_lease)))
+        body["endpoints"] = [{"addresses": group, "conditions": {"ready": True}} for group in addresses]
+        return json.dumps(body)
+
+    a.denied(share, "create", "-f", "-", input=slice_with([[f"198.18.{i // 250}.{i % 250 + 1}"] for i in range(1000)]))
+    a.denied(share, "create", "-f", "-", input=slice_with([["198.18.9.9"]] * 100))
+    a.denied(share, "create", "-f", "-", input=slice_with([["198.18.9.9"], ["198.18.9.9"]]))
+    a.denied(share, "patch", "endpointslice", a_slice, "--type=json", "-p",
+             json.dumps([{"op": "add", "path": "/endpoints/-", "value": {"addresses": ["198.18.9.9"]}}]))
+    a.ok("delete", "endpointslice", name_of(a.create(json.loads(slice_with([["198.18.9.9"], ["198.18.9.10"]])))))
 
     # The same operations on its own objects succeed, and so does its own token request.
     a.ok("label", "endpointslice", a_slice, "checked=yes")
@@ -153,6 +188,15 @@ def test_reaper_slots_are_anyones_but_stay_slots(cluster: Cluster, namespace: st
     b.denied("may not delete leases vmesh-reaper-0", "delete", "lease", "vmesh-reaper-0")
     b.denied(f"may create leases only labelled vmesh.dev/vm={b.vm}", "create", "-f", "-", input=json.dumps(
         {**slot, "metadata": {"name": "vmesh-other", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}}}))
+    # Issue 19: neither held for ever nor multiplied.
+    bounded = "may write a reaper slot only as vmesh-reaper-<k> labelled vmesh.dev/reaper-slot=<k>, k from 0 to 15"
+    b.denied(bounded, "patch", "lease", "vmesh-reaper-0", "-p",
+             json.dumps({"spec": {"holderIdentity": f"{b.vm}/y", "leaseDurationSeconds": 2147483647}}))
+    for name, index in (("vmesh-reaper-999", "999"), ("vmesh-reaper-1", "0"), ("vmesh-reaper-16", "16")):
+        b.denied(bounded, "create", "-f", "-", input=json.dumps(
+            {**slot, "metadata": {"name": name, "labels": {"vmesh.dev/reaper-slot": index,
+                                                           "app.kubernetes.io/managed-by": "vmesh-agent"}}}))
+    b.ok("patch", "lease", "vmesh-reaper-0", "-p", json.dumps({"spec": {"leaseDurationSeconds": 300}}))
 
 
 def test_the_shared_legacy_token_cannot_mint_a_vm_token(cluster: Cluster, namespace: str) -> None:
@@ -165,3 +209,23 @@ def test_the_shared_legacy_token_cannot_mint_a_vm_token(cluster: Cluster, namesp
     legacy.token = cluster.token(namespace, shared=True)
     legacy.denied("the shared legacy account vmesh-agent may not request tokens", "create", "token",
                   f"vmesh-vm-{vm}", policy="vmesh-legacy-no-tokens")
+
+
+def test_a_vm_takes_no_bigger_share_through_a_workload_entry_weight(cluster: Cluster, namespace: str) -> None:
+    """Issue 19: a WorkloadEntry of its own with `weight: 1000000` took almost all of a service's mesh traffic."""
+    install_istio_crds(cluster)
+    a = AsVM(cluster, namespace, f"a-{uuid.uuid4().hex[:4]}")
+    owner = a.create(lease(a.vm))["metadata"]
+    assert isinstance(owner, dict)
+    entry = {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+             "metadata": {"name": f"mysqldb-{a.vm}-4", "labels": {"vmesh.dev/vm": a.vm, "app": "mysqldb",
+                                                                  "app.kubernetes.io/managed-by": "vmesh-agent"},
+                          "ownerReferences": [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                               "name": owner["name"], "uid": owner["uid"]}]},
+             "spec": {"address": "198.18.9.9", "ports": {"mysql": 3306}, "labels": {"app": "mysqldb"}}}
+    a.denied(f"may not give workloadentries mysqldb-{a.vm}-4 a weight", "create", "-f", "-",
+             input=json.dumps({**entry, "spec": {"address": "198.18.9.9", "ports": {"mysql": 3306},
+                                                 "labels": {"app": "mysqldb"}, "weight": 1000000}}))
+    a.create(entry)
+    a.denied(f"may not give workloadentries mysqldb-{a.vm}-4 a weight", "patch", "workloadentry",
+             f"mysqldb-{a.vm}-4", "--type=merge", "-p", '{"spec": {"weight": 1000000}}')

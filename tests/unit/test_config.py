@@ -49,6 +49,7 @@ def test_defaults_follow_the_design(token: Path) -> None:
         ('[[service]]\nport = 1', "service[0].name", "is required"),
         ('[discovery]\nallow = { mongo = "m" }', "discovery.allow.mongo", "unknown protocol"),
         ('[heartbeat]\ninterval = "20s"', "heartbeat.lease_duration", "longer than heartbeat.interval"),
+        ('[heartbeat]\nlease_duration = "6m"', "heartbeat.lease_duration", "at most 300s (5m): the isolation policy"),
     ],
 )
 def test_each_problem_is_one_line_naming_the_key(token: Path, extra: str, key: str, words: str) -> None:

@@ -11,7 +11,7 @@ from agent.cluster.kube import KubeClient
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.reaper import CHECK_EVERY, IDLE_CHECK, LeaseObserver, ReapBrake, Reaper
-from agent.reaper_slots import ReaperSlots, SlotObserver, build_slot, slot_name
+from agent.reaper_slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.sync.backend import Backend
 from tests.unit.fake_leases import FakeClock, FakeLeases
 
@@ -297,6 +297,19 @@ def test_a_slot_is_taken_only_when_free_own_or_observed_unchanged_for_its_durati
     assert not obs.takeable(renewed)
     assert obs.takeable({**held, "spec": {**held["spec"], "holderIdentity": ""}})  # let go
     assert obs.takeable({**held, "spec": {**held["spec"], "holderIdentity": "me"}})  # ours from before
+
+
+def test_a_slot_written_with_an_endless_duration_is_taken_after_the_cap() -> None:
+    """Issue 19: `leaseDurationSeconds: 2147483647` on every slot switched reaping off for good."""
+    clock = FakeClock()
+    obs = SlotObserver("me", clock)
+    squatted = {"metadata": {"name": "vmesh-reaper-0", "resourceVersion": "3"},
+                "spec": {"holderIdentity": "thief", "leaseDurationSeconds": 2147483647}}
+    assert not obs.takeable(squatted)
+    clock.advance(MAX_SLOT_DURATION)
+    assert not obs.takeable(squatted)
+    clock.advance(0.1)
+    assert obs.takeable(squatted)
 
 
 async def test_candidates_fill_distinct_slots_and_the_rest_stand_by() -> None:
