@@ -12,6 +12,7 @@ import pytest
 
 from tests.testbed.cluster import TESTCLUSTER, Cluster
 from tests.testbed.mariadb import make_template
+from tests.testbed.plugin import kubectl_vmesh
 from tests.testbed.vm import VM
 
 
@@ -24,6 +25,9 @@ def _need_root() -> None:
 def cluster() -> Iterator[Cluster]:
     _need_root()
     c = Cluster.up()
+    # Every VM of the suite runs under the shipped admission policies as `kubectl vmesh install` writes them,
+    # the cluster's own ranges refused (the test node's Pod range given as the flag, since no Node exists yet).
+    kubectl_vmesh(c, "install", "--pod-cidr", "10.244.0.0/16")
     yield c
     if not os.environ.get("VMESH_KEEP_CLUSTER"):
         subprocess.run([str(TESTCLUSTER), "down"], check=False)
@@ -55,7 +59,8 @@ def make_vm(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[[str], VM]]:
     yield make
     for vm in made:
         vm.destroy()
-    # The agent runs unchanged under the isolation policy: no write of it is ever refused by policy.yaml.
+    # The agent runs unchanged under the admission policies: no write of it is ever refused by them.
     refused = [f"{vm.name}: {line}" for vm in made if vm.agent_log.exists()
-               for line in vm.agent_log.read_text(errors="replace").splitlines() if "vmesh-vm-isolation" in line]
-    assert not refused, "the isolation policy refused an agent's write:\n" + "\n".join(refused[:5])
+               for line in vm.agent_log.read_text(errors="replace").splitlines()
+               if "vmesh-vm-isolation" in line or "vmesh-vm-enrollment" in line]
+    assert not refused, "an admission policy refused an agent's write:\n" + "\n".join(refused[:5])

@@ -265,7 +265,11 @@ class KubeClient:
             while len(self._known) > KNOWN_VERSIONS:
                 self._known.pop(next(iter(self._known)))
 
-    async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
+    async def create(self, resource: Resource, namespace: str, body: Body, *, dry_run: bool = False) -> Body:
+        """POST; with `dry_run`, admitted (policies included) and validated but not stored."""
+        if dry_run:
+            return await self._call("POST", resource, namespace, "", body=body, query={"dryRun": "All"},
+                                    remember=False)
         return await self._call("POST", resource, namespace, "", body=body)
 
     async def replace(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:

@@ -68,7 +68,11 @@ def service_port(protocol: str, port: int, taken: Collection[str] = ()) -> Body:
 
 
 def build_service(name: str, namespace: str, vm: str, ports: Iterable[tuple[str, int]]) -> Body:
-    """A selector-less Service; its endpoints come from the VMs' EndpointSlices."""
+    """A selector-less Service; its endpoints come from the VMs' EndpointSlices.
+
+    PreferDualStack: on a dual-stack cluster the Service gets both families, so the VMs' IPv4 slices are used
+    even where IPv6 is the cluster's primary family (SingleStack, the default, would take the primary only and
+    ignore them); a single-stack cluster gives it its one family, as before."""
     spec_ports: list[Body] = []
     for protocol, port in sorted(set(ports), key=lambda p: p[1]):
         spec_ports.append(service_port(protocol, port, {p["name"] for p in spec_ports}))
@@ -76,7 +80,7 @@ def build_service(name: str, namespace: str, vm: str, ports: Iterable[tuple[str,
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": shared_metadata(name, namespace, vm),
-        "spec": {"type": "ClusterIP", "ports": spec_ports},
+        "spec": {"type": "ClusterIP", "ipFamilyPolicy": "PreferDualStack", "ports": spec_ports},
     }
 
 

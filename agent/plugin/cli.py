@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from agent.cluster.errors import ClusterError, NamespaceMissing, NotFound
+from agent.cluster.errors import ClusterError, Conflict, NamespaceMissing, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import (
     LABEL_MANAGED_BY,
@@ -33,6 +33,7 @@ from agent.cluster.objects import (
     lease_name,
 )
 from agent.cluster.resources import (
+    ADMISSION_POLICIES,
     ENDPOINT_SLICES,
     EXTERNAL_WORKLOADS,
     LEASES,
@@ -45,12 +46,16 @@ from agent.config import _DNS_LABEL, BACKENDS, ClusterSettings, ConfigError, Set
 from agent.durations import parse_duration
 from agent.heartbeat import Heartbeat
 from agent.logs import configure, get_logger
-from agent.plugin import fleet, manifests
+from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
+from agent.reaper_slots import LABEL_SLOT
 from agent.sync.registry import make_backend
 
 FIELD_MANAGER = "kubectl-vmesh"
 ROLE = "vmesh-agent"  # the shared Role of rbac.yaml every VM's RoleBinding points at
+LEGACY_ACCOUNT = "vmesh-agent"  # rbac.yaml's shared account: install learns the apiserver's audiences with it
+ISOLATION = "vmesh-vm-isolation"  # policy.yaml's; its marker is refused under this name in every namespace
+MIN_TOKEN_LIFETIME = 600
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 Body = dict[str, Any]
@@ -70,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
     install = sub.add_parser("install", parents=[common], help="apply the shipped manifests")
     install.add_argument("--dry-run", action="store_true", help="print the manifests, apply nothing")
+    install.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
+                         help="a Service range no VM may publish in, besides the ServiceCIDR objects (repeatable)")
+    install.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
+                         help="a Pod range no VM may publish in, besides the Nodes' podCIDRs (repeatable)")
 
     enroll = sub.add_parser("enroll", parents=[common], help="create a VM's identity and write its bundle")
     enroll.add_argument("vm")
@@ -142,9 +151,20 @@ def _content(obj: Body) -> Body:
 
 
 async def install(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
+    extra = [str(enrollment.parse_cidr(c)) for c in [*args.service_cidr, *args.pod_cidr]]
     for doc in manifests.load(namespace):
         resource = manifests.resource_of(doc)
         print(f"{manifests.describe(doc)} {await _apply(kube, resource, namespace, doc)}", flush=True)
+    revision = await enforce.publish(kube, namespace, LEGACY_ACCOUNT, extra)
+    await _enforced(kube, namespace, ISOLATION)
+    await _enforced(kube, namespace, enrollment.POLICY, revision)
+
+
+async def _enforced(kube: KubeClient, namespace: str, policy: str, revision: str = "") -> None:
+    seconds = await enforce.wait_enforced(kube, namespace, policy, revision)
+    at = f" at revision {revision}" if revision else ""
+    print(f"validatingadmissionpolicy.admissionregistration.k8s.io/{policy} enforced{at} ({seconds:.1f} s)",
+          flush=True)
 
 
 def _lifetime(text: str) -> int:
@@ -155,11 +175,19 @@ def _lifetime(text: str) -> int:
 async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     vm, account = args.vm, fleet.service_account_name(args.vm)
     services = tuple(DeclaredService.parse(s) for s in args.service)
+    names = enrollment.check_services(dict.fromkeys(s.name for s in services))
     lifetime = _lifetime(args.token_lifetime)
+    if lifetime < MIN_TOKEN_LIFETIME:
+        raise ValueError(f"--token-lifetime {args.token_lifetime}: at least 10m (the apiserver refuses shorter)")
+    try:
+        current: Body | None = await kube.get(ADMISSION_POLICIES, "", enrollment.POLICY)
+    except NotFound:
+        current = None
+    cidrs = enrollment.check_cidrs(args.cidr, enrollment.merge_ranges(enrollment.refused_of(current),
+                                                                      await enforce.cluster_ranges(kube)))
     labels = {LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER}
-    # What the VM was enrolled for, on its account: for the admission policy and for people.
-    annotations = {k: v for k, v in (("vmesh.dev/enrolled-services", ",".join(s.name for s in services)),
-                                     ("vmesh.dev/enrolled-cidrs", ",".join(args.cidr))) if v}
+    # What the VM was enrolled for, on its account: the enrollment policy is made from it (and people read it).
+    annotations = enrollment.account_annotations(cidrs, names, lifetime)
     sa: Body = {"apiVersion": "v1", "kind": "ServiceAccount",
                 "metadata": {"name": account, "namespace": namespace, "labels": labels, "annotations": annotations}}
     binding: Body = {
@@ -175,12 +203,18 @@ async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
         raise ClusterError(f"namespace {namespace} does not exist: run `{install}` first") from exc
     print(f"serviceaccount/{account} {outcome}")
     print(f"rolebinding.rbac.authorization.k8s.io/{account} {await _apply(kube, ROLE_BINDINGS, namespace, binding)}")
+    # The token only once the apiserver holds the VM to its enrollment.
+    await _enforced(kube, namespace, enrollment.POLICY, await enforce.publish(kube, namespace, account))
+    if not cidrs or not names:
+        anything = " and ".join(w for w, given in (("any address", cidrs), ("any service", names)) if not given)
+        print(f"note: {vm} may publish {anything} (outside the cluster's Service and Pod ranges); --cidr and "
+              "--service bind it", file=sys.stderr)
     request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                "spec": {"expirationSeconds": lifetime}}
     status = (await kube.create_subresource(SERVICE_ACCOUNTS, namespace, account, "token", request))["status"]
     expires = str(status.get("expirationTimestamp", ""))
     bundle = Bundle(vm_name=vm, namespace=namespace, server=args.server or kube.server, token=str(status["token"]),
-                    ca_certificate=kube.ca_certificate(), services=services, cidrs=tuple(args.cidr),
+                    ca_certificate=kube.ca_certificate(), services=services, cidrs=cidrs,
                     header=f"vmesh-agent config of VM {vm}, written by `kubectl vmesh enroll {vm}`.\n"
                            f"The token in ./token (ServiceAccount {namespace}/{account}) expires on {expires}.")
     parse_settings(bundle.config_toml(), require_cluster=False)  # the agent will accept it
@@ -254,3 +288,15 @@ async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
         print(f"lease.coordination.k8s.io/{lease_name(vm)} deleted")
     except NotFound:
         pass
+    # The reaper slots it held: free for the others now, not after their duration (up to 300 s).
+    for slot in await kube.list(LEASES, namespace, LABEL_SLOT):
+        meta, holder = slot["metadata"], str((slot.get("spec") or {}).get("holderIdentity") or "")
+        if holder.split("/", maxsplit=1)[0] == vm:
+            try:
+                await kube.delete(LEASES, namespace, meta["name"], resource_version=meta["resourceVersion"])
+                print(f"lease.coordination.k8s.io/{meta['name']} deleted (a reaper slot {vm} held)")
+            except (NotFound, Conflict):
+                pass  # taken over meanwhile
+    revision = await enforce.publish(kube, namespace, LEGACY_ACCOUNT)
+    print(f"validatingadmissionpolicy.admissionregistration.k8s.io/{enrollment.POLICY} without {vm} "
+          f"(revision {revision})")

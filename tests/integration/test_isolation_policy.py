@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import install_istio_crds
+from tests.testbed.plugin import kubectl_vmesh
 from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -21,9 +23,10 @@ ISOLATION = "vmesh-vm-isolation"  # the per-VM policy of policy.yaml
 class AsVM:
     """kubectl with one VM's own token (ServiceAccount vmesh-vm-<vm>), nothing of the admin's."""
 
-    def __init__(self, cluster: Cluster, namespace: str, vm: str) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, vm: str, token: str = "") -> None:
+        """With `token`, that one (from `kubectl vmesh enroll`'s bundle); else a fresh one from the test bed."""
         self.cluster, self.namespace, self.vm = cluster, namespace, vm
-        self.token = cluster.token(namespace, vm=vm)
+        self.token = token or cluster.token(namespace, vm=vm)
 
     def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         env = self.cluster.env
@@ -229,3 +232,121 @@ def test_a_vm_takes_no_bigger_share_through_a_workload_entry_weight(cluster: Clu
     a.create(entry)
     a.denied(f"may not give workloadentries mysqldb-{a.vm}-4 a weight", "patch", "workloadentry",
              f"mysqldb-{a.vm}-4", "--type=merge", "-p", '{"spec": {"weight": 1000000}}')
+
+
+ENROLLMENT = "vmesh-vm-enrollment"
+
+
+def enrolled(cluster: Cluster, namespace: str, vm: str, where: Path, *flags: str) -> AsVM:
+    """VM `vm` enrolled by `kubectl vmesh enroll` (which returns once its binding is enforced), with its token."""
+    kubectl_vmesh(cluster, "enroll", vm, "-n", namespace, "-o", str(where / vm), *flags)
+    return AsVM(cluster, namespace, vm, token=(where / vm / "token").read_text().strip())
+
+
+def endpoint_slice(vm: str, service: str, *addresses: str) -> str:
+    body = slice_of(vm)
+    body["metadata"]["name"] = f"{service}-{vm}-{uuid.uuid4().hex[:8]}"  # type: ignore[index]
+    body["metadata"]["labels"]["kubernetes.io/service-name"] = service  # type: ignore[index]
+    body["endpoints"] = [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]
+    return json.dumps(body)
+
+
+def workload_entry(vm: str, service: str, address: str) -> str:
+    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                       "metadata": {"name": f"{service}-{vm}-{uuid.uuid4().hex[:8]}",
+                                    "labels": {"vmesh.dev/vm": vm, "app": service,
+                                               "app.kubernetes.io/managed-by": "vmesh-agent"}},
+                       "spec": {"address": address, "ports": {"mysql": 3306}, "labels": {"app": service}}})
+
+
+def attacks_outside_the_enrollment(a: AsVM, b: AsVM) -> None:
+    """What VM A's stolen token tried in issue 19 (A enrolled for 198.18.7.7/32 and mysqldb, for 2 days), each
+    refused by the rule that names it."""
+    share = f"vmesh-vm-{a.vm} may publish only addresses inside the CIDRs it was enrolled for (198.18.7.7/32)"
+    a.denied(f"{share}, not 198.18.8.8", "create", "-f", "-", input=endpoint_slice(a.vm, "mysqldb", "198.18.8.8"),
+             policy=ENROLLMENT)
+    cluster_range = f"vmesh-vm-{a.vm} may not publish "
+    for address in ("10.96.0.1", "10.244.3.4"):  # the `kubernetes` Service, a Pod
+        a.denied(f"{cluster_range}{address}: inside the cluster's Service or Pod ranges", "create", "-f", "-",
+                 input=endpoint_slice(a.vm, "mysqldb", address), policy=ENROLLMENT)
+        b.denied(f"vmesh-vm-{b.vm} may not publish {address}: inside the cluster's Service or Pod ranges", "create",
+                 "-f", "-", input=endpoint_slice(b.vm, "mysqldb", address), policy=ENROLLMENT)
+    for address in ("127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "db.example.com"):
+        b.denied(f"may publish only unicast IP addresses, not loopback, link-local (the metadata address), "
+                 f"unspecified or multicast ones: {address}", "create", "-f", "-",
+                 input=workload_entry(b.vm, "mysqldb", address))
+    services = f"vmesh-vm-{a.vm} was enrolled for the services mysqldb only, not redis"
+    a.denied(services, "create", "-f", "-", input=endpoint_slice(a.vm, "redis", "198.18.7.7"), policy=ENROLLMENT)
+    a.denied(services, "create", "-f", "-", input=workload_entry(a.vm, "redis", "198.18.7.7"), policy=ENROLLMENT)
+    a.denied(services, "create", "-f", "-", input=json.dumps({**SERVICE, "metadata": {
+        "name": "redis", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}}}), policy=ENROLLMENT)
+    a.denied(f"vmesh-vm-{a.vm} may request tokens lasting at most 172800 s (its enrollment's --token-lifetime), "
+             "not 315360000 s", "create", "token", f"vmesh-vm-{a.vm}", "--duration", "87600h", policy=ENROLLMENT)
+    b.denied(f"vmesh-vm-{b.vm} may request tokens lasting at most 2592000 s", "create", "token",
+             f"vmesh-vm-{b.vm}", "--duration", "87600h", policy=ENROLLMENT)  # enroll's default, 30 days
+    a.denied(f"vmesh-vm-{a.vm} may request tokens only for the apiserver's own audiences "
+             "(https://kubernetes.default.svc), not vault", "create", "token", f"vmesh-vm-{a.vm}", "--audience",
+             "vault", policy=ENROLLMENT)
+    # Another VM's object name, taken first so that its own create fails (409).
+    squat = json.loads(endpoint_slice(a.vm, "mysqldb", "198.18.7.7"))
+    squat["metadata"]["name"] = f"mysqldb-{b.vm}-0123abcd"
+    a.denied(f"may create endpointslices only named mysqldb-{a.vm}-… (its service, then its VM name), not "
+             f"mysqldb-{b.vm}-0123abcd", "create", "-f", "-", input=json.dumps(squat))
+
+
+def inside_the_enrollment(a: AsVM, b: AsVM) -> None:
+    """The same writes inside each VM's enrollment go through (and are removed again)."""
+    for vm, address in ((a, "198.18.7.7"), (b, "198.18.8.8")):
+        name = name_of(vm.create(json.loads(endpoint_slice(vm.vm, "mysqldb", address))))
+        vm.ok("delete", "endpointslice", name)
+    a.ok("create", "token", f"vmesh-vm-{a.vm}", "--duration", "48h")
+    b.ok("create", "token", f"vmesh-vm-{b.vm}", "--duration", "720h")
+
+
+def test_a_vm_is_held_to_the_addresses_services_and_token_lifetime_it_was_enrolled_for(
+        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    install_istio_crds(cluster)
+    suffix = uuid.uuid4().hex[:4]
+    a = enrolled(cluster, namespace, f"a-{suffix}", tmp_path, "--cidr", "198.18.7.7/32", "--service", "mysqldb:3306",
+                 "--token-lifetime", "2d")
+    b = enrolled(cluster, namespace, f"b-{suffix}", tmp_path)  # no --cidr/--service: the documented default
+    attacks_outside_the_enrollment(a, b)
+    inside_the_enrollment(a, b)
+
+    # An apiserver restarted: the rules hold from its first answers once it is ready (/readyz) on.
+    cluster.stop("kube-apiserver")
+    cluster.start("kube-apiserver")
+    attacks_outside_the_enrollment(a, b)
+    inside_the_enrollment(a, b)
+
+
+def test_revoke_lets_the_reaper_slots_of_the_vm_go(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    """Issue 19: slots a revoked VM held stayed taken for their duration, whatever it wrote."""
+    a = enrolled(cluster, namespace, f"a-{uuid.uuid4().hex[:4]}", tmp_path)
+    for k in (3, 4):
+        a.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                  "metadata": {"name": f"vmesh-reaper-{k}", "labels": {"vmesh.dev/reaper-slot": str(k),
+                                                                        "app.kubernetes.io/managed-by": "vmesh-agent"}},
+                  "spec": {"holderIdentity": f"{a.vm}/machine/boot/1", "leaseDurationSeconds": 300}})
+    out = kubectl_vmesh(cluster, "revoke", a.vm, "-n", namespace).stdout
+    assert f"lease.coordination.k8s.io/vmesh-reaper-3 deleted (a reaper slot {a.vm} held)" in out, out
+    assert cluster.get("lease", "vmesh-reaper-4", namespace) is None
+
+
+def test_install_on_a_fresh_apiserver_returns_only_once_its_rules_are_enforced(cluster: Cluster, namespace: str,
+                                                                                tmp_path: Path) -> None:
+    """No sleep: the first write after `kubectl vmesh install` is judged by the rules it installed, on an
+    apiserver that never had them (deleted, then the apiserver restarted)."""
+    a = AsVM(cluster, namespace, f"a-{uuid.uuid4().hex[:4]}")
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        cluster.kubectl("delete", kind, ISOLATION, ENROLLMENT, "--ignore-not-found")
+    cluster.stop("kube-apiserver")
+    cluster.start("kube-apiserver")
+    a.ok("delete", "endpointslice", name_of(a.create(json.loads(endpoint_slice(a.vm, "mysqldb", "10.96.0.1")))))
+    out = kubectl_vmesh(cluster, "install", "--pod-cidr", "10.244.0.0/16").stdout
+    assert f"validatingadmissionpolicy.admissionregistration.k8s.io/{ISOLATION} enforced" in out, out
+    assert f"validatingadmissionpolicy.admissionregistration.k8s.io/{ENROLLMENT} enforced at revision" in out, out
+    a.denied(f"vmesh-vm-{a.vm} may not publish 10.96.0.1: inside the cluster's Service or Pod ranges", "create", "-f",
+             "-", input=endpoint_slice(a.vm, "mysqldb", "10.96.0.1"), policy=ENROLLMENT)
+    a.denied("may publish only unicast IP addresses", "create", "-f", "-",
+             input=endpoint_slice(a.vm, "mysqldb", "198.18.0.1", "239.1.1.1"))  # 127.0.0.1: the apiserver's own 422

@@ -57,7 +57,13 @@ def test_install_applies_the_manifests_and_a_second_run_changes_nothing(cluster:
     assert {d["kind"] for d in docs} >= {"Namespace", "ServiceAccount", "Role", "RoleBinding"}
     assert cluster.kubectl("get", "namespace", installed, check=False).returncode != 0, "--dry-run applied something"
 
-    first = kubectl_vmesh(cluster, "install", "-n", installed).stdout.splitlines()
+    out = kubectl_vmesh(cluster, "install", "-n", installed).stdout.splitlines()
+    # It returns once the apiserver enforces both policies (issue 19): the last two lines say so.
+    first, enforced = out[:-2], out[-2:]
+    assert enforced[0].startswith("validatingadmissionpolicy.admissionregistration.k8s.io/vmesh-vm-isolation "
+                                  "enforced ("), out
+    assert enforced[1].startswith("validatingadmissionpolicy.admissionregistration.k8s.io/vmesh-vm-enrollment "
+                                  "enforced at revision "), out
     assert len(first) == len(docs)
     assert all(line.endswith(" created") for line in first), first
     assert f"namespace/{installed} created" in first
@@ -65,7 +71,7 @@ def test_install_applies_the_manifests_and_a_second_run_changes_nothing(cluster:
     role = cluster.get("role", "vmesh-agent", installed)
     assert role is not None and role["rules"]
 
-    second = kubectl_vmesh(cluster, "install", "-n", installed).stdout.splitlines()
+    second = kubectl_vmesh(cluster, "install", "-n", installed).stdout.splitlines()[:-2]
     assert second == [line.replace(" created", " unchanged") for line in first]
 
     # Someone edits the Role by hand: install puts it back and says so.
