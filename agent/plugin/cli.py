@@ -172,6 +172,22 @@ def _lifetime(text: str) -> int:
     return int(seconds)
 
 
+def identity_objects(vm: str, namespace: str, annotations: dict[str, str]) -> tuple[Body, Body]:
+    """A VM's ServiceAccount, carrying what it was enrolled for (the enrollment policy is made from it, and people
+    read it), and its RoleBinding to the shared Role. bench/fleet enrolls its VMs with these too."""
+    account = fleet.service_account_name(vm)
+    labels = {LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER}
+    sa: Body = {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": account, "namespace": namespace, "labels": labels, "annotations": annotations}}
+    binding: Body = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": account, "namespace": namespace, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+    }
+    return sa, binding
+
+
 async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     vm, account = args.vm, fleet.service_account_name(args.vm)
     services = tuple(DeclaredService.parse(s) for s in args.service)
@@ -185,17 +201,7 @@ async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
         current = None
     cidrs = enrollment.check_cidrs(args.cidr, enrollment.merge_ranges(enrollment.refused_of(current),
                                                                       await enforce.cluster_ranges(kube)))
-    labels = {LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER}
-    # What the VM was enrolled for, on its account: the enrollment policy is made from it (and people read it).
-    annotations = enrollment.account_annotations(cidrs, names, lifetime)
-    sa: Body = {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": account, "namespace": namespace, "labels": labels, "annotations": annotations}}
-    binding: Body = {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": account, "namespace": namespace, "labels": labels},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
-        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
-    }
+    sa, binding = identity_objects(vm, namespace, enrollment.account_annotations(cidrs, names, lifetime))
     try:
         outcome = await _apply(kube, SERVICE_ACCOUNTS, namespace, sa)
     except (NamespaceMissing, NotFound) as exc:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import install_istio_crds
-from tests.testbed.plugin import kubectl_vmesh
+from tests.testbed.plugin import install_bundle, kubectl_vmesh
+from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -235,11 +237,13 @@ def test_a_vm_takes_no_bigger_share_through_a_workload_entry_weight(cluster: Clu
 
 
 ENROLLMENT = "vmesh-vm-enrollment"
+OUTSIDE = "198.18.254.254"  # inside the test bed's VM range, never handed out (tests/testbed/vm.py)
 
 
 def enrolled(cluster: Cluster, namespace: str, vm: str, where: Path, *flags: str) -> AsVM:
     """VM `vm` enrolled by `kubectl vmesh enroll` (which returns once its binding is enforced), with its token."""
-    kubectl_vmesh(cluster, "enroll", vm, "-n", namespace, "-o", str(where / vm), *flags)
+    kubectl_vmesh(cluster, "enroll", vm, "-n", namespace, "-o", str(where / vm), "--server", cluster.url_from_vms,
+                  *flags)
     return AsVM(cluster, namespace, vm, token=(where / vm / "token").read_text().strip())
 
 
@@ -259,26 +263,25 @@ def workload_entry(vm: str, service: str, address: str) -> str:
                        "spec": {"address": address, "ports": {"mysql": 3306}, "labels": {"app": service}}})
 
 
-def attacks_outside_the_enrollment(a: AsVM, b: AsVM) -> None:
-    """What VM A's stolen token tried in issue 19 (A enrolled for 198.18.7.7/32 and mysqldb, for 2 days), each
-    refused by the rule that names it."""
-    share = f"vmesh-vm-{a.vm} may publish only addresses inside the CIDRs it was enrolled for (198.18.7.7/32)"
-    a.denied(f"{share}, not 198.18.8.8", "create", "-f", "-", input=endpoint_slice(a.vm, "mysqldb", "198.18.8.8"),
-             policy=ENROLLMENT)
-    cluster_range = f"vmesh-vm-{a.vm} may not publish "
+DRY = ("create", "--dry-run=server", "-f", "-")  # admitted (or refused) as a real write, never stored
+
+
+def attacks_outside_the_enrollment(a: AsVM, a_address: str, b: AsVM) -> None:
+    """What VM A's stolen token tried in issue 19 (A enrolled for its address /32 and mysqldb, for 2 days; B
+    enrolled without --cidr/--service), each refused by the rule that names it."""
+    a.denied(f"vmesh-vm-{a.vm} may publish only addresses inside the CIDRs it was enrolled for ({a_address}/32), "
+             f"not {OUTSIDE}", *DRY, input=endpoint_slice(a.vm, "mysqldb", OUTSIDE), policy=ENROLLMENT)
     for address in ("10.96.0.1", "10.244.3.4"):  # the `kubernetes` Service, a Pod
-        a.denied(f"{cluster_range}{address}: inside the cluster's Service or Pod ranges", "create", "-f", "-",
-                 input=endpoint_slice(a.vm, "mysqldb", address), policy=ENROLLMENT)
-        b.denied(f"vmesh-vm-{b.vm} may not publish {address}: inside the cluster's Service or Pod ranges", "create",
-                 "-f", "-", input=endpoint_slice(b.vm, "mysqldb", address), policy=ENROLLMENT)
+        for vm in (a, b):
+            vm.denied(f"vmesh-vm-{vm.vm} may not publish {address}: inside the cluster's Service or Pod ranges",
+                      *DRY, input=endpoint_slice(vm.vm, "mysqldb", address), policy=ENROLLMENT)
     for address in ("127.0.0.1", "169.254.169.254", "0.0.0.0", "224.0.0.1", "db.example.com"):
-        b.denied(f"may publish only unicast IP addresses, not loopback, link-local (the metadata address), "
-                 f"unspecified or multicast ones: {address}", "create", "-f", "-",
-                 input=workload_entry(b.vm, "mysqldb", address))
+        b.denied("may publish only unicast IP addresses, not loopback, link-local (the metadata address), "
+                 f"unspecified or multicast ones: {address}", *DRY, input=workload_entry(b.vm, "mysqldb", address))
     services = f"vmesh-vm-{a.vm} was enrolled for the services mysqldb only, not redis"
-    a.denied(services, "create", "-f", "-", input=endpoint_slice(a.vm, "redis", "198.18.7.7"), policy=ENROLLMENT)
-    a.denied(services, "create", "-f", "-", input=workload_entry(a.vm, "redis", "198.18.7.7"), policy=ENROLLMENT)
-    a.denied(services, "create", "-f", "-", input=json.dumps({**SERVICE, "metadata": {
+    a.denied(services, *DRY, input=endpoint_slice(a.vm, "redis", a_address), policy=ENROLLMENT)
+    a.denied(services, *DRY, input=workload_entry(a.vm, "redis", a_address), policy=ENROLLMENT)
+    a.denied(services, *DRY, input=json.dumps({**SERVICE, "metadata": {
         "name": "redis", "labels": {"app.kubernetes.io/managed-by": "vmesh-agent"}}}), policy=ENROLLMENT)
     a.denied(f"vmesh-vm-{a.vm} may request tokens lasting at most 172800 s (its enrollment's --token-lifetime), "
              "not 315360000 s", "create", "token", f"vmesh-vm-{a.vm}", "--duration", "87600h", policy=ENROLLMENT)
@@ -288,36 +291,52 @@ def attacks_outside_the_enrollment(a: AsVM, b: AsVM) -> None:
              "(https://kubernetes.default.svc), not vault", "create", "token", f"vmesh-vm-{a.vm}", "--audience",
              "vault", policy=ENROLLMENT)
     # Another VM's object name, taken first so that its own create fails (409).
-    squat = json.loads(endpoint_slice(a.vm, "mysqldb", "198.18.7.7"))
+    squat = json.loads(endpoint_slice(a.vm, "mysqldb", a_address))
     squat["metadata"]["name"] = f"mysqldb-{b.vm}-0123abcd"
     a.denied(f"may create endpointslices only named mysqldb-{a.vm}-… (its service, then its VM name), not "
-             f"mysqldb-{b.vm}-0123abcd", "create", "-f", "-", input=json.dumps(squat))
+             f"mysqldb-{b.vm}-0123abcd", *DRY, input=json.dumps(squat))
 
 
-def inside_the_enrollment(a: AsVM, b: AsVM) -> None:
-    """The same writes inside each VM's enrollment go through (and are removed again)."""
-    for vm, address in ((a, "198.18.7.7"), (b, "198.18.8.8")):
-        name = name_of(vm.create(json.loads(endpoint_slice(vm.vm, "mysqldb", address))))
-        vm.ok("delete", "endpointslice", name)
+def inside_the_enrollment(a: AsVM, a_address: str, b: AsVM) -> None:
+    """The same writes inside each VM's enrollment are admitted."""
+    a.ok(*DRY, input=endpoint_slice(a.vm, "mysqldb", a_address))
+    b.ok(*DRY, input=endpoint_slice(b.vm, "redis", OUTSIDE))
     a.ok("create", "token", f"vmesh-vm-{a.vm}", "--duration", "48h")
     b.ok("create", "token", f"vmesh-vm-{b.vm}", "--duration", "720h")
 
 
+@pytest.mark.vm
 def test_a_vm_is_held_to_the_addresses_services_and_token_lifetime_it_was_enrolled_for(
-        cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+        cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path,
+        tmp_path: Path) -> None:
     install_istio_crds(cluster)
-    suffix = uuid.uuid4().hex[:4]
-    a = enrolled(cluster, namespace, f"a-{suffix}", tmp_path, "--cidr", "198.18.7.7/32", "--service", "mysqldb:3306",
-                 "--token-lifetime", "2d")
-    b = enrolled(cluster, namespace, f"b-{suffix}", tmp_path)  # no --cidr/--service: the documented default
-    attacks_outside_the_enrollment(a, b)
-    inside_the_enrollment(a, b)
+    vm_a, vm_b = make_vm("a"), make_vm("b")
+    a = enrolled(cluster, namespace, vm_a.name, tmp_path, "--cidr", f"{vm_a.address}/32",
+                 "--service", "mysqldb:3306", "--token-lifetime", "2d")
+    b = enrolled(cluster, namespace, vm_b.name, tmp_path)  # no --cidr/--service: the documented default
+    for vm in (vm_a, vm_b):  # both agents run on their bundles, MariaDB on the VM
+        vm.start_mariadb(mariadb_template)
+        vm.start_agent(install_bundle(vm, tmp_path / vm.name))
+    for vm in (vm_a, vm_b):
+        wait_until(lambda vm=vm: ready_at(cluster, vm, namespace), 30, f"{vm.name} registered, ready")
+
+    attacks_outside_the_enrollment(a, vm_a.address, b)
+    inside_the_enrollment(a, vm_a.address, b)
 
     # An apiserver restarted: the rules hold from its first answers once it is ready (/readyz) on.
     cluster.stop("kube-apiserver")
     cluster.start("kube-apiserver")
-    attacks_outside_the_enrollment(a, b)
-    inside_the_enrollment(a, b)
+    attacks_outside_the_enrollment(a, vm_a.address, b)
+    inside_the_enrollment(a, vm_a.address, b)
+    # Both agents stayed registered throughout (and make_vm fails the test if a write of theirs was refused).
+    for vm in (vm_a, vm_b):
+        wait_until(lambda vm=vm: ready_at(cluster, vm, namespace), 30, f"{vm.name} still registered, ready")
+
+
+def ready_at(cluster: Cluster, vm: VM, namespace: str) -> bool:
+    return any(e["addresses"] == [vm.address] and e["conditions"].get("ready")
+               for s in cluster.list("endpointslice", namespace, f"vmesh.dev/vm={vm.name}")
+               for e in s.get("endpoints") or [])
 
 
 def test_revoke_lets_the_reaper_slots_of_the_vm_go(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
@@ -342,11 +361,11 @@ def test_install_on_a_fresh_apiserver_returns_only_once_its_rules_are_enforced(c
         cluster.kubectl("delete", kind, ISOLATION, ENROLLMENT, "--ignore-not-found")
     cluster.stop("kube-apiserver")
     cluster.start("kube-apiserver")
-    a.ok("delete", "endpointslice", name_of(a.create(json.loads(endpoint_slice(a.vm, "mysqldb", "10.96.0.1")))))
+    a.ok(*DRY, input=endpoint_slice(a.vm, "mysqldb", "10.96.0.1"))  # no rules yet
     out = kubectl_vmesh(cluster, "install", "--pod-cidr", "10.244.0.0/16").stdout
     assert f"validatingadmissionpolicy.admissionregistration.k8s.io/{ISOLATION} enforced" in out, out
     assert f"validatingadmissionpolicy.admissionregistration.k8s.io/{ENROLLMENT} enforced at revision" in out, out
-    a.denied(f"vmesh-vm-{a.vm} may not publish 10.96.0.1: inside the cluster's Service or Pod ranges", "create", "-f",
-             "-", input=endpoint_slice(a.vm, "mysqldb", "10.96.0.1"), policy=ENROLLMENT)
-    a.denied("may publish only unicast IP addresses", "create", "-f", "-",
+    a.denied(f"vmesh-vm-{a.vm} may not publish 10.96.0.1: inside the cluster's Service or Pod ranges", *DRY,
+             input=endpoint_slice(a.vm, "mysqldb", "10.96.0.1"), policy=ENROLLMENT)
+    a.denied("may publish only unicast IP addresses", *DRY,
              input=endpoint_slice(a.vm, "mysqldb", "198.18.0.1", "239.1.1.1"))  # 127.0.0.1: the apiserver's own 422
