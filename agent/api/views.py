@@ -113,7 +113,8 @@ def credentials_status(agent: AgentView) -> dict[str, Any]:
         "account": account.username or None if account else None,
         "kind": account.kind.value if account else None,
         "problem": (agent.guard.problem if agent.guard else "") or
-                   (account.message if account and not account.registers else "") or None,
+                   (account.message if account and not account.registers else "") or
+                   (agent.tokens.problem if agent.tokens else "") or None,
         "token_file": token.path if token else None,
         "expires": utc(claims.expires_at) if claims and claims.expires_at else None,
         "next_renewal": utc(renewal.next_renewal) if renewal and renewal.next_renewal else None,

@@ -73,6 +73,7 @@ class CredentialGuard:
         problem = rejection_message(self._vm, claims.expires_at if claims else 0.0, claims.subject if claims else "",
                                     self._clock())
         self.rejections += 1
+        self._tokens.refuse(token.value)  # the other file's token, if any, is tried next
         if token.value != self._rejected:
             self._backoff.reset()
             self._next_probe = self._monotonic() + self._backoff.next()

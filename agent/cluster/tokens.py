@@ -90,12 +90,26 @@ class Token:
 
 class TokenFiles:
     """The token the agent uses now, among the enrolled file and the renewed one. `current()` stats the files on
-    each call (every API request asks) and re-reads only a file that changed."""
+    each call (every API request asks) and re-reads only a file that changed.
 
-    def __init__(self, paths: Sequence[str], clock: Callable[[], float] = time.time) -> None:
+    A file that changed but cannot be read (a bundle unpacked as root over the old token, mode 0600: issue 20)
+    does not take the agent's credentials away: the token read from it before stays in use, `problem` says why
+    and what to do, and `warn` is called once per new problem."""
+
+    def __init__(self, paths: Sequence[str], clock: Callable[[], float] = time.time,
+                 warn: Callable[[str], None] | None = None) -> None:
         self.paths = tuple(p for p in paths if p)
         self._clock = clock
+        self._warn = warn
         self._read: dict[str, tuple[tuple[int, int, int], Token | None]] = {}
+        self._refused: set[str] = set()  # token values the cluster refused (401)
+        self.problem = ""
+
+    def refuse(self, value: str) -> None:
+        """The cluster refused this token: another one, if there is one, is used instead."""
+        self._refused.add(value)
+        if len(self._refused) > 8:  # old refusals of tokens long replaced
+            self._refused.pop()
 
     @property
     def renewed_path(self) -> str:
@@ -112,34 +126,62 @@ class TokenFiles:
         cached = self._read.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        value = Path(path).read_text(encoding="utf-8").strip()
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            if cached is None or cached[1] is None:
+                raise
+            self._say(f"cannot read the new token in {path} ({exc.strerror or exc}); still using the one read from "
+                      f"it before. Make it the agent's: chgrp vmesh-agent {path} && chmod 0640 {path}")
+            return cached[1]
+        if self.problem and path in self.problem:
+            self._say("")
         token = Token(value, path, parse_claims(value), st.st_mtime) if value else None
         self._read[path] = (stamp, token)
         return token
 
+    def _say(self, problem: str) -> None:
+        if problem != self.problem and problem and self._warn is not None:
+            self._warn(problem)
+        self.problem = problem
+
     def current(self) -> Token:
-        """The newest token that has not expired; if every one has, the newest. OSError if none can be read (the
-        enrolled file is required: its error names it)."""
+        """The newest token that has not expired and was not refused; failing that, the newest. A renewal for
+        another account than the enrolled token's is not used (a golden image's left-over, or a renewal of an
+        earlier enrollment under another name). OSError if none can be read."""
         found: list[Token] = []
-        for index, path in enumerate(self.paths):
+        unreadable: OSError | None = None
+        for path in self.paths:
             try:
                 token = self._load(path)
-            except OSError:
-                if index == 0:
-                    raise
-                token = None  # a renewal that cannot be read does not stop the enrolled token from working
+            except OSError as exc:  # one file that cannot be read does not stop the other from working
+                unreadable, token = unreadable or exc, None
             if token is not None:
                 found.append(token)
         if not found:
+            if unreadable is not None:
+                raise unreadable
             raise FileNotFoundError(f"no token in {', '.join(self.paths)}")
+        if unreadable is not None:
+            self._say(f"cannot read {unreadable.filename} ({unreadable.strerror or unreadable}); using the token in "
+                      f"{found[0].path}. Make it the agent's: chgrp vmesh-agent {unreadable.filename} && "
+                      f"chmod 0640 {unreadable.filename}")
+        enrolled = found[0].claims.subject if found[0].path == self.paths[0] and found[0].claims else ""
+        foreign = [t for t in found[1:] if enrolled and t.claims and t.claims.subject not in ("", enrolled)]
+        if foreign:
+            whose = foreign[0].claims.subject if foreign[0].claims else ""
+            self._say(f"not using {foreign[0].path}: a token of {whose}, while {self.paths[0]} holds one of "
+                      f"{enrolled} (left by another VM or an earlier enrollment); the next renewal replaces it")
+            found = [t for t in found if t not in foreign]
         now = self._clock()
-        valid = [t for t in found if not (t.claims and t.claims.expired(now))] or found
+        usable = [t for t in found if t.value not in self._refused] or found
+        valid = [t for t in usable if not (t.claims and t.claims.expired(now))] or usable
         return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified))
 
 
-def agent_token_files(token_file: str, state_dir: str) -> TokenFiles:
+def agent_token_files(token_file: str, state_dir: str, warn: Callable[[str], None] | None = None) -> TokenFiles:
     """The enrolled token, then the agent's own renewals of it."""
-    return TokenFiles([token_file, os.path.join(state_dir, RENEWED_TOKEN)])
+    return TokenFiles([token_file, os.path.join(state_dir, RENEWED_TOKEN)], warn=warn)
 
 
 def write_token(path: str, token: str) -> None:

@@ -100,4 +100,10 @@ class Bundle:
             for name, content, mode in self.files():
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+                info.uname = info.gname = "root"
+                if name == "token":
+                    # `tar -xzf` as root restores owners by name: on a VM where the package is installed (a
+                    # re-enrollment) the token is then root:vmesh-agent 0640, readable by the running agent;
+                    # before the package, the group is not known, it stays root's and the postinst hands it over.
+                    info.gname, info.mode = "vmesh-agent", 0o640
                 tar.addfile(info, io.BytesIO(content))

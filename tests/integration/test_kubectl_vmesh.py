@@ -149,11 +149,11 @@ def test_enroll_a_vm_runs_on_its_bundle_shows_in_get_vms_and_revoke_cuts_it_off(
 
 
 def bundle_token(bundle: Path, cluster: Cluster, vm: VM, namespace: str) -> str:
-    """The bundle: config, token (0600) and CA, at the top of the tarball. Returns the token."""
+    """The bundle: config, token (root:vmesh-agent 0640) and CA, at the top of the tarball. Returns the token."""
     with tarfile.open(bundle) as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert set(members) == {"config.toml", "token", "ca.crt"}
-        assert members["token"].mode == 0o600
+        assert (members["token"].mode, members["token"].gname) == (0o640, "vmesh-agent")
         config = tar.extractfile("config.toml").read().decode()  # type: ignore[union-attr]
         token = tar.extractfile("token").read().decode().strip()  # type: ignore[union-attr]
         ca = tar.extractfile("ca.crt").read()  # type: ignore[union-attr]

@@ -71,10 +71,16 @@ def files(tmp_path: Path, enrolled: str, clock: FakeClock) -> TokenFiles:
 
 
 def renewal(tmp_path: Path, clock: FakeClock, enrolled: str, *, sleeps: list[float], max_sleeps: int = 50,
-            fraction: float = 0.8, renewals: int = 0) -> tuple[TokenRenewal, FakeTokenApi, TokenFiles]:
+            fraction: float = 0.8, renewals: int = 0,
+            skew: float = 0.0) -> tuple[TokenRenewal, FakeTokenApi, TokenFiles]:
     """A renewal on a fake clock; its sleeps advance the clock, and the run stops after `max_sleeps` of them or
-    once `renewals` tokens were asked for."""
+    once `renewals` tokens were asked for. `clock` is the apiserver's (it issues the tokens); the VM's wall clock
+    is `skew` seconds ahead of it (behind when negative); the monotonic clock is the apiserver's, as it runs."""
     api = FakeTokenApi(clock)
+
+    def vm_clock() -> float:
+        return clock() + skew
+
     tokens = files(tmp_path, enrolled, clock)
 
     async def sleep(seconds: float) -> None:
@@ -84,7 +90,7 @@ def renewal(tmp_path: Path, clock: FakeClock, enrolled: str, *, sleeps: list[flo
         clock.advance(seconds)
 
     r = TokenRenewal(cast(KubeClient, api), tokens, "vm", "vmesh-vm-a", fraction=fraction, log=get_logger(),
-                     clock=clock, sleep=sleep, backoff=Backoff(base=5, cap=300, jitter=0))
+                     clock=vm_clock, monotonic=clock, sleep=sleep, backoff=Backoff(base=5, cap=300, jitter=0))
     return r, api, tokens
 
 
@@ -126,6 +132,60 @@ def test_an_expired_renewal_gives_way_to_a_valid_enrolled_token(tmp_path: Path) 
     assert tokens.current().path.endswith("etc/token")
 
 
+def test_a_token_file_that_turns_unreadable_keeps_the_token_read_before_and_says_why(tmp_path: Path) -> None:
+    """Issue 20: a bundle unpacked as root over the enrolled token left it unreadable to the agent, and
+    current() raised: the credentials and renewal loops died and the agent exited. (The test runs as root, for
+    which no mode is unreadable: a directory in the file's place fails the read the same way.)"""
+    clock, said = FakeClock(T0 + DAY), []
+    (tmp_path / "etc").mkdir()
+    token_file = tmp_path / "etc" / "token"
+    token_file.write_text(jwt())
+    tokens = TokenFiles([str(token_file), str(tmp_path / "state" / "token")], clock=clock, warn=said.append)
+    first = tokens.current()
+    token_file.unlink()
+    token_file.mkdir()
+    assert tokens.current() == first and tokens.current() == first
+    assert len(said) == 1 and f"cannot read the new token in {token_file}" in said[0], said
+    assert f"chgrp vmesh-agent {token_file} && chmod 0640 {token_file}" in tokens.problem
+    token_file.rmdir()
+    fresh = jwt(iat=T0 + DAY, exp=T0 + 31 * DAY)
+    token_file.write_text(fresh)  # fixed: the new token is read, the problem gone
+    assert tokens.current().value == fresh and tokens.problem == ""
+
+
+def test_an_unreadable_enrolled_file_at_start_gives_way_to_a_renewed_token(tmp_path: Path) -> None:
+    clock, said = FakeClock(T0 + DAY), []
+    (tmp_path / "etc" / "token").mkdir(parents=True)
+    tokens = TokenFiles([str(tmp_path / "etc" / "token"), str(tmp_path / "state" / "token")], clock=clock,
+                        warn=said.append)
+    with pytest.raises(IsADirectoryError):  # nothing readable at all: the enrolled file's own error
+        tokens.current()
+    renewed = jwt(iat=T0 + DAY, exp=T0 + 31 * DAY)
+    write_token(tokens.renewed_path, renewed)
+    assert tokens.current().value == renewed
+    assert said and "using the token in" in said[0]
+
+
+def test_a_renewal_of_another_account_is_not_used_and_a_refused_token_gives_way(tmp_path: Path) -> None:
+    """Issue 20: the newest token by iat won even when it was another VM's (a golden image captured after its
+    template VM renewed its token) or refused by the cluster."""
+    clock, said = FakeClock(T0 + DAY), []
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "token").write_text(enrolled := jwt())
+    tokens = TokenFiles([str(tmp_path / "etc" / "token"), str(tmp_path / "state" / "token")], clock=clock,
+                        warn=said.append)
+    write_token(tokens.renewed_path, jwt(sub="system:serviceaccount:vm:vmesh-vm-template", iat=T0 + DAY / 2))
+    assert tokens.current().value == enrolled
+    assert said and "a token of system:serviceaccount:vm:vmesh-vm-template, while" in said[0], said
+    renewed = jwt(iat=T0 + DAY / 2)  # its own renewal, newer: used, until the cluster refuses it
+    write_token(tokens.renewed_path, renewed)
+    assert tokens.current().value == renewed
+    tokens.refuse(renewed)
+    assert tokens.current().value == enrolled
+    tokens.refuse(enrolled)  # both refused: the newest again, and the guard waits for a new one
+    assert tokens.current().value == renewed
+
+
 # -- the renewal schedule --------------------------------------------------------------------------------
 
 async def test_renewed_at_the_fraction_of_its_life_with_its_audience_and_lifetime(tmp_path: Path) -> None:
@@ -152,6 +212,32 @@ async def test_each_renewal_schedules_the_next_from_the_new_token(tmp_path: Path
     # Every 30 s of a 600 s token; 30 pieces of at most 60 s → 29 renewals at 30 s each after the first.
     assert len(api.requests) >= 10 and all(req[3] == 600 for req in api.requests)
     assert r.renewals == len(api.requests)
+
+
+@pytest.mark.parametrize("skew", [50 * 60.0, 3 * 3600.0, -30 * 60.0, -5 * 3600.0])
+async def test_a_skewed_vm_clock_renews_on_schedule_not_in_a_storm_nor_too_late(tmp_path: Path, skew: float) -> None:
+    """Issue 20: with a 1 h token and the VM's clock 50 min ahead, every new token was already due: 1,014
+    TokenRequests in 2 s. Behind by more than 12 min, the token expired before its renewal."""
+    clock, sleeps = FakeClock(T0), []
+    r, api, _ = renewal(tmp_path, clock, jwt(exp=T0 + 3600), sleeps=sleeps, max_sleeps=10**6, renewals=6,
+                        skew=skew)
+    with pytest.raises(Stop):
+        await r.run()
+    issued = [T0 + sum(sleeps[:i]) for i in range(len(sleeps))]  # the apiserver's time at each wake-up
+    assert len(api.requests) == 6
+    took = clock() - T0  # apiserver time for six renewals
+    # One early renewal at most (the enrolled token, placed by the skewed wall clock), then every 48 min.
+    assert 5 * 0.8 * 3600 - 1 <= took <= 6 * 0.8 * 3600 + 1, (skew, took, issued[:3])
+    assert r.skew == pytest.approx(skew, abs=1)
+
+
+async def test_renewals_are_never_closer_than_the_minimum_interval(tmp_path: Path) -> None:
+    clock, sleeps = FakeClock(T0), []
+    r, _, _ = renewal(tmp_path, clock, jwt(exp=T0 + 600), sleeps=sleeps, max_sleeps=10**4, fraction=0.001,
+                        renewals=5)
+    with pytest.raises(Stop):
+        await r.run()
+    assert clock() - T0 >= 4 * 10.0, "0.6 s of a 600 s token asked for, 10 s between renewals given"
 
 
 async def test_a_vm_that_was_off_past_the_renewal_point_renews_at_once(tmp_path: Path) -> None:
