@@ -87,6 +87,8 @@ class Agent:
         self.failure = ""
         self.report: DiscoveryReport | None = None
         self.maintenance = MaintenanceStore(settings.state_dir)
+        if self.maintenance.unreadable:
+            self.log.error(self.maintenance.unreadable)
         self.tracked: list[Registration] = []  # what discovery and the config say, before health
         self.present: list[Registration] = []  # of those, what is listening right now
         # This agent's own registry (never prometheus_client's global one): a fleet shares the process.
@@ -114,7 +116,8 @@ class Agent:
         cluster = settings.cluster
         # The enrolled token, then the agent's own renewals of it; none with a kubeconfig (its credentials are
         # the admin's business).
-        self.tokens = (agent_token_files(cluster.token_file, settings.state_dir)
+        self.tokens = (agent_token_files(cluster.token_file, settings.state_dir,
+                                         warn=self.log.warning)
                        if cluster.token_file and not cluster.kubeconfig else None)
         self.guard = CredentialGuard(self.tokens, settings.vm_name, self.log) if self.tokens else None
         self.account: Verdict | None = None  # whose token this is, as last checked
@@ -188,6 +191,9 @@ class Agent:
         self._clients.append(beat_client)
         self.server = sync_client.server
         self.tasks.spawn("discovery", self._discovery_loop())
+        # SIGHUP is taken from the start, also while not registering (a refused token, another VM's): it was
+        # ignored until registering began (issue 20).
+        self.tasks.spawn("reload", self._reload_loop())
         await self._check_account(beat_client)
         self.tasks.spawn("credentials", self._watch_credentials(beat_client))
         if self.account is not None and self.account.registers:
@@ -221,8 +227,11 @@ class Agent:
         while True:
             await asyncio.sleep(CREDENTIALS_POLL if self.tokens else CREDENTIALS_RECHECK_WITHOUT_FILES)
             value = self._token_value()
+            # A refused account is asked about again at each tick, also while registering (a single 401 after a
+            # renewal left it REJECTED until the next renewal, issue 20); the guard lets only its slow probes
+            # through to the apiserver, so this costs no request in between.
             refused = self.account is not None and self.account.kind is Kind.REJECTED
-            if value == seen and not (refused and not self._registering):
+            if value == seen and not refused:
                 continue
             seen = value
             verdict = await self._check_account(kube)
@@ -282,7 +291,6 @@ class Agent:
         self.tasks.spawn("reconciler", self.reconciler.run())
         self.tasks.spawn("heartbeat", heartbeat.run())
         self.tasks.spawn("watch", self._watch_after_first_sync(self.reconciler, self.watcher))
-        self.tasks.spawn("reload", self._reload_loop())
         if s.reaper.enabled:
             self.tasks.spawn("reaper", self.slots.run(self.reaper.run))
         if self.notifier.watchdog_interval:
@@ -446,9 +454,9 @@ class Agent:
 
     def _refresh_state(self) -> None:
         """Desired state = what is tracked; ready only while present, healthy and not in maintenance."""
-        paused = self.maintenance.reasons
+        paused = self.maintenance.reason
         desired = [
-            dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and r.service not in paused)
+            dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and paused(r.service) is None)
             for r in self.tracked
         ]
         if self.state.replace(desired, preferred=self._advertised_order()):
@@ -472,7 +480,7 @@ class Agent:
         self.maintenance.set(service, enabled, reason)
         self.log.warning("maintenance " + ("on" if enabled else "off"), service=service, reason=reason or None)
         self._refresh_state()
-        return self.maintenance.reasons.get(service)
+        return self.maintenance.reason(service)
 
     # -- what the API reads (agent.api.view.AgentView) -------------------------------------------------
 
@@ -482,6 +490,8 @@ class Agent:
 
     @property
     def maintenance_reasons(self) -> dict[str, str]:
+        if self.maintenance.unreadable:
+            return {**{r.service: self.maintenance.unreadable for r in self.tracked}, **self.maintenance.reasons}
         return self.maintenance.reasons
 
     def loops_alive(self) -> bool:
@@ -576,6 +586,9 @@ class Agent:
                 new = dataclasses.replace(new, **{key: getattr(self.settings, key) for key in kept})
             self.settings = new
             self._scanner.probe_timeout = new.discovery.probe_timeout
+            # A socket left unprobed because its protocol was not allowed is probed again: `discovery.allow` may
+            # allow it now (it stayed "not probed" for the socket's life, issue 20).
+            self._scanner.forget_unprobed()
             self._vanish.grace = new.discovery.remove_after
             if self.heartbeat is not None:
                 self.heartbeat.interval = new.heartbeat.interval

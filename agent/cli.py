@@ -24,12 +24,13 @@ from typing import Any
 from agent import __version__, interpreter
 from agent.agent import Agent
 from agent.client import EXIT_NOPERM, ClientError, call
+from agent.cluster.errors import ClusterError
 from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
 from agent.discovery.listeners import scan_listeners
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
-from agent.oneshot import deregister, reap_once
+from agent.oneshot import AgentRunning, deregister, reap_once
 from agent.sdnotify import Notifier
 from agent.stop_command import add_arguments as add_stop_kind_arguments
 from agent.stop_command import run as stop_kind
@@ -261,7 +262,11 @@ def _services_text(services: list[dict[str, Any]]) -> str:
 
 async def _cluster_command(command: str, settings: Settings, as_json: bool) -> int:
     if command == "deregister":
-        removed = await deregister(settings)
+        try:
+            removed = await deregister(settings)
+        except (AgentRunning, ClusterError) as exc:
+            print(f"vmesh-agent: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         print(json.dumps({"removed": removed}) if as_json else
               ("removed " + ", ".join(removed)) if removed else "nothing registered for this VM")
         return 0

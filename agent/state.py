@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ from dataclasses import dataclass
 from agent.discovery.addresses import IPAddress
 
 
-@dataclass(frozen=True, order=True)
+@functools.total_ordering
+@dataclass(frozen=True)
 class Registration:
-    """One service port of this VM, at one address."""
+    """One service port of this VM, at one address. Ordered by service, port, protocol, then address with IPv4
+    first (the dataclass's own order compared an IPv4 with an IPv6 address and raised: a dual-stack VM's
+    /metrics and /v1/services failed)."""
 
     service: str
     port: int
@@ -23,6 +27,14 @@ class Registration:
     @property
     def family(self) -> int:
         return self.address.version
+
+    def _order(self) -> tuple[str, int, str, int, int, bool]:
+        return self.service, self.port, self.protocol, self.address.version, int(self.address), self.ready
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Registration):
+            return NotImplemented
+        return self._order() < other._order()
 
 
 def group_by_service(registrations: Iterable[Registration]) -> dict[str, list[Registration]]:

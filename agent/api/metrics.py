@@ -32,6 +32,11 @@ class AgentCollector:
 
     def __init__(self, view: AgentView) -> None:
         self._view = view
+        # vmesh_checks_total is a counter: what monitors counted before they went away (a listener gone, a
+        # reload) stays in it, or the sum would go down and Prometheus read a counter reset (issue 20).
+        # id(monitor) → (monitor, key, passed, failed); the monitor is held so that its id is not reused
+        self._live: dict[int, tuple[object, tuple[str, str], int, int]] = {}
+        self._retired: dict[tuple[str, str], list[int]] = {}
 
     def describe(self) -> list[Metric]:
         """The names, for the registry's duplicate check: without reading the agent (it may be starting)."""
@@ -68,17 +73,26 @@ class AgentCollector:
         for (service, state), n in sorted(counts.items()):
             families["vmesh_registrations"].add_metric([service, state], n)
 
-    @staticmethod
-    def _checks(families: Families, view: AgentView) -> None:
+    def _checks(self, families: Families, view: AgentView) -> None:
         # Summed per (service, port): an IPv4 and an IPv6 registration of one port are one series.
-        totals: dict[tuple[str, str], list[int]] = {}
-        for reg in sorted(view.tracked):
+        live: dict[int, tuple[object, tuple[str, str], int, int]] = {}
+        for reg in view.tracked:  # unsorted: IPv4 and IPv6 addresses do not compare
             monitor = view.monitor(reg)
             if monitor is not None:
-                passed_failed = totals.setdefault((reg.service, str(reg.port)), [0, 0])
-                passed_failed[0] += monitor.checks - monitor.failures
-                passed_failed[1] += monitor.failures
-        for (service, port), (passed, failed) in totals.items():
+                live[id(monitor)] = (monitor, (reg.service, str(reg.port)), monitor.checks - monitor.failures,
+                                     monitor.failures)
+        for gone in self._live.keys() - live.keys():
+            _, key, passed, failed = self._live[gone]
+            retired = self._retired.setdefault(key, [0, 0])
+            retired[0] += passed
+            retired[1] += failed
+        self._live = live
+        totals = {key: list(counts) for key, counts in self._retired.items()}
+        for _, key, passed, failed in live.values():
+            passed_failed = totals.setdefault(key, [0, 0])
+            passed_failed[0] += passed
+            passed_failed[1] += failed
+        for (service, port), (passed, failed) in sorted(totals.items()):
             families["vmesh_checks_total"].add_metric([service, port, "pass"], passed)
             families["vmesh_checks_total"].add_metric([service, port, "fail"], failed)
 

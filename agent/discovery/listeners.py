@@ -30,15 +30,21 @@ class Listener:
     accept_queue: int = field(default=0, compare=False)
 
     @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The address it accepts connections on: an IPv4-mapped one (`::ffff:10.0.0.5`, as Java binds an IPv4
+        address on an IPv6 socket) is that IPv4 address."""
+        ip = ipaddress.ip_address(self.address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        return ip
+
+    @property
     def is_wildcard(self) -> bool:
         return ipaddress.ip_address(self.address).is_unspecified
 
     @property
     def is_loopback(self) -> bool:
-        ip = ipaddress.ip_address(self.address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped.is_loopback
-        return ip.is_loopback
+        return self.ip.is_loopback
 
 
 def parse_proc_net_tcp(text: str, family: int) -> list[Listener]:

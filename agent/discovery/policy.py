@@ -30,7 +30,7 @@ def is_reachable(listener: Listener, local: Collection[IPAddress] | None) -> boo
     """False for a socket bound to one specific address that is not the VM's (`local`; None: not known)."""
     if local is None or listener.is_wildcard or listener.is_loopback:
         return True
-    return ipaddress.ip_address(listener.address) in local
+    return listener.ip in local
 
 
 def loopback_only(listener: Listener) -> str:
@@ -94,5 +94,5 @@ def decide(
             return skip(f"bound to IPv4 {listener.address} but the advertised address {advertised} is IPv6")
         return ListenerDecision(listener, protocol, True, service, advertised,
                                 f"listens on every address; registered at {advertised}")
-    bound = ipaddress.ip_address(listener.address)
+    bound = listener.ip
     return ListenerDecision(listener, protocol, True, service, bound, f"listens on {bound} only; registered there")

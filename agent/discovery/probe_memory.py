@@ -35,6 +35,10 @@ class ProbeMemory:
                 return identity
         return None
 
+    def forget_unprobed(self) -> None:
+        """Drop what was decided without connecting (NOT_PROBED): the allow-list it depended on changed."""
+        self._settled = {lst: i for lst, i in self._settled.items() if i.probed}
+
     def record(self, listener: Listener, identity: Identity) -> None:
         if not identity.unsettled:
             self._settled[listener] = identity

@@ -47,6 +47,10 @@ class Scanner:
         self._names = ProcessNames(proc)
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
 
+    def forget_unprobed(self) -> None:
+        """Probe again, at the next pass, the sockets that were not probed (their protocol not allowed then)."""
+        self._memory.forget_unprobed()
+
     async def _probe(self, listener: Listener, allow: Mapping[str, str]) -> tuple[Listener, Identity]:
         async with self._limit:
             identity = await identify(listener, allow, self.probe_timeout)

@@ -60,8 +60,8 @@ def covers(listener: Listener, address: str) -> bool:
     """Whether a connection to `address` (an IP address) reaches `listener` (same address, or a wildcard of
     its family; an IPv6 wildcard also takes IPv4 unless the socket is v6-only, which the socket table does not
     say)."""
-    if listener.address == address:
-        return True
+    if listener.address == address or (listener.address.startswith("::ffff:") and str(listener.ip) == address):
+        return True  # the same address, or its IPv4-mapped form on an IPv6 socket (as Java binds)
     if listener.address not in WILDCARDS:
         return False
     return listener.address == "::" or ":" not in address

@@ -265,6 +265,24 @@ def test_stale_socket_from_a_crash_is_replaced(vm: VM) -> None:
     wait_until(lambda: vm.cli("status", "--json").returncode == 0, 20, "the agent serving again")
 
 
+def test_deregister_is_refused_while_the_agent_runs_or_a_clone_holds_the_lease(cluster: Cluster, namespace: str,
+                                                                                vm: VM) -> None:
+    """Issue 20: a deregister while the agent ran was undone within ~0.1 s without a word, and it deleted the
+    Lease whoever held it (a clone's, with the same vm_name)."""
+    slice_name = object_name("mysqldb", vm.name, 4)
+    running = vm.cli("deregister")
+    assert running.returncode == 1 and "the agent is running" in running.stderr, running.stderr
+    assert cluster.get("endpointslice", slice_name, namespace) is not None
+    vm.stop_agent(signal.SIGKILL)
+    clone = f"{vm.name}/0123456789ab/0123456789ab/4242"
+    cluster.kubectl("patch", "lease", f"vmesh-{vm.name}", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"holderIdentity": clone}}))
+    held = vm.cli("deregister")
+    assert held.returncode == 1 and f"is held by another machine ({clone}" in held.stderr, held.stderr
+    assert cluster.get("endpointslice", slice_name, namespace) is not None, "nothing removed"
+    assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is not None
+
+
 def test_deregister_and_reap_commands(cluster: Cluster, namespace: str, vm: VM) -> None:
     vm.stop_agent(signal.SIGKILL)  # a dead agent left its objects behind
     assert cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is not None

@@ -29,6 +29,7 @@ def test_sample_covers_the_advertised_address_by_wildcard_or_exactly() -> None:
     assert sample(VM, 3306, table) == Sample(True, 3, 2)
     assert sample(VM, 3306, [Listener(VM, 3306, 4)]) == Sample(True, 0, 4)
     assert sample(VM, 3306, [Listener("::", 3306, 5)]).listening  # dual-stack wildcard
+    assert sample(VM, 3306, [Listener(f"::ffff:{VM}", 3306, 7)]).listening  # IPv4-mapped, as Java binds
     assert not sample("fd00::5", 3306, [Listener("0.0.0.0", 3306, 6)]).listening
     assert sample(VM, 3306, [Listener("127.0.0.1", 3306, 1)]) == Sample(False, elsewhere=("127.0.0.1",))
     assert sample(VM, 3306, []) == Sample(False)

@@ -185,3 +185,52 @@ async def test_a_listener_port_in_use_is_said_naming_the_key(started: Start, tmp
         await second.api.start()
     await second.api.stop()
     assert not await asyncio.to_thread(os.path.exists, second.settings.api.socket)
+
+
+def test_checks_total_never_goes_down_when_a_monitor_goes_away() -> None:
+    """Issue 20: vmesh_checks_total was the sum of the live monitors' counts, so it went down when a listener
+    went away (or a reload replaced a monitor), which Prometheus reads as a counter reset."""
+    from ipaddress import ip_address  # noqa: PLC0415
+
+    from agent.api.metrics import AgentCollector, _families  # noqa: PLC0415
+    from agent.state import Registration  # noqa: PLC0415
+
+    class Monitor:
+        def __init__(self, checks: int, failures: int) -> None:
+            self.checks, self.failures = checks, failures
+
+    v4 = Registration("db", 3306, "mysql", ip_address("10.0.0.5"))
+    v6 = Registration("db", 3306, "mysql", ip_address("fd00::5"))
+    monitors = {v4: Monitor(10, 2), v6: Monitor(5, 1)}
+
+    class View:
+        def __init__(self) -> None:
+            self.tracked = [v4, v6]
+
+        def monitor(self, reg: Registration) -> Monitor | None:
+            return monitors.get(reg)
+
+    view = View()
+    collector = AgentCollector(view)  # type: ignore[arg-type]
+
+    def totals() -> dict[str, float]:
+        families = _families()
+        collector._checks(families, view)  # type: ignore[arg-type]
+        return {s.labels["result"]: s.value for s in families["vmesh_checks_total"].samples}
+
+    assert totals() == {"pass": 12, "fail": 3}
+    del monitors[v6]  # its listener went away
+    view.tracked = [v4]
+    assert totals() == {"pass": 12, "fail": 3}
+    monitors[v4] = Monitor(1, 0)  # a reload replaced the other one
+    assert totals() == {"pass": 13, "fail": 3}
+
+
+def test_registrations_of_both_families_sort() -> None:
+    """A dual-stack VM: the dataclass order compared IPv6Address with IPv4Address and raised TypeError."""
+    from ipaddress import ip_address  # noqa: PLC0415
+
+    from agent.state import Registration  # noqa: PLC0415
+
+    v4, v6 = (Registration("db", 3306, "mysql", ip_address(a)) for a in ("10.0.0.5", "fd00::5"))
+    assert sorted([v6, v4]) == [v4, v6] and v4 < v6 and not v6 < v4 and v4 <= v4

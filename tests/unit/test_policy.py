@@ -93,3 +93,9 @@ def test_a_loopback_listener_not_probed_is_said_loopback_only() -> None:
     d = decide(Listener("127.0.0.1", 2379), "unknown", ALLOW, VM, probed=False)
     assert not d.register
     assert d.reason.startswith("loopback only: bound to 127.0.0.1, unreachable from other hosts (not probed)")
+
+
+def test_an_ipv4_mapped_listener_registers_at_its_ipv4_address() -> None:
+    """Issue 20: Java binds `::ffff:10.0.0.5` on an IPv6 socket; it was skipped as "not an address of this VM"."""
+    d = decide(Listener("::ffff:10.0.0.5", 3306), "mysql", ALLOW, VM, local={VM})
+    assert (d.register, d.address, d.reason) == (True, VM, "listens on 10.0.0.5 only; registered there")

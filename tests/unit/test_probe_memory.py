@@ -66,3 +66,17 @@ def test_a_silent_socket_is_probed_max_probes_times_then_left_alone() -> None:
     assert settled.silent == "no greeting within 1 s, 6 times; not probed again until it listens anew"
     memory.keep_only([Listener("0.0.0.0", 3306, inode=9)])  # restarted
     assert memory.recall(Listener("0.0.0.0", 3306, inode=9)) is None
+
+
+def test_what_was_not_probed_is_forgotten_when_the_allow_list_may_have_changed() -> None:
+    """Issue 20: allowing a protocol by SIGHUP did not register its running listener: "not probed" was kept for
+    the socket's life. A reload forgets it (a definite answer is kept)."""
+    from agent.discovery.identify import NOT_PROBED  # noqa: PLC0415
+
+    memory = ProbeMemory(Clock())
+    redis = Listener("0.0.0.0", 6379, inode=9)
+    memory.record(redis, NOT_PROBED)
+    memory.record(MARIADB, Identity("mysql"))
+    assert memory.recall(redis) == NOT_PROBED
+    memory.forget_unprobed()
+    assert memory.recall(redis) is None and memory.recall(MARIADB) == Identity("mysql")
