@@ -16,7 +16,8 @@ import asyncio
 import builtins
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +48,9 @@ KNOWN_VERSIONS = 512
 USER_AGENT = f"vmesh-agent/{__version__}"
 CONNECTIONS = 100  # per client, at most (kubernetes_asyncio's connection_pool_maxsize)
 READ_BUFFER = 2 << 20  # a watch event carrying a large object exceeds aiohttp's default buffer (etcd: 1.5 MiB)
+# A kubeconfig's credentials (an exec plugin's ~15 min tokens, OIDC, a tokenFile) and a CA file are read again
+# when the apiserver refuses them (401) or the server's certificate no longer verifies, at most this often.
+REFRESH_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,11 @@ async def _from_kubeconfig(settings: ClusterSettings) -> Endpoint:
                     tls_server_name=configuration.tls_server_name or "", proxy=configuration.proxy or "")
 
 
+async def _same(endpoint: Endpoint) -> Endpoint:
+    """Token files are re-read at every request already; a CA file is read again by building a new context."""
+    return endpoint
+
+
 def _proxy_for(endpoint: Endpoint) -> tuple[str | None, aiohttp.BasicAuth | None]:
     """The kubeconfig's proxy, else the environment's (HTTPS_PROXY, NO_PROXY), honoured as kubernetes_asyncio
     did. Looked up once, with aiohttp's own function: its `trust_env` looks it up again in a thread at every
@@ -124,9 +133,14 @@ def _proxy_for(endpoint: Endpoint) -> tuple[str | None, aiohttp.BasicAuth | None
 class KubeClient:
     """A connection to one cluster. Create with `await KubeClient.connect(settings)`; close when done."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float, guard: CredentialGuard | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float, guard: CredentialGuard | None = None, *,
+                 reload: Callable[[], Awaitable[Endpoint]] | None = None) -> None:
         self._endpoint = endpoint
         self._guard = guard
+        # How to read the credentials and CA again (issue 20: a kubeconfig's were frozen at start, so an exec
+        # plugin's short-lived token ended in 401 for good, and a rotated ca.crt needed a restart).
+        self._reload = reload or (lambda: _same(endpoint))
+        self._reloaded_at = -REFRESH_EVERY
         self._ssl = endpoint.ssl_context()  # built once: loading the CA file is the costly part
         self._proxy, self._proxy_auth = _proxy_for(endpoint)
         self._session = self._new_session()
@@ -141,8 +155,9 @@ class KubeClient:
         """`tokens`: where the token is read (default: cluster.token_file alone); `guard`: holds calls back while
         the cluster refuses the token (agent.cluster.credentials)."""
         endpoint = await _from_kubeconfig(settings) if settings.kubeconfig else _from_token_files(settings, tokens)
+        reload = (lambda: _from_kubeconfig(settings)) if settings.kubeconfig else None
         try:
-            return cls(endpoint, settings.request_timeout, guard)
+            return cls(endpoint, settings.request_timeout, guard, reload=reload)
         except (OSError, ssl.SSLError) as exc:
             raise ClusterError(f"cannot set up TLS for {endpoint.server}: {exc}") from exc
 
@@ -160,6 +175,29 @@ class KubeClient:
             return b""
         with open(path, "rb") as fh:
             return fh.read()
+
+    async def _reloaded(self, why: str) -> bool:
+        """Read the credentials and the CA again (`why`: "credentials" after a 401, "tls" after a certificate
+        that did not verify); True when something changed and the request is worth one more try."""
+        now = time.monotonic()
+        if now - self._reloaded_at < REFRESH_EVERY:
+            return False
+        self._reloaded_at = now
+        try:
+            fresh = await self._reload()
+        except ClusterError:
+            return False  # the kubeconfig is broken now: the refusal stands, and says so
+        before = self._endpoint
+        self._endpoint = fresh
+        if why == "tls" or (fresh.ca_file, fresh.cert_file, fresh.key_file) != (
+                before.ca_file, before.cert_file, before.key_file):
+            try:
+                self._ssl = fresh.ssl_context()
+            except (OSError, ssl.SSLError):
+                return False
+            await self.reconnect()
+            return True
+        return fresh.authorization() != before.authorization()
 
     async def reconnect(self) -> None:
         """Drop pooled connections, e.g. after the VM lost the address they were made from: packets
@@ -225,9 +263,12 @@ class KubeClient:
                                         sock_read=min(timeout_seconds, WATCH_SILENCE) + self._timeout))
             async with request as response:
                 if response.status != 200:
-                    raise self._judged(from_status(response.status, _decode(await response.read()), "watch",
-                                                   resource=resource, namespace=namespace, name="",
-                                                   retry_after=response.headers.get("Retry-After")))
+                    error = from_status(response.status, _decode(await response.read()), "watch",
+                                        resource=resource, namespace=namespace, name="",
+                                        retry_after=response.headers.get("Retry-After"))
+                    if isinstance(error, Unauthorized):
+                        await self._reloaded("credentials")  # the caller's next watch uses what was read
+                    raise self._judged(error)
                 if self._guard is not None:
                     self._guard.accepted()
                 if on_open is not None:
@@ -304,6 +345,21 @@ class KubeClient:
     async def _call(self, method: str, resource: Resource, namespace: str, name: str, *, verb: str = "",
                     body: Any = None, query: dict[str, str] | None = None,
                     content_type: str = "application/json", remember: bool = True) -> Body:
+        try:
+            return await self._call_once(method, resource, namespace, name, verb=verb, body=body, query=query,
+                                         content_type=content_type, remember=remember)
+        except Unauthorized:
+            if not await self._reloaded("credentials"):
+                raise
+        except Unavailable as exc:
+            certificate = isinstance(exc.__cause__, aiohttp.ClientConnectorCertificateError)
+            if not certificate or not await self._reloaded("tls"):
+                raise
+        return await self._call_once(method, resource, namespace, name, verb=verb, body=body, query=query,
+                                     content_type=content_type, remember=remember)
+
+    async def _call_once(self, method: str, resource: Resource, namespace: str, name: str, *, verb: str,
+                         body: Any, query: dict[str, str] | None, content_type: str, remember: bool) -> Body:
         verb = verb or _VERBS[method]
         if self._guard is not None:
             self._guard.before_call()

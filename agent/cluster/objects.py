@@ -94,10 +94,18 @@ def shared_metadata(name: str, namespace: str, vm: str) -> Body:
     }
 
 
+def _target(port: Body) -> object:
+    """A Service port's targetPort: the VM port it stands for (a name, for a pod's named port, is no VM's)."""
+    target = port.get("targetPort")
+    return target if isinstance(target, int) else port.get("port")
+
+
 def missing_service_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
-    """The ports a Service lacks (by number), named so they do not clash with the ones it has."""
+    """The ports a Service lacks, named so they do not clash with the ones it has. A VM port is there when a
+    Service port has its number, or has it as targetPort: an admin's remap (port 3306, targetPort 3307 after
+    MariaDB moved to 3307) keeps clients of 3306 served, and no port 3307 is added (issue 20)."""
     existing = service.get("spec", {}).get("ports") or []
-    numbers = {p.get("port") for p in existing}
+    numbers = {p.get("port") for p in existing} | {_target(p) for p in existing}
     taken = {p.get("name", "") for p in existing}
     missing: list[Body] = []
     for protocol, port in sorted(set(ports), key=lambda p: p[1]):
@@ -313,7 +321,12 @@ def extend_service(service: Body, ports: Iterable[tuple[str, int]], *, selector:
 def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
     """{name, port, protocol, appProtocol} per port, named as the Service names it: consumers match a Service
     port to an endpoint's port by name (Endpoints, Istio's WorkloadEntry port map)."""
-    names_by_port = {p.get("port"): p.get("name") or "" for p in service.get("spec", {}).get("ports") or []}
+    existing = service.get("spec", {}).get("ports") or []
+    # By targetPort first (a selector-less Service port stands for the VM port it targets: an admin's remap),
+    # then by number.
+    names_by_port = {p.get("port"): p.get("name") or "" for p in existing}
+    remapped_last = sorted(existing, key=lambda p: _target(p) != p.get("port"))  # the admin's remap wins
+    names_by_port.update({_target(p): p.get("name") or "" for p in remapped_last})
     result: list[Body] = []
     seen: set[int] = set()
     for protocol, port in sorted(set(ports), key=lambda p: (p[1], p[0])):

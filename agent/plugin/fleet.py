@@ -35,6 +35,7 @@ class VmRow:
     holder: str = ""  # the Lease's holderIdentity: <vm>/<machine-id>/<boot-id>/<pid>
     machine: str = ""
     renewed_ago: float | None = None  # seconds, on the admin's clock against the VM's renewTime
+    lease_duration: float | None = None  # the Lease's leaseDurationSeconds
     backend: str = ""
     agent_version: str = ""
     services: list[str] = field(default_factory=list)
@@ -42,8 +43,16 @@ class VmRow:
     not_ready: int = 0
     addresses: list[str] = field(default_factory=list)
 
+    @property
+    def stale(self) -> bool:
+        """Not renewed for twice its Lease duration and a minute more, by the admin's clock: dead and not reaped
+        (a lone VM has no peer to reap it), or its clock far behind. For people; no reaper reads it."""
+        if self.renewed_ago is None or not self.lease_duration:
+            return False
+        return self.renewed_ago > 2 * self.lease_duration + 60
+
     def as_dict(self) -> Body:
-        return asdict(self)
+        return {**asdict(self), "stale": self.stale}
 
 
 def fleet(*, leases: list[Body], accounts: list[Body], slices: list[Body], workloads: list[Body],
@@ -72,6 +81,8 @@ def fleet(*, leases: list[Body], accounts: list[Body], slices: list[Body], workl
         r.backend = notes.get(ANNOTATION_BACKEND, "")
         r.agent_version = notes.get(ANNOTATION_VERSION, "")
         r.services = [s for s in str(notes.get(ANNOTATION_SERVICES, "")).split(",") if s]
+        duration = spec.get("leaseDurationSeconds")
+        r.lease_duration = float(duration) if isinstance(duration, int | float) and duration > 0 else None
         renewed = _parse_time(str(spec.get("renewTime") or ""))
         if renewed is not None:
             r.renewed_ago = max(0.0, (now - renewed).total_seconds())
@@ -146,7 +157,7 @@ def table(rows: list[VmRow], *, wide: bool = False) -> str:
         headers += ["AGENT", "ADDRESSES", "HOLDER"]
     lines = [headers]
     for r in rows:
-        renewed = age(r.renewed_ago) + (" ago" if r.renewed_ago is not None else "")
+        renewed = age(r.renewed_ago) + (" ago" if r.renewed_ago is not None else "") + (" STALE" if r.stale else "")
         endpoints = f"{r.ready} ready" + (f", {r.not_ready} not ready" if r.not_ready else "")
         cells = [r.vm, r.identity, r.machine or "-", renewed, r.backend or "-", ",".join(r.services) or "-",
                  endpoints]

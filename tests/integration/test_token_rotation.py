@@ -169,3 +169,55 @@ def test_another_vms_token_is_refused_at_start_and_its_own_put_in_place_is_picke
     wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered with its own token")
     wait_until(lambda: status(vm)["health"] == "passing", 10, "passing")
     assert len(lines_with(vm, f"VM {other}'s")) == 1
+
+
+def test_a_kubeconfig_exec_plugins_token_is_fetched_again_when_the_cluster_refuses_it(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """Issue 20: a kubeconfig's credentials were read once at start, so an exec plugin's short-lived token
+    (`aws eks get-token`, ~15 min) ended in 401 for good. Here the plugin mints a token of the VM's account from
+    the test cluster at each call; the account is then deleted and made again, which the apiserver's cache turns
+    into 401 for the token in use within ~10 s. The agent runs the plugin again and keeps renewing its Lease."""
+    vm = make_vm("exec")
+    vm.start_mariadb(mariadb_template)
+    account = f"vmesh-vm-{vm.name}"
+    enroll(cluster, namespace, vm.name)
+    calls = vm.workdir / "plugin-calls"
+    plugin = vm.workdir / "get-token"
+    env = cluster.env
+    plugin.write_text(
+        "#!/bin/sh\n"
+        f"echo call >> {calls}\n"
+        f"token=$({env['BIN']}/kubectl --kubeconfig {cluster.kubeconfig} --server {cluster.url_from_vms} "
+        f"create token {account} -n {namespace} --duration 10m) || exit 1\n"
+        "printf '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\","
+        "\"status\":{\"token\":\"%s\"}}' \"$token\"\n")
+    plugin.chmod(0o755)
+    kubeconfig = vm.workdir / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": cluster.url_from_vms,
+                                               "certificate-authority": cluster.ca_file}}],
+        "users": [{"name": "u", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                                  "command": str(plugin), "interactiveMode": "Never"}}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    config = vm.write_config(namespace, token="unused")
+    text = "\n".join(line for line in config.read_text().splitlines()
+                     if not line.startswith(("server = ", "ca_file = ", "token_file = ")))
+    config.write_text(text.replace("[cluster]", f'[cluster]\nkubeconfig = "{kubeconfig}"', 1) + "\n")
+    vm.start_agent(config)
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    assert calls.read_text().count("call") == 1
+
+    cluster.kubectl("delete", "serviceaccount", account, "-n", namespace)
+    cluster.kubectl("create", "serviceaccount", account, "-n", namespace)
+    wait_until(lambda: calls.read_text().count("call") >= 2, 30, "the plugin run again after a 401", interval=0.2)
+    refreshed = time.monotonic()
+
+    def renewed_since(moment: float) -> bool:
+        ago = status(vm)["last_heartbeat"]["seconds_ago"]
+        return ago is not None and ago < time.monotonic() - moment
+
+    wait_until(lambda: renewed_since(refreshed), 10, "the Lease renewed with the new token")
+    assert addresses(cluster, namespace, vm) == [vm.address]
+    assert status(vm)["health"] != "critical", status(vm)

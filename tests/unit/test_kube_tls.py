@@ -12,8 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from agent.cluster.kube import Endpoint
+from agent.cluster.kube import Endpoint, KubeClient
+from agent.cluster.resources import LEASES
+from agent.config import ClusterSettings
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=no-key-usage-ca",
             "-keyout", "ca.key", "-out", "ca.crt")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=old-ca",
+            "-keyout", "old-ca.key", "-out", "old-ca.crt")  # a CA the cluster was rotated away from
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver", "-keyout", "server.key",
             "-out", "server.csr")
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
@@ -91,3 +96,33 @@ def test_the_cluster_ca_still_decides(pki: Path, server: int, tmp_path: Path) ->
     endpoint = Endpoint(server=f"https://127.0.0.1:{server}", authorization=str, ca_file=str(other))
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(endpoint.ssl_context(), server)
+
+
+async def test_a_rotated_ca_file_is_read_again_when_the_server_no_longer_verifies(pki: Path, tmp_path: Path) -> None:
+    """Issue 20: the CA file was loaded once; a cluster whose CA was rotated (and ca.crt replaced on the VM)
+    stayed unreachable until a restart. The first request that fails verification reads it again."""
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes((pki / "old-ca.crt").read_bytes())  # what the VM trusted before the rotation
+    token = tmp_path / "token"
+    token.write_text("t")
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.crt", pki / "server.key")  # the cluster, already on the new CA
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = runner.addresses[0][1]
+    kube = await KubeClient.connect(ClusterSettings(server=f"https://127.0.0.1:{port}", ca_file=str(ca_file),
+                                                    token_file=str(token)))
+    try:
+        ca_file.write_bytes((pki / "ca.crt").read_bytes())  # the admin replaced ca.crt on the VM
+        assert await kube.list(LEASES, "vm") == []
+    finally:
+        await kube.close()
+        await runner.cleanup()

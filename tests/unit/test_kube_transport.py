@@ -202,3 +202,44 @@ async def test_a_replace_leaves_the_managed_fields_it_read_to_the_server(apiserv
     assert seen[0]["body"] == {"metadata": {"name": "l", "resourceVersion": "7", "labels": {"a": "b"}},
                                "spec": {"holderIdentity": "a"}}
     assert "managedFields" in read["metadata"]  # the caller's copy is not changed
+
+
+async def test_a_kubeconfigs_credentials_are_read_again_when_refused(tmp_path: Path) -> None:
+    """Issue 20: a kubeconfig's credentials were read once, at start: an exec plugin's ~15 min token, OIDC or a
+    tokenFile then ended in 401 for good. Here a tokenFile the apiserver stops accepting is rotated by its owner:
+    the first refused request reads the kubeconfig again and is tried once more."""
+    good = {"token": "first"}
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != f"Bearer {good['token']}":
+            return web.json_response({"kind": "Status", "code": 401, "reason": "Unauthorized",
+                                      "message": "Unauthorized"}, status=401)
+        return web.json_response({"kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    token_file = tmp_path / "token"
+    token_file.write_text("first")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"tokenFile": str(token_file)}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    kube = await KubeClient.connect(ClusterSettings(kubeconfig=str(kubeconfig)))
+    try:
+        assert await kube.list(LEASES, "vm") == []
+        good["token"] = "second"  # the apiserver now takes only the rotated token...
+        token_file.write_text("second")  # ...which its owner put in the file
+        assert await kube.list(LEASES, "vm") == []
+        assert seen == ["Bearer first", "Bearer first", "Bearer second"]
+    finally:
+        await kube.close()
+        await runner.cleanup()

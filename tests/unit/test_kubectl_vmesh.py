@@ -23,7 +23,7 @@ NOW = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
 def lease(vm: str, holder: str, renewed: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {"metadata": {"name": f"vmesh-{vm}", "labels": {"vmesh.dev/vm": vm},
                          "annotations": annotations or {}},
-            "spec": {"holderIdentity": holder, "renewTime": renewed}}
+            "spec": {"holderIdentity": holder, "renewTime": renewed, "leaseDurationSeconds": 15}}
 
 
 def account(vm: str) -> dict[str, Any]:
@@ -63,6 +63,9 @@ def test_fleet_rows_from_leases_slices_and_accounts() -> None:
     assert (mesh.machine, mesh.backend, mesh.agent_version, mesh.services) == ("web-7", "workloadentry", "0.9.0",
                                                                               ["web", "api"])
     assert (mesh.ready, mesh.not_ready, mesh.renewed_ago) == (0, 1, 0.0)
+    # Issue 20: a VM dead and not reaped (a lone VM has no peer) shows as stale, one renewing does not.
+    assert by_vm["old"].stale and not db1.stale and not by_vm["fresh"].stale
+    assert "60m ago STALE" in fleet.table(rows) and by_vm["old"].as_dict()["stale"] is True
 
 
 def test_table_is_aligned_and_says_what_is_missing() -> None:

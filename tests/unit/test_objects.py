@@ -34,6 +34,24 @@ def test_missing_ports_do_not_clash_with_existing_names() -> None:
     assert [(p["name"], p["port"]) for p in missing] == [("http-8080", 8080)]
 
 
+def test_an_admins_target_port_remap_is_followed_not_overridden() -> None:
+    """Issue 20: MariaDB moved 3306 → 3307; the admin remapped the Service's port 3306 to targetPort 3307 so that
+    clients of mysqldb:3306 keep working. The agent matched by port number only: it added a port 3307 and named
+    the slice's port after it, and clients of 3306 were refused. Matched by targetPort, the slice's 3307 carries
+    the Service port's name `mysql`, and no port is added."""
+    svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
+    svc["spec"]["ports"][0]["targetPort"] = 3307  # kubectl patch by the admin
+    assert missing_service_ports(svc, [("mysql", 3307)]) == []
+    moved = [Registration("mysqldb", 3307, "mysql", ip_address("10.0.0.5"))]
+    assert [(p["name"], p["port"]) for p in build_endpoint_slice(svc, "vm-a", "vm", moved, LEASE)["ports"]] == [
+        ("mysql", 3307)]
+    # A VM not moved yet, in the same fleet: its 3306 is the Service's port by number, nothing added either.
+    assert missing_service_ports(svc, [("mysql", 3306)]) == []
+    # Without the remap, the move adds a port (and clients of 3306 are not served by this VM any more).
+    plain = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
+    assert [(p["name"], p["port"]) for p in missing_service_ports(plain, [("mysql", 3307)])] == [("mysql-3307", 3307)]
+
+
 def test_slice_conditions_and_owner() -> None:
     svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
     regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"), ready=False)]
