@@ -14,7 +14,7 @@ from agent.config import Settings
 from agent.heartbeat import Heartbeat
 from agent.identity import HolderIdentity, read_identity
 from agent.logs import get_logger
-from agent.reaper import Reaper
+from agent.reaper import VM_LEASES, Reaper
 from agent.sync.backend import Backend
 from agent.sync.registry import make_backend
 
@@ -98,11 +98,22 @@ async def reap_once(settings: Settings) -> list[str]:
 
     reaper = Reaper(kube, settings.namespace, heartbeat.name, grace=settings.reaper.grace,
                     brake_fraction=settings.reaper.brake_fraction, backend_for=backend_for, log=log)
-    watcher = asyncio.create_task(reaper.run())
+    # Watched only, no reaping in the background while it waits (issue 20: the loop reaped during the sleep);
+    # and, having no heartbeat of its own to tell whether its view is current, it reads every Lease afresh
+    # right before judging: a renewal its watch missed counts.
+    watcher = asyncio.create_task(reaper.follow())
     try:
         await asyncio.wait_for(reaper.synced.wait(), settings.cluster.request_timeout)
         longest = max((o.duration for o in reaper.observer.leases.values()), default=0.0)
         await asyncio.sleep(longest + settings.reaper.grace + 1)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        fresh, _ = await kube.list_with_version(LEASES, settings.namespace, VM_LEASES)
+        names = {str(lease.get("metadata", {}).get("name", "")) for lease in fresh}
+        for name in [n for n in reaper.observer.leases if n not in names]:
+            reaper.observer.forget(name)  # gone meanwhile: nothing to reap
+        for lease in fresh:
+            reaper.observer.observe(lease)  # renewed since: seen now, not expired
         await reaper.reap_expired()
         if reaper.braking:
             log.warning("nothing reaped: the brake holds", reason=reaper.braking)

@@ -181,6 +181,11 @@ class Reaper:
         self.synced.clear()
         await asyncio.gather(self._follow(), self._check_loop())
 
+    async def follow(self) -> None:
+        """Follow the Leases without reaping (a one-shot pass reaps once, at its own time), until cancelled."""
+        self.synced.clear()
+        await self._follow()
+
     async def _follow(self) -> None:
         """List, then watch from the list's version (resuming after the server ends a watch); list again
         after any error. Never ends but by cancellation."""

@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.cluster.kube import Endpoint, KubeClient
 from agent.cluster.resources import LEASES
 from agent.config import ClusterSettings
+from tests.unit.test_kube_transport import serving
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +110,12 @@ async def test_a_rotated_ca_file_is_read_again_when_the_server_no_longer_verifie
     async def handle(request: web.Request) -> web.Response:
         return web.json_response({"kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki / "server.crt", pki / "server.key")  # the cluster, already on the new CA
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = runner.addresses[0][1]
-    kube = await KubeClient.connect(ClusterSettings(server=f"https://127.0.0.1:{port}", ca_file=str(ca_file),
-                                                    token_file=str(token)))
-    try:
-        ca_file.write_bytes((pki / "ca.crt").read_bytes())  # the admin replaced ca.crt on the VM
-        assert await kube.list(LEASES, "vm") == []
-    finally:
-        await kube.close()
-        await runner.cleanup()
+    async with serving(handle, context) as url:
+        kube = await KubeClient.connect(ClusterSettings(server=url, ca_file=str(ca_file), token_file=str(token)))
+        try:
+            ca_file.write_bytes((pki / "ca.crt").read_bytes())  # the admin replaced ca.crt on the VM
+            assert await kube.list(LEASES, "vm") == []
+        finally:
+            await kube.close()

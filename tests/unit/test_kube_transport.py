@@ -7,11 +7,13 @@ the integration tests' (test_walking_skeleton, test_token_rotation, test_kubectl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,23 @@ async def apiserver(tmp_path: Path) -> AsyncIterator[tuple[str, Seen]]:
             return web.json_response({"kind": "List", "metadata": {"resourceVersion": "42"}, "items": []})
         return web.json_response(json.loads(body) if body else {})
 
+    async with serving(handle) as url:
+        yield url, seen
+
+
+@contextlib.asynccontextmanager
+async def serving(handle: Callable[[web.Request], Awaitable[web.Response]],
+                  ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """An aiohttp app on a free loopback port answering every path with `handle`; its URL."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -218,28 +228,21 @@ async def test_a_kubeconfigs_credentials_are_read_again_when_refused(tmp_path: P
                                       "message": "Unauthorized"}, status=401)
         return web.json_response({"kind": "List", "metadata": {"resourceVersion": "1"}, "items": []})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     token_file = tmp_path / "token"
     token_file.write_text("first")
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {"tokenFile": str(token_file)}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
-    kube = await KubeClient.connect(ClusterSettings(kubeconfig=str(kubeconfig)))
-    try:
-        assert await kube.list(LEASES, "vm") == []
-        good["token"] = "second"  # the apiserver now takes only the rotated token...
-        token_file.write_text("second")  # ...which its owner put in the file
-        assert await kube.list(LEASES, "vm") == []
-        assert seen == ["Bearer first", "Bearer first", "Bearer second"]
-    finally:
-        await kube.close()
-        await runner.cleanup()
+    async with serving(handle) as url:
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": url}}],
+            "users": [{"name": "u", "user": {"tokenFile": str(token_file)}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+        kube = await KubeClient.connect(ClusterSettings(kubeconfig=str(kubeconfig)))
+        try:
+            assert await kube.list(LEASES, "vm") == []
+            good["token"] = "second"  # the apiserver now takes only the rotated token...
+            token_file.write_text("second")  # ...which its owner put in the file
+            assert await kube.list(LEASES, "vm") == []
+            assert seen == ["Bearer first", "Bearer first", "Bearer second"]
+        finally:
+            await kube.close()

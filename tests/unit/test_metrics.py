@@ -233,4 +233,4 @@ def test_registrations_of_both_families_sort() -> None:
     from agent.state import Registration  # noqa: PLC0415
 
     v4, v6 = (Registration("db", 3306, "mysql", ip_address(a)) for a in ("10.0.0.5", "fd00::5"))
-    assert sorted([v6, v4]) == [v4, v6] and v4 < v6 and not v6 < v4 and v4 <= v4
+    assert sorted([v6, v4]) == [v4, v6] and v4 < v6 and not v6 < v4 and v4 <= v6
