@@ -4,6 +4,8 @@
   enroll VM          the VM's own ServiceAccount and RoleBinding, and its bundle for /etc/vmesh-agent/
   get vms            the fleet: holder machine, last renewal, services and endpoints, backend, identity
   revoke VM          delete the VM's ServiceAccount and RoleBinding (its token is refused at once), objects
+  reap               one pass of reaping from here: VMs that stopped renewing are removed (a lone VM has no
+                     peer to reap it; run it by hand or from cron)
 
 kubectl hands a plugin its arguments as they are, so kubectl's own --kubeconfig, --context and -n are taken
 anywhere on the line. Exit codes: 0 success, 1 a cluster call failed (the message says which), 2 usage.
@@ -46,9 +48,11 @@ from agent.config import _DNS_LABEL, BACKENDS, ClusterSettings, ConfigError, Set
 from agent.durations import parse_duration
 from agent.heartbeat import Heartbeat
 from agent.logs import configure, get_logger
+from agent.oneshot import reap_pass
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
 from agent.reaper_slots import LABEL_SLOT
+from agent.sync.backend import Backend
 from agent.sync.registry import make_backend
 
 FIELD_MANAGER = "kubectl-vmesh"
@@ -99,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
 
     revoke = sub.add_parser("revoke", parents=[common], help="delete a VM's identity and its objects")
     revoke.add_argument("vm")
+
+    reap = sub.add_parser("reap", parents=[common], help="remove the VMs that stopped renewing their Lease")
+    reap.add_argument("--grace", type=float, default=5.0, help="seconds past a Lease's duration (default 5)")
     return parser
 
 
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("enroll", "revoke") and not _DNS_LABEL.match(args.vm):
             raise ValueError(f"VM name {args.vm!r}: lower-case letters, digits and '-' (a DNS label), as vm_name")
         commands: dict[str, Callable[[KubeClient, argparse.Namespace, str], Awaitable[None]]] = {
-            "install": install, "enroll": enroll, "get": get_vms, "revoke": revoke}
+            "install": install, "enroll": enroll, "get": get_vms, "revoke": revoke, "reap": reap}
         asyncio.run(_with_client(commands[args.command], args, namespace))
         return 0
     except (ClusterError, ValueError, ConfigError, OSError) as exc:
@@ -265,6 +272,36 @@ async def get_vms(kube: KubeClient, args: argparse.Namespace, namespace: str) ->
         print(fleet.table(rows, wide=args.output == "wide"))
     else:
         print(f"No VMs found in namespace {namespace}.", file=sys.stderr)
+
+
+async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
+    """The agents' own reaping, run once from the admin's machine: it waits a lease period watching, then
+    deletes the Leases that were not renewed (their objects follow by the garbage collector; a legacy VM's
+    addresses by its backend), with the agents' brake."""
+    log = get_logger()
+    backends: dict[str, str] = {}
+    reaped: list[str] = []
+
+    def backend_for(vm: str) -> Backend:
+        reaped.append(vm)
+        heartbeat = Heartbeat(kube, namespace, vm, interval=5, lease_duration=15, log=log)
+        backend = backends.get(vm, "endpointslice")
+        return make_backend(Settings(vm_name=vm, namespace=namespace, backend=backend), kube, vm, heartbeat, log)
+
+    for lease in await kube.list(LEASES, namespace, f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"):
+        meta = lease["metadata"]
+        backend = str((meta.get("annotations") or {}).get(fleet.ANNOTATION_BACKEND, ""))
+        vm = str((meta.get("labels") or {}).get(LABEL_VM, ""))
+        backends[vm] = backend if backend in BACKENDS else "endpointslice"
+    print(f"watching the VMs' Leases in {namespace} for a lease period...", file=sys.stderr, flush=True)
+    braking = await reap_pass(kube, namespace, "kubectl-vmesh", backend_for, grace=args.grace, brake_fraction=0.5,
+                              timeout=30.0, log=log)
+    if braking:
+        print(f"nothing reaped: {braking}", file=sys.stderr)
+    for vm in reaped:
+        print(f"lease.coordination.k8s.io/{lease_name(vm)} reaped (VM {vm} stopped renewing)")
+    if not reaped and not braking:
+        print("no dead VMs")
 
 
 async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
+from tests.testbed.plugin import kubectl_vmesh
 from tests.testbed.vm import AGENT, VM
 from tests.testbed.waiting import wait_until
 
@@ -294,6 +295,19 @@ def test_deregister_and_reap_commands(cluster: Cluster, namespace: str, vm: VM) 
     assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
     again = vm.cli("deregister")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing registered for this VM")
+
+
+def test_a_lone_dead_vm_is_reaped_by_kubectl_vmesh_reap(cluster: Cluster, namespace: str, vm: VM) -> None:
+    """Issue 20: a lone VM has no peer to reap it; after a hard crash its endpoint stayed ready for ever. The admin
+    (or a cron job) runs the agents' reaping once from outside: the Lease goes, the slice follows it."""
+    wait_until(lambda: cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is not None, 20,
+               "registered")
+    vm.stop_agent(signal.SIGKILL)
+    out = kubectl_vmesh(cluster, "reap", "-n", namespace).stdout
+    assert f"lease.coordination.k8s.io/vmesh-{vm.name} reaped (VM {vm.name} stopped renewing)" in out, out
+    assert cluster.get("lease", f"vmesh-{vm.name}", namespace) is None
+    wait_until(lambda: cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace) is None, 30,
+               "the slice removed by the garbage collector")
 
 
 def test_a_second_agent_on_the_same_socket_refuses_to_start(vm: VM) -> None:

@@ -22,6 +22,9 @@ class OverlapScanner:
         self.passes = 0
         self.probe_timeout = 1.0
 
+    def forget_unprobed(self) -> None:
+        pass
+
     async def discover(self, allow: Mapping[str, str], **_: Any) -> DiscoveryReport:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
