@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Debs, build_deb
+from tests.e2e.conftest import PREVIOUS_RELEASE, ROOT, Debs, build_deb
 
 PYTHONS = ["3.11", "3.12", "3.13", "3.14"]
 TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
@@ -123,3 +123,14 @@ def test_the_launcher_sees_no_other_python_packages(debs: Debs, tmp_path: Path) 
                             capture_output=True, text=True, check=False, env={"PYTHONPATH": str(decoy)})
     assert result.returncode == 0 and "decoy" not in result.stderr, result.stderr
     shutil.rmtree(decoy)
+
+
+def test_the_shipped_conffile_is_the_previous_releases() -> None:
+    """/etc/vmesh-agent/config.toml is a conffile that every admin edits: any change to the shipped one (a comment
+    too) makes `apt-get install` of the upgrade stop at dpkg's conffile prompt, and unattended-upgrades hold the
+    package back. It failed the booted upgrade test once (a comment added to config.example.toml). Change it only
+    with a release that says so, and move PREVIOUS_RELEASE with it."""
+    before = subprocess.run(["git", "-C", str(ROOT), "show", f"{PREVIOUS_RELEASE}:config.example.toml"],
+                            capture_output=True, text=True, check=True).stdout
+    assert (ROOT / "config.example.toml").read_text() == before, (
+        f"config.example.toml differs from {PREVIOUS_RELEASE}'s: upgrades would stop at a conffile prompt")
