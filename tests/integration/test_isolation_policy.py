@@ -311,12 +311,13 @@ def test_a_vm_is_held_to_the_addresses_services_and_token_lifetime_it_was_enroll
         tmp_path: Path) -> None:
     install_istio_crds(cluster)
     vm_a, vm_b = make_vm("a"), make_vm("b")
-    a = enrolled(cluster, namespace, vm_a.name, tmp_path, "--cidr", f"{vm_a.address}/32",
+    bundles = tmp_path / "bundles"  # not tmp_path/<vm>: the VM's own work directory
+    a = enrolled(cluster, namespace, vm_a.name, bundles, "--cidr", f"{vm_a.address}/32",
                  "--service", "mysqldb:3306", "--token-lifetime", "2d")
-    b = enrolled(cluster, namespace, vm_b.name, tmp_path)  # no --cidr/--service: the documented default
+    b = enrolled(cluster, namespace, vm_b.name, bundles)  # no --cidr/--service: the documented default
     for vm in (vm_a, vm_b):  # both agents run on their bundles, MariaDB on the VM
         vm.start_mariadb(mariadb_template)
-        vm.start_agent(install_bundle(vm, tmp_path / vm.name))
+        vm.start_agent(install_bundle(vm, bundles / vm.name))
     for vm in (vm_a, vm_b):
         wait_until(lambda vm=vm: ready_at(cluster, vm, namespace), 30, f"{vm.name} registered, ready")
 
