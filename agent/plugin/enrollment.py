@@ -6,8 +6,10 @@ enrolled account of the cluster into one ValidatingAdmissionPolicy, `vmesh-vm-en
 them as literals. Why literals and not a param object per VM: a ConfigMap paramKind can stop resolving for
 good on a live apiserver (kubernetes#130887) or after a batch create (#133827), and a param selector
 evaluates every selected param on every request; literals are compiled with the policy, need no informer,
-and are looked up in one map. The cost is one policy update per enroll/revoke, and a bound: CEL parses at most
-100,000 characters per expression (MAX_LITERAL), about 2,500 VMs enrolled with one CIDR and one service.
+and are looked up in one map, one bucket per last character of the VM name (a request builds its own bucket's
+map only). The cost is one policy update per enroll/revoke, and a bound: CEL parses at most 100,000 characters
+per expression (MAX_LITERAL), about 2,500 VMs with one CIDR and one service per bucket (36 buckets, a-z and 0-9;
+the policy object itself, at most 1.5 MB, holds about 15,000).
 
 Pure: accounts in, manifests out. `agent/plugin/enforce.py` writes them and waits until they are enforced.
 """
@@ -150,26 +152,47 @@ def _map_of(enrollments: Sequence[Enrollment], field: str) -> dict[str, Any]:
             for e in enrollments if getattr(e, field) != default}
 
 
+_FIELDS = {"cidrs": ("enrolledCIDRs", "[]"), "services": ("enrolledServices", "[]"),
+           "lifetime": ("lifetime", str(DEFAULT_LIFETIME))}
+
+
 def build(enrollments: Iterable[Enrollment], refused: Sequence[str], audiences: Sequence[str]) -> list[Body]:
     """The policy and its binding, for every enrolled VM of the cluster. `audiences`: the apiserver's own (what a
-    TokenRequest without audiences gets), the only ones a VM may ask for."""
+    TokenRequest without audiences gets), the only ones a VM may ask for.
+
+    The enrollments are split into buckets by the last character of the VM's name (a-z, 0-9), one map literal
+    per bucket and field; a request builds only its own VM's bucket (variables are lazy), not a map of the whole
+    fleet, and each bucket stays under CEL's expression limit on its own."""
     bound = sorted((e for e in enrollments if e.bound), key=lambda e: e.key)
-    literals = {"cidrs": _literal(_map_of(bound, "cidrs")), "services": _literal(_map_of(bound, "services")),
-                "lifetimes": _literal(_map_of(bound, "lifetime")), "refused": _literal(list(refused)),
-                "audiences": _literal(list(audiences))}
-    for name, text in literals.items():
-        if len(text) > MAX_LITERAL:
-            raise ValueError(f"the enrollment policy's {name} would be {len(text):,} characters, over CEL's limit "
-                             f"({MAX_LITERAL:,}): too many VMs enrolled with --cidr/--service ({len(bound)})")
-    revision = hashlib.sha256(_literal(literals).encode()).hexdigest()[:12]
-    return [_policy(literals, refused, audiences, revision), _binding()]
+    buckets: dict[str, list[Enrollment]] = {}
+    for e in bound:
+        buckets.setdefault(e.vm[-1], []).append(e)
+    literals: dict[str, str] = {"refused": _literal(list(refused)), "audiences": _literal(list(audiences))}
+    lookups: list[Body] = []
+    for field, (name, default) in _FIELDS.items():
+        chain = default
+        for char, members in sorted(buckets.items(), reverse=True):
+            found = _map_of(members, field)
+            if not found:
+                continue
+            literals[f"{field}_{char}"] = text = _literal(found)
+            if len(text) > MAX_LITERAL:
+                raise ValueError(f"the enrollment policy's {field} of the VMs whose names end in {char!r} would be "
+                                 f"{len(text):,} characters, over CEL's limit ({MAX_LITERAL:,}): too many VMs "
+                                 f"enrolled with --cidr/--service ({len(members)} of them)")
+            chain = (f"variables.bucket == '{char}' ? variables.{field}_{char}[?variables.key].orValue({default})"
+                     f" : {chain}")
+        lookups.append({"name": name, "expression": chain})
+    revision = hashlib.sha256(_literal([literals, lookups]).encode()).hexdigest()[:12]
+    return [_policy(literals, lookups, refused, audiences, revision), _binding()]
 
 
 def revision_of(policy: Body) -> str:
     return str(((policy.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_REVISION, ""))
 
 
-def _policy(literals: dict[str, str], refused: Sequence[str], audiences: Sequence[str], revision: str) -> Body:
+def _policy(literals: dict[str, str], lookups: list[Body], refused: Sequence[str], audiences: Sequence[str],
+            revision: str) -> Body:
     rules = [("discovery.k8s.io", "endpointslices"), ("networking.istio.io", "workloadentries"),
              ("workload.linkerd.io", "externalworkloads"), ("", "services")]
     resource_rules = [{"apiGroups": [group], "apiVersions": ["*"], "resources": [res],
@@ -189,11 +212,8 @@ def _policy(literals: dict[str, str], refused: Sequence[str], audiences: Sequenc
                 "size(request.userInfo.username.split(':')) == 4 && "
                 "request.userInfo.username.split(':')[3].startsWith('vmesh-vm-')) || "
                 f"object.metadata.?labels[?'{LABEL_MARKER}'].orValue('') == '{POLICY}'")}],
-            "variables": _VARIABLES + [{"name": name, "expression": text} for name, text in literals.items()] + [
-                {"name": "enrolledCIDRs", "expression": "variables.cidrs[?variables.key].orValue([])"},
-                {"name": "enrolledServices", "expression": "variables.services[?variables.key].orValue([])"},
-                {"name": "lifetime", "expression": f"variables.lifetimes[?variables.key].orValue({DEFAULT_LIFETIME})"},
-            ],
+            "variables": _VARIABLES + [{"name": name, "expression": text} for name, text in literals.items()]
+                         + lookups,
             "validations": [
                 {"expression": f"object.metadata.?labels[?'{LABEL_MARKER}'].orValue('') != '{POLICY}'",
                  "message": f"policy marker: {POLICY} revision {revision} is enforced", "reason": "Forbidden"},
@@ -215,6 +235,7 @@ _VARIABLES: list[Body] = [
     {"name": "account", "expression": "size(variables.parts) == 4 ? variables.parts[3] : request.userInfo.username"},
     {"name": "vm", "expression": "variables.account.startsWith('vmesh-vm-') ? variables.account.substring(9) : ''"},
     {"name": "key", "expression": "request.namespace + '/' + variables.vm"},
+    {"name": "bucket", "expression": "size(variables.vm) == 0 ? '' : variables.vm.substring(size(variables.vm) - 1)"},
     {"name": "res", "expression": "request.resource.resource"},
     {"name": "groups", "expression": (
         "variables.res == 'endpointslices' ? object.?endpoints.orValue([]).map(e, e.addresses) : "

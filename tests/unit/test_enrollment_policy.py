@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -43,11 +44,14 @@ def test_only_bound_vms_take_room_and_the_same_fleet_makes_the_same_policy() -> 
     policy, binding = enrollment.build(fleet, ("10.96.0.0/16",), ("https://k",))
     assert binding["spec"] == {"policyName": "vmesh-vm-enrollment", "validationActions": ["Deny"]}
     v = variables(policy)
-    assert json.loads(v["cidrs"]) == {"vm/b": ["10.0.0.6/32"]}
-    assert json.loads(v["services"]) == {"vm/b": ["mysqldb"]}
-    assert json.loads(v["lifetimes"]) == {"other/c": 3600}
+    # One bucket per last character of the VM names: a request builds its own VM's bucket only.
+    assert json.loads(v["cidrs_b"]) == {"vm/b": ["10.0.0.6/32"]}
+    assert json.loads(v["services_b"]) == {"vm/b": ["mysqldb"]}
+    assert json.loads(v["lifetime_c"]) == {"other/c": 3600}
+    assert "cidrs_a" not in v and "cidrs_c" not in v  # a is not bound; c only by its lifetime
     assert json.loads(v["refused"]) == ["10.96.0.0/16"]
-    assert f"orValue({DEFAULT_LIFETIME})" in v["lifetime"]
+    assert v["enrolledCIDRs"] == "variables.bucket == 'b' ? variables.cidrs_b[?variables.key].orValue([]) : []"
+    assert v["lifetime"].endswith(f": {DEFAULT_LIFETIME}")
     again, _ = enrollment.build(list(reversed(fleet)), ("10.96.0.0/16",), ("https://k",))
     assert enrollment.revision_of(again) == enrollment.revision_of(policy)
     changed, _ = enrollment.build(fleet[:1], ("10.96.0.0/16",), ("https://k",))
@@ -60,11 +64,12 @@ def test_only_bound_vms_take_room_and_the_same_fleet_makes_the_same_policy() -> 
     assert enrollment.audiences_of(policy) == ("https://k",)
 
 
-def test_a_fleet_too_big_for_one_cel_literal_is_refused_with_the_reason() -> None:
+def test_a_bucket_too_big_for_one_cel_literal_is_refused_with_the_reason() -> None:
     fleet = [Enrollment("vm", f"vm-{i:05d}", (f"10.{i // 250}.{i % 250}.1/32",), ("mysqldb",)) for i in range(4000)]
-    with pytest.raises(ValueError, match=r"over CEL's limit \(90,000\): too many VMs enrolled with --cidr"):
-        enrollment.build(fleet, (), ())
-    enrollment.build(fleet[:2000], (), ())  # 2,000 fit
+    enrollment.build(fleet, (), ())  # 4,000 fit: ten buckets (names ending in 0-9) of 400
+    same_end = [dataclasses.replace(e, vm=e.vm + "a") for e in fleet]
+    with pytest.raises(ValueError, match=r"VMs whose names end in 'a' would be .* over CEL's limit \(90,000\)"):
+        enrollment.build(same_end, (), ())
 
 
 @pytest.mark.parametrize(("cidr", "words"), [
