@@ -35,7 +35,6 @@ from agent.cluster.objects import (
     lease_name,
 )
 from agent.cluster.resources import (
-    ADMISSION_POLICIES,
     ENDPOINT_SLICES,
     EXTERNAL_WORKLOADS,
     LEASES,
@@ -51,6 +50,7 @@ from agent.logs import configure, get_logger
 from agent.oneshot import reap_pass
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
+from agent.reaper import VM_LEASES
 from agent.reaper_slots import LABEL_SLOT
 from agent.sync.backend import Backend
 from agent.sync.registry import make_backend
@@ -202,12 +202,7 @@ async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
     lifetime = _lifetime(args.token_lifetime)
     if lifetime < MIN_TOKEN_LIFETIME:
         raise ValueError(f"--token-lifetime {args.token_lifetime}: at least 10m (the apiserver refuses shorter)")
-    try:
-        current: Body | None = await kube.get(ADMISSION_POLICIES, "", enrollment.POLICY)
-    except NotFound:
-        current = None
-    cidrs = enrollment.check_cidrs(args.cidr, enrollment.merge_ranges(enrollment.refused_of(current),
-                                                                      await enforce.cluster_ranges(kube)))
+    cidrs = enrollment.check_cidrs(args.cidr, (await enforce.current_policy(kube))[1])
     sa, binding = identity_objects(vm, namespace, enrollment.account_annotations(cidrs, names, lifetime))
     try:
         outcome = await _apply(kube, SERVICE_ACCOUNTS, namespace, sa)
@@ -257,7 +252,7 @@ async def _served(kube: KubeClient, resource: Resource, namespace: str) -> bool:
 
 async def get_vms(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     rows = fleet.fleet(
-        leases=await _list(kube, LEASES, namespace, f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"),
+        leases=await _list(kube, LEASES, namespace, VM_LEASES),
         accounts=await _list(kube, SERVICE_ACCOUNTS, namespace, LABEL_VM),
         slices=await _list(kube, ENDPOINT_SLICES, namespace, f"{LABEL_VM},{LABEL_SLICE_MANAGED_BY}={MANAGER}"),
         workloads=[*await _list(kube, WORKLOAD_ENTRIES, namespace, f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}"),
@@ -288,7 +283,7 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
         backend = backends.get(vm, "endpointslice")
         return make_backend(Settings(vm_name=vm, namespace=namespace, backend=backend), kube, vm, heartbeat, log)
 
-    for lease in await kube.list(LEASES, namespace, f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"):
+    for lease in await kube.list(LEASES, namespace, VM_LEASES):
         meta = lease["metadata"]
         backend = str((meta.get("annotations") or {}).get(fleet.ANNOTATION_BACKEND, ""))
         vm = str((meta.get("labels") or {}).get(LABEL_VM, ""))

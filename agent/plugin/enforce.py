@@ -63,6 +63,16 @@ async def _items(kube: KubeClient, resource: Resource) -> list[Body]:
         return []
 
 
+async def current_policy(kube: KubeClient, extra: Iterable[str] = ()) -> tuple[Body | None, tuple[str, ...]]:
+    """The enrollment policy as it is now (None before the first write), and the ranges no VM may publish in:
+    the ones it carries, the cluster's own, and `extra`."""
+    try:
+        current: Body | None = await kube.get(ADMISSION_POLICIES, "", enrollment.POLICY)
+    except NotFound:
+        current = None
+    return current, enrollment.merge_ranges(enrollment.refused_of(current), await cluster_ranges(kube), extra)
+
+
 async def api_audiences(kube: KubeClient, namespace: str, account: str) -> tuple[str, ...]:
     """The audiences the apiserver gives a token when none are asked for (its --api-audiences): read off a
     TokenRequest for `account`, whose 10-minute token is thrown away."""
@@ -82,11 +92,7 @@ async def publish(kube: KubeClient, namespace: str, account: str, refused: Itera
     resourceVersion as the apply's precondition): two enrolls at once each end with a policy holding both."""
     extra = tuple(refused)
     for _ in range(ATTEMPTS):
-        try:
-            current: Body | None = await kube.get(ADMISSION_POLICIES, "", enrollment.POLICY)
-        except NotFound:
-            current = None
-        ranges = enrollment.merge_ranges(enrollment.refused_of(current), await cluster_ranges(kube), extra)
+        current, ranges = await current_policy(kube, extra)
         audiences = enrollment.audiences_of(current) or await api_audiences(kube, namespace, account)
         accounts = await kube.list(ALL_SERVICE_ACCOUNTS, "", f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}")
         policy, binding = enrollment.build(filter(None, map(enrollment.of_account, accounts)), ranges, audiences)
