@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.cluster import TESTCLUSTER, Cluster
+from tests.testbed.lock import testbed_lock
 from tests.testbed.mariadb import make_template
 from tests.testbed.plugin import kubectl_vmesh
 from tests.testbed.vm import VM
@@ -24,13 +25,14 @@ def _need_root() -> None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     _need_root()
-    c = Cluster.up()
-    # Every VM of the suite runs under the shipped admission policies as `kubectl vmesh install` writes them,
-    # the cluster's own ranges refused (the test node's Pod range given as the flag, since no Node exists yet).
-    kubectl_vmesh(c, "install", "--pod-cidr", "10.244.0.0/16")
-    yield c
-    if not os.environ.get("VMESH_KEEP_CLUSTER"):
-        subprocess.run([str(TESTCLUSTER), "down"], check=False)
+    with testbed_lock("pytest"):  # from the first test that needs the cluster until the session ends
+        c = Cluster.up()
+        # Every VM of the suite runs under the shipped admission policies as `kubectl vmesh install` writes them,
+        # the cluster's own ranges refused (the test node's Pod range given as the flag, since no Node exists yet).
+        kubectl_vmesh(c, "install", "--pod-cidr", "10.244.0.0/16")
+        yield c
+        if not os.environ.get("VMESH_KEEP_CLUSTER"):
+            subprocess.run([str(TESTCLUSTER), "down"], check=False)
 
 
 @pytest.fixture(scope="session")
