@@ -271,8 +271,8 @@ class Agent:
 
         self.backend = backend_for(s.vm_name)
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
-                             brake_fraction=s.reaper.brake_fraction, heartbeat=heartbeat,
-                             backend_for=backend_for, log=self.log)
+                             brake_fraction=s.reaper.brake_fraction, brake_limit=s.reaper.brake_limit,
+                             heartbeat=heartbeat, backend_for=backend_for, log=self.log)
         # Slots are renewed on the heartbeat's connection: like the Lease, never queued behind bulk syncs.
         self.slots = ReaperSlots(beat_client, s.namespace, str(self.identity), slots=s.reaper.slots,
                                  duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,

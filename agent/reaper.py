@@ -18,7 +18,9 @@ Safety before speed (the node lifecycle controller's stance when a whole zone lo
 - the brake: while more than `brake_fraction` of the VMs (and at least two) stopped renewing within one lease
   duration (a Lease silent for half its duration has missed a renewal; those reaped within the last duration
   count too), nothing is reaped; it is said once, in status and metrics, and lifts when renewals resume
-  (a gap too: every VM is observed afresh);
+  (a gap too: every VM is observed afresh). In a small fleet (SMALL_FLEET VMs or fewer) it holds at most
+  `brake_limit` of this reaper's own uninterrupted renewals: there, two VMs dying together are too likely to
+  leave their endpoints ready for ever (issue 20), and a reaper that kept renewing all along is not cut off;
 - a failed delete backs off per Lease; a 403 is one clear line and "reaping is off: ..." in status.
 """
 
@@ -48,6 +50,7 @@ IDLE_CHECK = 1.0  # seconds between them while no Lease is that close: an idle r
 VM_LEASES = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"  # the VMs' Leases (reaper slots carry no VM label)
 WATCH_SECONDS = 300
 REAP_CONCURRENCY = 8  # dead VMs cleaned up at once: a quarter of a fleet goes in seconds, not minutes
+SMALL_FLEET = 10  # VMs in view, this one's included, up to which the brake gives way after `brake_limit`
 
 
 @dataclass
@@ -160,7 +163,7 @@ class ReapBrake:
 class Reaper:
     def __init__(self, kube: KubeClient, namespace: str, own_lease: str, *, grace: float,
                  backend_for: Callable[[str], Backend], log: structlog.typing.FilteringBoundLogger,
-                 brake_fraction: float = 0.5, heartbeat: Heartbeat | None = None,
+                 brake_fraction: float = 0.5, brake_limit: float = 0.0, heartbeat: Heartbeat | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
         self.namespace = namespace
@@ -173,6 +176,8 @@ class Reaper:
         self._retry_at: dict[str, tuple[Backoff, float]] = {}
         self.reaped = 0
         self.braking = ""  # why the brake holds, while it does
+        self.brake_limit = brake_limit  # how long it holds at most in a small fleet; 0: no limit
+        self._braking_since: float | None = None  # while it holds: since when, on a current view throughout
         self.problem = ""  # why reaping is off, e.g. a missing RBAC grant
         self.synced = asyncio.Event()
 
@@ -246,14 +251,25 @@ class Reaper:
             # Probably the one cut off, or not holding its own Lease (another agent with this vm_name does, whose
             # renewals would pass for this one's): judge nobody, and start over once back.
             self.observer.restart()
+            self._braking_since = None
             return 0
         slack = 1.5 * beat.interval if beat is not None else None
         expired = self.observer.expired(slack)
         stale = self.observer.stale(slack) if expired else []
         window = max((obs.duration for _, obs in stale), default=0.0)
-        if expired and self.brake.holds(len(stale), self.observer.fleet(), window):
-            reason = (f"{len(stale)} of {self.observer.fleet()} VMs stopped renewing within one lease duration;"
-                      " reaping nothing until they renew (the reaper is more likely cut off than they are dead)")
+        fleet = self.observer.fleet()
+        if not (expired and self.brake.holds(len(stale), fleet, window)):
+            self._braking_since = None
+        elif self._brake_gives_way(fleet):
+            if self.braking:
+                self._log.warning("reaping brake time limit reached in a small fleet; reaping the silent VMs",
+                                  fleet=fleet, held_for=self.brake_limit, vms=sorted(o.vm for _, o in stale))
+                self.braking = ""
+        else:
+            reason = (f"{len(stale)} of {fleet} VMs stopped renewing within one lease duration; reaping nothing until"
+                      " they renew (the reaper is more likely cut off than they are dead)")
+            if self._braking_since is not None:
+                reason += f", or for {self.brake_limit:g} s at most in a fleet this small"
             if not self.braking:
                 self._log.warning("reaping brake engaged", reason=reason, vms=sorted(o.vm for _, o in stale))
             self.braking = reason
@@ -264,6 +280,7 @@ class Reaper:
             # VM gets a full lease duration + grace again before anyone is judged.
             self._log.info("reaping brake released", expired=len(expired), then="every VM observed afresh")
             self.braking = ""
+            self._braking_since = None
             self.observer.restart()
             return 0
         now = self._clock()
@@ -276,6 +293,18 @@ class Reaper:
                 return await self._reap(name, obs)
 
         return sum(await asyncio.gather(*(reap(name, obs) for name, obs in due)))
+
+    def _brake_gives_way(self, fleet: int) -> bool:
+        """Whether the brake, holding now, has held for `brake_limit` in a small fleet (and keeps giving way until
+        it releases). Only a reaper with a heartbeat counts that time: its view was current throughout (a failing
+        heartbeat restarted it), so the silent VMs, not this reaper, are the ones cut off or dead."""
+        if self._heartbeat is None or not self.brake_limit or fleet > SMALL_FLEET:
+            self._braking_since = None
+            return False
+        now = self._clock()
+        if self._braking_since is None:
+            self._braking_since = now
+        return now - self._braking_since >= self.brake_limit
 
     async def _reap(self, name: str, obs: Observation) -> bool:
         log = self._log.bind(object=f"lease/{name}", dead_vm=obs.vm)

@@ -162,6 +162,34 @@ def test_the_brake_holds_while_most_vms_are_cut_off_and_lifts_when_they_renew(
     assert reaped(vms) == [cut_off[0].name]
 
 
+def test_in_a_small_fleet_the_brake_gives_way_after_its_limit(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
+) -> None:
+    """Issue 20: two VMs of three dying together engaged the brake with no time limit; their endpoints stayed
+    ready for ever. The one left, renewing all along, reaps them once the brake has held for its limit."""
+    limit = 8.0  # the default is 5 minutes; the rule is the same
+    vms = fleet(3, cluster, namespace, make_vm, mariadb_template, slots=1, brake_limit=f"{limit:g}s")
+    holder = next(vm for vm in vms if vm.name in set(slot_holders(cluster, namespace).values()))
+    dying = [vm for vm in vms if vm is not holder]
+    for vm in dying:
+        vm.stop_agent(signal.SIGKILL)
+    holder.wait_log(lambda line: line.get("event") == "reaping brake engaged", LEASE + GRACE + 5, "the brake engaged")
+    engaged = time.monotonic()
+    status = json.loads(holder.cli("status", "--json").stdout)
+    assert status["reaper"]["state"].startswith("brake engaged: 2 of 3")
+    assert status["reaper"]["state"].endswith(f"or for {limit:g} s at most in a fleet this small")
+    for vm in dying:
+        wait_until(lambda vm=vm: own_objects(cluster, namespace, vm) == [], limit + 10, f"{vm.name} reaped")
+    held = time.monotonic() - engaged
+    print(f"two of three VMs killed: the brake held {held:.1f}s (limit {limit:g}s), then both reaped")
+    assert held >= limit - 1, "reaped before the limit: the brake did not hold"
+    line = holder.wait_log(lambda line: line.get("event", "").startswith("reaping brake time limit reached"), 1,
+                           "the limit said")
+    assert sorted(line["vms"]) == sorted(vm.name for vm in dying)
+    assert sorted(reaped([holder])) == sorted(vm.name for vm in dying)
+    assert ready_slice(cluster, namespace, holder)
+
+
 def test_a_lease_event_larger_than_aiohttps_line_limit_is_read_and_reaped(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:

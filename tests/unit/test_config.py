@@ -35,6 +35,7 @@ def test_defaults_follow_the_design(token: Path) -> None:
     assert s.heartbeat.interval == 5.0
     assert s.heartbeat.lease_duration == 15.0
     assert s.api.socket == "/run/vmesh-agent/agent.sock"
+    assert (s.reaper.brake_fraction, s.reaper.brake_limit) == (0.5, 300.0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from agent.cluster.errors import Forbidden, Unavailable
 from agent.cluster.kube import KubeClient
 from agent.heartbeat import Heartbeat
 from agent.logs import get_logger
-from agent.reaper import CHECK_EVERY, IDLE_CHECK, LeaseObserver, ReapBrake, Reaper
+from agent.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserver, ReapBrake, Reaper
 from agent.reaper_slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.sync.backend import Backend
 from tests.unit.fake_leases import FakeClock, FakeLeases
@@ -145,9 +145,9 @@ class RemovedBackend:
 
 
 def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
-              fraction: float = 0.5, owned_by_lease: bool = False) -> tuple[Reaper, list[str]]:
+              fraction: float = 0.5, owned_by_lease: bool = False, *, limit: float = 0.0) -> tuple[Reaper, list[str]]:
     removed: list[str] = []
-    reaper = Reaper(cast(KubeClient, api), "vm", OWN, grace=GRACE, brake_fraction=fraction,
+    reaper = Reaper(cast(KubeClient, api), "vm", OWN, grace=GRACE, brake_fraction=fraction, brake_limit=limit,
                     heartbeat=cast(Heartbeat, heartbeat) if heartbeat else None,
                     backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm, owned_by_lease)),
                     log=get_logger(vm="me"), clock=clock)
@@ -233,6 +233,64 @@ async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume()
         reaper.observer.observe(api.renew(f"vmesh-{name}", "t3"))
     assert await reaper.reap_expired() == 1
     assert removed == ["vm4"]
+
+
+async def brake_held_for(seconds: float, reaper: Reaper, api: FakeLeases, clock: FakeClock,
+                         beat: StubHeartbeat | None = None) -> int:
+    """Advance the clock second by second, this reaper renewing its own Lease, the others silent; reaped so far."""
+    reaped = 0
+    for _ in range(int(seconds)):
+        clock.advance(1)
+        reaper.observer.observe(api.renew(OWN, f"own{clock.now}"))
+        if beat is None or not beat.consecutive_failures:
+            reaped += await reaper.reap_expired()
+        else:
+            assert await reaper.reap_expired() == 0
+    return reaped
+
+
+async def test_in_a_small_fleet_the_brake_gives_way_after_its_limit_of_the_reapers_own_renewals() -> None:
+    """Issue 20: in a fleet of three, two VMs dying together engaged the brake with no time limit, their endpoints
+    ready for ever. A reaper that keeps renewing its own Lease reaps them after `brake_limit`."""
+    api, clock, beat = FakeLeases(), FakeClock(), StubHeartbeat()
+    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(2)]
+    reaper, removed = reaper_on(api, clock, beat, limit=60)
+    reaper.observer.replace_all([*leases, api._stored(lease("me", "t0"))])
+    assert await brake_held_for(DURATION + GRACE + 1, reaper, api, clock) == 0
+    assert reaper.braking.startswith("2 of 3 VMs stopped renewing")
+    assert reaper.braking.endswith("or for 60 s at most in a fleet this small")
+    assert await brake_held_for(59, reaper, api, clock) == 0, "the brake holds for its limit"
+    assert removed == [] and reaper.braking
+    # This reaper's own heartbeat failing restarts everything, the limit's count too.
+    beat.consecutive_failures = 1
+    await brake_held_for(3, reaper, api, clock, beat)
+    beat.consecutive_failures = 0
+    assert await brake_held_for(DURATION + GRACE + 60, reaper, api, clock) == 0
+    assert await brake_held_for(2, reaper, api, clock) == 2
+    assert reaper.braking == ""
+    assert sorted(api.objects) == ["vmesh-me"]
+    # A later mass silence starts a new count: it does not inherit the spent one.
+    more = [api._stored(lease(f"later{i}", "t9")) for i in range(2)]
+    for item in more:
+        reaper.observer.observe(item)
+    assert await brake_held_for(DURATION + GRACE + 30, reaper, api, clock) == 0
+    assert reaper.braking
+
+
+async def test_in_a_large_fleet_or_without_a_limit_or_a_heartbeat_the_brake_holds_until_renewals_resume() -> None:
+    for fleet, limit, beat in ((SMALL_FLEET + 1, 60.0, StubHeartbeat()), (3, 0.0, StubHeartbeat()), (3, 60.0, None)):
+        api, clock = FakeLeases(), FakeClock()
+        silent = [api._stored(lease(f"vm{i}", "t0")) for i in range(fleet - 1 - (fleet - 1) // 3)]
+        alive = [f"vmesh-ok{i}" for i in range((fleet - 1) // 3)]
+        reaper, removed = reaper_on(api, clock, beat, limit=limit)
+        reaper.observer.replace_all([*silent, *(api._stored(lease(n[6:], "t0")) for n in alive),
+                                     api._stored(lease("me", "t0"))])
+        assert reaper.observer.fleet() == fleet
+        for _ in range(300):
+            for name in alive:
+                reaper.observer.observe(api.renew(name, f"r{clock.now}"))
+            assert await brake_held_for(1, reaper, api, clock) == 0, (fleet, limit, beat)
+        assert reaper.braking and removed == [], (fleet, limit, beat)
 
 
 async def test_a_vm_renewing_just_after_the_brake_lifts_is_not_reaped() -> None:
