@@ -324,20 +324,29 @@ def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
     existing = service.get("spec", {}).get("ports") or []
     # By targetPort first (a selector-less Service port stands for the VM port it targets: an admin's remap),
     # then by number.
-    names_by_port = {p.get("port"): p.get("name") or "" for p in existing}
+    by_number = {p.get("port"): p.get("name") or "" for p in existing}
     remapped_last = sorted(existing, key=lambda p: _target(p) != p.get("port"))  # the admin's remap wins
-    names_by_port.update({_target(p): p.get("name") or "" for p in remapped_last})
+    by_target = {_target(p): p.get("name") or "" for p in remapped_last}
+    wanted = sorted(set(ports), key=lambda p: (p[1], p[0]))
+    # A name goes to one port only (the apiserver refuses a slice that repeats one): the port its Service port
+    # targets keeps it, a port matched by number only gives it up (3306 still listening, or vanished and kept
+    # not ready, while the remap 3306 -> 3307 names 3307 `mysql`) and gets one of its own.
+    targeted = {by_target[port] for _, port in wanted if port in by_target}
+    used = {p.get("name") or "" for p in existing}
     result: list[Body] = []
     seen: set[int] = set()
-    for protocol, port in sorted(set(ports), key=lambda p: (p[1], p[0])):
+    for protocol, port in wanted:
         if port in seen:
             continue
         seen.add(port)
-        entry: Body = {
-            "name": names_by_port[port] if port in names_by_port else port_name(protocol, port),
-            "port": port,
-            "protocol": "TCP",
-        }
+        if port in by_target:
+            name = by_target[port]
+        elif port in by_number and by_number[port] not in targeted:
+            name = by_number[port]
+        else:
+            name = port_name(protocol, port, used)
+            used.add(name)
+        entry: Body = {"name": name, "port": port, "protocol": "TCP"}
         if protocol in _APP_PROTOCOL:
             entry["appProtocol"] = _APP_PROTOCOL[protocol]
         result.append(entry)

@@ -114,10 +114,12 @@ class Node:
         outcome, seconds = result.stdout.split()
         return outcome, float(seconds)
 
-    def mysql(self, host: str, query: str, *, timeout: float = 5) -> str:
-        """`query` through `host` (a Service name or ClusterIP) as the ratings user; its rows, tab-separated."""
+    def mysql(self, host: str, query: str, *, port: int = 3306, timeout: float = 5) -> str:
+        """`query` through `host` (a Service name or ClusterIP) and `port` as the ratings user; its rows,
+        tab-separated."""
         user, password = RATINGS_USER
-        result = self.exec("mariadb", "--no-defaults", "-h", host, "-u", user, f"-p{password}", "-N", "-B",
+        result = self.exec("mariadb", "--no-defaults", "-h", host, "-P", str(port), "-u", user, f"-p{password}",
+                           "-N", "-B",
                            f"--connect-timeout={int(timeout)}", "-e", query, "test", timeout=timeout + 5)
         return result.stdout.strip()
 

@@ -52,6 +52,18 @@ def test_an_admins_target_port_remap_is_followed_not_overridden() -> None:
     assert [(p["name"], p["port"]) for p in missing_service_ports(plain, [("mysql", 3307)])] == [("mysql-3307", 3307)]
 
 
+def test_a_port_matched_by_number_gives_way_to_the_remap() -> None:
+    """Issue 20: the remap 3306 -> targetPort 3307 names 3307 `mysql`; a VM that still has 3306 (its listener
+    vanished and kept not ready for remove_after, or still listening) must not name 3306 `mysql` too: the
+    apiserver refuses a slice with two ports of one name (422, `ports[1].name: Duplicate value`)."""
+    svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
+    svc["spec"]["ports"][0]["targetPort"] = 3307
+    regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"), ready=False),
+            Registration("mysqldb", 3307, "mysql", ip_address("10.0.0.5"))]
+    ports = [(p["name"], p["port"]) for p in build_endpoint_slice(svc, "vm-a", "vm", regs, LEASE)["ports"]]
+    assert ports == [("mysql-3306", 3306), ("mysql", 3307)]
+
+
 def test_slice_conditions_and_owner() -> None:
     svc = build_service("mysqldb", "vm", "vm-a", [("mysql", 3306)])
     regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"), ready=False)]
