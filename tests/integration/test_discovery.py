@@ -13,6 +13,7 @@ from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import AGENT, VM
 from tests.testbed.waiting import wait_until
+from tests.testbed.web import http_server
 
 ONE_INTERVAL = 1.0  # discovery.interval in the VMs' test config
 SLACK = 4.0  # one discovery interval, plus a sync round trip and process scheduling on a 2-core machine
@@ -271,3 +272,29 @@ def test_a_listener_on_an_address_that_left_the_vm_is_unregistered(
     entry = listener(report, 3306)
     assert entry["decision"] == "skip"
     assert entry["reason"] == f"bound to {extra}, which is not an address of this VM (any more)"
+
+
+def test_a_listener_on_an_ipv4_mapped_address_is_registered_at_that_ipv4_address(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM]
+) -> None:
+    """As Java binds an IPv4 address: an IPv6 socket on ::ffff:<VM address>. It was skipped as bound to an address
+    that is not the VM's (issue 20, item 9)."""
+    vm = make_vm("a")
+    mapped = f"::ffff:{vm.address}"
+    with http_server(vm, mapped, 8080):
+        assert f"[{mapped}]:8080" in vm.exec("ss", "-ltnH").stdout, "an IPv6 socket on the mapped address"
+        config = vm.write_config(namespace, discovery={"allow": {"http": "web"}})
+        vm.start_agent(config)
+        slice_name = object_name("web", vm.name, 4)
+
+        def web() -> list[tuple[str, bool]]:
+            s = cluster.get("endpointslice", slice_name, namespace)
+            return [(a, bool(e["conditions"].get("ready"))) for e in (s or {}).get("endpoints") or []
+                    for a in e["addresses"]]
+
+        wait_until(lambda: web() == [(vm.address, True)], 20, "web registered at the IPv4 address, ready")
+        assert cluster.get("endpointslice", object_name("web", vm.name, 6), namespace) is None, "no IPv6 slice"
+        _, report = vm.discover(config)
+        entry = listener(report, 8080)
+        assert (entry["protocol"], entry["decision"], entry["reason"]) == (
+            "http", "register", f"listens on {vm.address} only; registered there"), entry

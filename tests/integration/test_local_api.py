@@ -3,11 +3,17 @@ listener over TCP inside the VM."""
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
 import os
+import pwd
+import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.cluster.objects import object_name
 from tests.testbed.cluster import Cluster
 from tests.testbed.plugin import kubectl_vmesh
-from tests.testbed.vm import AGENT, VM
+from tests.testbed.slices import SliceHistory
+from tests.testbed.vm import AGENT, ROOT, VM
 from tests.testbed.waiting import wait_until
+from tests.testbed.web import http_server
 
 
 @pytest.fixture
@@ -137,6 +145,123 @@ def test_maintenance_marks_not_ready_and_survives_a_restart(cluster: Cluster, na
     wait_until(lambda: ready() == [True], 5, "ready again")
 
 
+DISTRIBUTION_PYTHON = "/usr/bin/python3"  # what the package runs the agent on (packaging/build-deb)
+
+
+@pytest.fixture
+def agent_user() -> Iterator[str]:
+    """An unprivileged system user to run the agent as, as the package's unit does (User=vmesh-agent)."""
+    name = f"vmt-agent-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True)
+    yield name
+    subprocess.run(["userdel", name], check=False)
+
+
+@pytest.fixture
+def agent_home(agent_user: str) -> Iterator[Path]:
+    """The agent user's directory for its files, outside the test's tmp_path (which only root may enter). Set up
+    before make_vm's VMs, so removed (and the user deleted) only once their agents are gone and their logs read."""
+    home = Path(tempfile.mkdtemp(prefix="vmesh-agent-home-"))
+    shutil.chown(home, agent_user, agent_user)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def unprivileged(agent_home: Path, cluster: Cluster, make_vm: Callable[[str], VM]) -> VM:
+    """A VM whose agent files (config, token, CA, state, socket, log) live in `agent_home`, as /etc/vmesh-agent and
+    /var/lib/vmesh-agent do; hand_over() gives them to the agent's user, start_unprivileged() starts it."""
+    version = subprocess.run([DISTRIBUTION_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version == str(sys.version_info[:2]), (
+        f"{DISTRIBUTION_PYTHON} is {version}, the tests' {sys.version_info[:2]}: their compiled modules would not load")
+    vm = make_vm("u")
+    vm.workdir, vm.agent_log = agent_home, agent_home / "agent.log"
+    shutil.copy(cluster.ca_file, agent_home / "ca.crt")
+    return vm
+
+
+def hand_over(vm: VM, user: str) -> None:
+    """The VM's agent files (as write_config left them, root's) become `user`'s."""
+    subprocess.run(["chown", "-R", f"{user}:{user}", str(vm.workdir)], check=True)
+
+
+def start_unprivileged(vm: VM, user: str, config: Path) -> subprocess.Popen[bytes]:
+    """The agent as `user` with no privileges (no capability: other users' files are closed to it), on the
+    distribution's python3, inside the VM."""
+    log = vm.agent_log.open("ab")
+    env = {**os.environ, "HOME": str(vm.workdir), "PYTHONPATH": f"{ROOT}:{sysconfig.get_paths()['purelib']}"}
+    vm.agent = subprocess.Popen(
+        ["ip", "netns", "exec", vm.netns, "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--",
+         DISTRIBUTION_PYTHON, "-m", "agent", "run", "--config", str(config)],
+        stdout=log, stderr=log, env=env, cwd=ROOT)
+    log.close()
+    return vm.agent
+
+
+def test_an_unreadable_maintenance_file_keeps_services_in_maintenance_across_a_restart(
+    cluster: Cluster, namespace: str, unprivileged: VM, agent_user: str
+) -> None:
+    """The state directory restored as root leaves maintenance.json unreadable to the agent's user. It was taken
+    as empty: a service in maintenance came back ready at the restart, in the middle of the maintenance (issue 20,
+    item 9). Every service stays in maintenance until the admin sets it again."""
+    vm = unprivileged
+    slice_name = object_name("web", vm.name, 4)
+
+    def ready() -> list[bool]:
+        s = cluster.get("endpointslice", slice_name, namespace)
+        return [e["conditions"]["ready"] for e in (s or {}).get("endpoints") or []]
+
+    with http_server(vm, "0.0.0.0", 8080):
+        config = vm.write_config(namespace, cluster={"ca_file": str(vm.workdir / "ca.crt")},
+                                 discovery={"allow": {"http": "web"}})
+        hand_over(vm, agent_user)
+        agent = start_unprivileged(vm, agent_user, config)
+        wait_until(lambda: ready() == [True], 20, "web registered, ready")
+        assert Path(f"/proc/{agent.pid}").stat().st_uid == pwd.getpwnam(agent_user).pw_uid, "not root"
+        assert vm.cli("maintenance", "web", "on", "--reason", "upgrading the app").returncode == 0
+        wait_until(lambda: ready() == [False], 5, "not ready in maintenance")
+        assert vm.stop_agent() == 0
+
+        maintenance = vm.workdir / "state" / "maintenance.json"
+        assert json.loads(maintenance.read_text()) == {"web": "upgrading the app"}
+        os.chown(maintenance, 0, 0)  # root's now, as a restore run as root leaves it; 0600, as the agent wrote it
+        assert oct(maintenance.stat().st_mode & 0o777) == "0o600"
+        with SliceHistory(cluster, namespace) as history:
+            start_unprivileged(vm, agent_user, config)
+            history.wait_for(lambda obj: obj["metadata"]["name"] == slice_name and bool(obj.get("endpoints")), 20,
+                             "web registered again")
+            assert set(history.of("web")) == {"false"}, history.of("web")
+            vm.wait_log(lambda line: "maintenance.json cannot be read" in str(line.get("event", "")), 5,
+                        "the unreadable file said")
+
+            def healthy() -> dict[str, Any] | None:
+                web: dict[str, Any] = as_json(vm.cli("services", "web", "--json"))
+                checks = [r["check"] and r["check"]["status"] for r in web["registrations"]]
+                return web if checks == ["passing"] else None
+
+            web = wait_until(healthy, 5, "web healthy, held in maintenance only")
+            assert web is not None
+            assert "maintenance.json cannot be read" in web["maintenance"], web
+            assert web["registrations"][0]["ready"] is False, web
+
+            def synced_since(moment: float) -> bool:
+                elapsed = time.monotonic() - moment  # before asking: the answer's "ago" is counted later
+                ago = as_json(vm.cli("status", "--json"))["last_sync"]["seconds_ago"]
+                return ago is not None and ago < elapsed
+
+            # A sync after the check passed: what it wrote is what the agent wants now, not a first guess.
+            wait_until(functools.partial(synced_since, time.monotonic()), 10, "a sync since the check passed")
+            assert set(history.of("web")) == {"false"}, history.of("web")
+            health = json.loads(curl(vm.workdir / "agent.sock", "GET", "/v1/health")[1])
+            assert any("in maintenance" in r and "cannot be read" in r for r in health["reasons"]), health
+
+        assert vm.cli("maintenance", "web", "off").returncode == 0  # the admin ends it: the file is rewritten
+        wait_until(lambda: ready() == [True], 5, "ready again")
+        assert json.loads(maintenance.read_text()) == {}, "the agent's own file again"
+
+
 def test_metrics_and_openapi(vm: VM) -> None:
     sock = vm.workdir / "agent.sock"
     curl(sock, "GET", "/v1/status")
@@ -187,6 +312,51 @@ def test_the_metrics_listener_serves_only_metrics_and_health(vm: VM) -> None:
     # The agent's own listener is not a service of the VM: discovery neither probes nor reports it.
     assert any(line.get("event") == "metrics listener serving /metrics and /v1/health" for line in vm.log_lines())
     assert not [line for line in vm.log_lines() if str(line.get("listener", "")).endswith(f":{METRICS_PORT}")]
+
+
+def test_checks_total_never_goes_down_when_a_monitored_listener_goes_away(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM]
+) -> None:
+    """One service on one port at two addresses: one series, the sum of two monitors. When one listener went away
+    its count left the sum, which went down: Prometheus took it for a counter reset (issue 20, item 9)."""
+    vm = make_vm("a")
+    extra = vm.address.rsplit(".", 1)[0] + "." + str((int(vm.address.rsplit(".", 1)[1]) + 50) % 250 + 2)
+    vm.ip("addr", "add", f"{extra}/16", "dev", "eth0")
+    sock = vm.workdir / "agent.sock"
+
+    def checks_total() -> dict[str, float]:
+        code, text = curl(sock, "GET", "/metrics")
+        assert code == 200, text
+        return {s.labels["result"]: s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "vmesh_checks_total" and s.labels["service"] == "web"}
+
+    def registration(address: str) -> dict[str, Any] | None:
+        """`address`'s registration of web as the agent reports it; None while it has none (or is starting)."""
+        code, body = curl(sock, "GET", "/v1/services/web")
+        found = [r for r in json.loads(body)["registrations"] if r["address"] == address] if code == 200 else []
+        return found[0] if found else None
+
+    def monitored(address: str) -> int:
+        """How many checks the monitor of `address`'s registration ran; -1 when it has no monitor (any more)."""
+        reg = registration(address)
+        return int(reg["check"]["checks"]) if reg and reg["check"] else -1
+
+    with http_server(vm, vm.address, 8080), http_server(vm, extra, 8080) as second:
+        vm.start_agent(vm.write_config(namespace, discovery={"allow": {"http": "web"}, "check": {"interval": "0.2s"}}))
+        wait_until(lambda: monitored(extra) >= 15, 20, "15 checks of the second listener")
+        both = monitored(vm.address) + monitored(extra)
+        scrapes = [checks_total()]
+        assert scrapes[0]["pass"] + scrapes[0]["fail"] >= both, ("one series, both monitors' checks", scrapes, both)
+        second.kill()
+        # Its monitor stops at the next discovery pass (1 s); the registration stays, not ready, for remove_after.
+        while not ((reg := registration(extra)) is not None and reg["check"] is None):
+            scrapes.append(checks_total())
+            assert len(scrapes) < 500, "the second listener's monitor never stopped"
+        scrapes += [checks_total(), checks_total()]
+    for result in ("pass", "fail"):
+        assert all(result in scrape for scrape in scrapes), (result, scrapes)
+        values = [scrape[result] for scrape in scrapes]
+        assert values == sorted(values), f"vmesh_checks_total{{result={result!r}}} went down: {values}"
 
 
 def test_malformed_requests_get_json_4xx(vm: VM) -> None:
