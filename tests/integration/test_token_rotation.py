@@ -4,13 +4,20 @@ storm; the shared legacy token keeps working with a warning; another VM's token 
 one put in its place is picked up.
 
 The VMs' ServiceAccounts are made here as `kubectl vmesh enroll` makes them (vmesh-vm-<vm>, bound to the Role),
-with the apiserver's shortest token life (10 min) and a renewal at 5 % of it (30 s)."""
+with the apiserver's shortest token life (10 min) and a renewal at 5 % of it (30 s).
+
+A VM whose clock is off (issue 20): the agent runs under Debian's libfaketime, its wall clock ahead or behind and
+its monotonic clock untouched, on a bundle `kubectl vmesh enroll` wrote and `tar -xzf` unpacked. The TokenRequests
+are counted by the apiserver itself (apiserver_request_total for serviceaccounts/token)."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
+import ssl
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +25,9 @@ from typing import Any
 
 from agent.cluster.objects import ANNOTATION_SERVICES, object_name
 from agent.cluster.tokens import parse_claims
+from tests.testbed.clock import clocks_under, skewed_clock
 from tests.testbed.cluster import Cluster
+from tests.testbed.plugin import bundle_paths, kubectl_vmesh, untar_bundle
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
@@ -224,3 +233,146 @@ def test_a_kubeconfig_exec_plugins_token_is_fetched_again_when_the_cluster_refus
     wait_until(lambda: renewed_since(refreshed), 10, "the Lease renewed with the new token")
     assert addresses(cluster, namespace, vm) == [vm.address]
     assert status(vm)["health"] != "critical", status(vm)
+
+
+# -- a VM whose clock is off (issue 20) -----------------------------------------------------------------------------
+
+SKEW_WARNING = "the VM's clock is off from the apiserver's"
+
+
+def token_requests(cluster: Cluster) -> int:
+    """TokenRequests the apiserver has served since it started, whatever their outcome: its own counter."""
+    total = 0.0
+    for line in cluster.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if (line.startswith("apiserver_request_total{") and 'resource="serviceaccounts"' in line
+                and 'subresource="token"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def enrolled_bundle(cluster: Cluster, namespace: str, vm: VM, where: Path, lifetime: str) -> tuple[Path, str]:
+    """`kubectl vmesh enroll VM --token-lifetime LIFETIME -o X.tar.gz`, unpacked by `tar -xzf` as the README says:
+    the directory (the VM's /etc/vmesh-agent) and the token."""
+    bundle = where / f"{vm.name}.tar.gz"
+    kubectl_vmesh(cluster, "enroll", vm.name, "-n", namespace, "-o", str(bundle), "--server", cluster.url_from_vms,
+                  "--token-lifetime", lifetime)
+    etc = untar_bundle(vm, bundle)
+    return etc, (etc / "token").read_text().strip()
+
+
+def from_utc(text: str) -> float:
+    """The agent's "2026-12-31 09:15:00 UTC" (agent.cluster.tokens.utc) back to seconds."""
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S UTC")))
+
+
+def test_a_vm_clock_50_min_ahead_of_its_1h_token_costs_one_early_renewal_not_a_storm(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, tmp_path: Path
+) -> None:
+    """Before: renewal was due at iat + 0.8 x lifetime on the VM's clock; 50 min ahead, every new 1 h token was
+    already due and the loop renewed without sleeping (1,014 TokenRequests in 2 s). Now the enrolled token,
+    placed by its iat, is renewed at once, and the renewal is due 48 min after it arrived (monotonic)."""
+    vm = make_vm("ahead")
+    vm.start_mariadb(mariadb_template)
+    etc, enrolled = enrolled_bundle(cluster, namespace, vm, tmp_path, "1h")
+    config = vm.write_config(namespace, enrolled, cluster=bundle_paths(etc))
+    # iat has whole seconds, and of two tokens with the same iat the agent takes the enrolled one: a renewal in the
+    # second the bundle's token was minted would not be taken as current, and be renewed again 10 s later.
+    claims = parse_claims(enrolled)
+    assert claims is not None
+    time.sleep(max(0.0, claims.issued_at + 1.1 - time.time()))
+    skew = skewed_clock("+50m")
+    wall, monotonic = clocks_under(skew)
+    assert abs(wall - 3000) < 5 and abs(monotonic) < 5, f"faketime: wall {wall:+.1f}s, monotonic {monotonic:+.1f}s"
+    account = f"system:serviceaccount:{namespace}:vmesh-vm-{vm.name}"
+
+    before = token_requests(cluster)
+    vm.start_agent(config, wrap=skew)
+    started = time.monotonic()
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    time.sleep(max(0.0, started + 30 - time.monotonic()))  # three times the least interval between two renewals
+    served = token_requests(cluster) - before
+    renewed = lines_with(vm, "token renewed")
+    print(f"{served} TokenRequest(s) in {time.monotonic() - started:.0f}s with the VM's clock 50 min ahead")
+    assert served == 1, f"{served} TokenRequests: one early renewal, then none for 48 min"
+    assert len(renewed) == 1, renewed
+    # The agent's clock is the faked one: the token it received is 50 min older than its clock says.
+    warning = vm.wait_log(lambda line: str(line.get("event", "")).startswith(SKEW_WARNING), 1, "the skew warning")
+    assert warning["level"] == "warning" and warning["ahead"] is True, warning
+    assert abs(warning["seconds"] - 3000) < 60, warning
+    body = status(vm)
+    assert body["health"] == "passing", body["health_reasons"]
+    credentials = body["credentials"]
+    assert credentials["renewals"] == 1 and credentials["kind"] == "own" and credentials["account"] == account
+    assert credentials["token_file"] == str(vm.workdir / "state" / "token")
+    assert whoami(cluster, (vm.workdir / "state" / "token").read_text().strip()) == account
+    # The next renewal is 0.8 x 1 h after the token arrived, on the VM's clock as the status shows it.
+    ahead = from_utc(credentials["next_renewal"]) - (time.time() + wall)
+    assert 47 * 60 < ahead <= 48 * 60 + 1, f"next renewal in {ahead:.0f}s"
+    assert addresses(cluster, namespace, vm) == [vm.address]
+    lease = cluster.get("lease", f"vmesh-{vm.name}", namespace)
+    assert lease is not None
+    wait_until(lambda: (cluster.get("lease", f"vmesh-{vm.name}", namespace) or {}).get("spec", {}).get("renewTime")
+               != lease["spec"]["renewTime"], 5, "the Lease still renewing")
+    assert vm.agent is not None and vm.agent.poll() is None
+
+
+def certificates_age(cluster: Cluster) -> float:
+    """Seconds since the test apiserver's serving certificate became valid (made by `testcluster up`)."""
+    pki = Path(cluster.ca_file).parent
+    ages = []
+    for name in ("ca.crt", "apiserver.crt"):
+        out = subprocess.run(["openssl", "x509", "-noout", "-startdate", "-in", str(pki / name)], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        ages.append(time.time() - ssl.cert_time_to_seconds(out.strip().partition("=")[2]))
+    return min(ages)
+
+
+def test_a_vm_clock_behind_renews_its_token_by_the_time_since_it_arrived_before_it_expires(
+    cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, tmp_path: Path
+) -> None:
+    """Before: with the VM's clock behind by more than (1 - fraction) x lifetime, the renewal came after the token
+    had expired. Here a 10 min token renewed at 5 % of its life (30 s), the clock 10 min behind: the renewal was due
+    10 min 30 s after the token was minted, when it had expired; now 30 s after first sight and every 30 s after.
+
+    The agent checks the apiserver's certificate against its own clock: a clock further behind than the test
+    cluster's certificates are old sees them not yet valid. On a cluster started moments ago the clock is put
+    less far behind (at least 2 min, still far past where each renewal is due)."""
+    age = certificates_age(cluster)
+    if age < 180:
+        time.sleep(180 - age)
+        age = 180.0
+    behind = int(min(600.0, age - 60))
+    vm = make_vm("behind")
+    vm.start_mariadb(mariadb_template)
+    etc, enrolled = enrolled_bundle(cluster, namespace, vm, tmp_path, "10m")
+    config = vm.write_config(namespace, enrolled, cluster={**bundle_paths(etc), "token_renew_fraction": FRACTION})
+    skew = skewed_clock(f"-{behind}s")
+    wall, monotonic = clocks_under(skew)
+    assert abs(wall + behind) < 5 and abs(monotonic) < 5, f"faketime: wall {wall:+.1f}s, monotonic {monotonic:+.1f}s"
+    account = f"system:serviceaccount:{namespace}:vmesh-vm-{vm.name}"
+
+    before = token_requests(cluster)
+    vm.start_agent(config, wrap=skew)
+    started = time.monotonic()
+    wait_until(lambda: addresses(cluster, namespace, vm) == [vm.address], 30, "registered")
+    wait_until(lambda: status(vm)["credentials"]["renewals"] >= 1, 45, "the first renewal", interval=0.2)
+    first = time.monotonic()
+    warning = vm.wait_log(lambda line: str(line.get("event", "")).startswith(SKEW_WARNING), 5, "the skew warning")
+    assert warning["ahead"] is False and abs(warning["seconds"] + behind) < 60, warning
+    wait_until(lambda: status(vm)["credentials"]["renewals"] >= 2, 45, "the second renewal", interval=0.2)
+    second = time.monotonic()
+    print(f"clock {behind}s behind: renewed {first - started:.1f}s after the start, then {second - first:.1f}s later")
+    assert first - started < 40, "the enrolled token's renewal is never further away than 30 s"
+    assert 25 < second - first < 40, "the renewal is due 30 s after the token arrived"
+
+    body = status(vm)
+    credentials = body["credentials"]
+    assert credentials["account"] == account and credentials["renewals"] == 2
+    assert token_requests(cluster) - before == 2, "the apiserver served the two renewals, no more"
+    # The next renewal, taken from the VM's clock to the apiserver's, comes long before the token in use expires.
+    token = parse_claims((vm.workdir / "state" / "token").read_text().strip())
+    assert token is not None
+    renewal_at = from_utc(credentials["next_renewal"]) + behind
+    assert renewal_at - time.time() <= 31 and token.expires_at - renewal_at > 500, credentials
+    assert body["health"] == "passing", body["health_reasons"]
+    assert addresses(cluster, namespace, vm) == [vm.address]

@@ -43,3 +43,19 @@ def install_bundle(vm: VM, bundle: Path) -> Path:
     text = config.read_text().replace(CONFIG_DIR, f"{etc}/")
     config.write_text(f'state_dir = "{vm.workdir / "state"}"\n{text}\n[api]\nsocket = "{vm.workdir / "agent.sock"}"\n')
     return config
+
+
+def untar_bundle(vm: VM, bundle: Path) -> Path:
+    """The bundle's tarball unpacked into the VM's stand-in for /etc/vmesh-agent/ as the README says, by GNU tar
+    as root (`sudo tar -xzf X.tar.gz -C /etc/vmesh-agent`), over what is there: a first enrollment or a
+    re-enrollment. Returns that directory; the agent's config points at its token and ca.crt
+    (`VM.write_config(..., cluster=bundle_paths(etc))`)."""
+    etc = vm.workdir / "etc-vmesh-agent"
+    etc.mkdir(exist_ok=True)
+    subprocess.run(["tar", "-xzf", str(bundle), "-C", str(etc)], check=True, capture_output=True, timeout=30)
+    return etc
+
+
+def bundle_paths(etc: Path) -> dict[str, str]:
+    """The [cluster] keys of a config that reads the unpacked bundle's token and CA."""
+    return {"token_file": str(etc / "token"), "ca_file": str(etc / "ca.crt")}

@@ -173,13 +173,15 @@ class VM:
         return config
 
     def start_agent(self, config: Path, env: dict[str, str] | None = None,
-                    tree: Path = ROOT, boot_id: str = "", args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+                    tree: Path = ROOT, boot_id: str = "", args: tuple[str, ...] = (),
+                    *, wrap: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """Run the agent from `tree` (this checkout, or another release's) inside the VM, with `args` after
         `run --config CONFIG`. With `boot_id`, the agent sees that as /proc/sys/kernel/random/boot_id (a mount
-        namespace of its own): a VM booted apart from the host, as a clone of a VM image is."""
+        namespace of its own): a VM booted apart from the host, as a clone of a VM image is. `wrap` goes before
+        the agent's command inside the VM: tests.testbed.clock.skewed_clock("+50m"), a VM whose clock is off."""
         log = self.agent_log.open("ab")
         env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
-        command = [*AGENT, "run", "--config", str(config), *args]
+        command = [*wrap, *AGENT, "run", "--config", str(config), *args]
         if boot_id:
             fake = self.workdir / "boot_id"
             fake.write_text(boot_id + "\n")
