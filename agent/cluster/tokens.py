@@ -176,7 +176,10 @@ class TokenFiles:
         now = self._clock()
         usable = [t for t in found if t.value not in self._refused] or found
         valid = [t for t in usable if not (t.claims and t.claims.expired(now))] or usable
-        return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified))
+        # iat has whole seconds: a renewal made in the second its predecessor was minted ties with it, and the file
+        # written last (the renewal) wins, or the agent would renew again at once.
+        return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified,
+                                         t.modified))
 
 
 def agent_token_files(token_file: str, state_dir: str, warn: Callable[[str], None] | None = None) -> TokenFiles:

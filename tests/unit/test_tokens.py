@@ -125,6 +125,18 @@ def test_the_newest_valid_token_is_used_and_an_admins_fresh_one_takes_over(tmp_p
     assert tokens.current().value == fresh
 
 
+def test_a_renewal_issued_in_the_same_second_as_the_enrolled_token_is_used(tmp_path: Path) -> None:
+    """iat has whole seconds: a renewal right after enrollment tied with the enrolled token, which won, so the agent
+    renewed again 10 s later (seen on a clock-ahead VM in tests/integration/test_token_rotation.py)."""
+    clock = FakeClock(T0)
+    tokens = files(tmp_path, jwt(iat=T0, exp=T0 + DAY), clock)
+    enrolled_at = os.stat(tmp_path / "etc" / "token").st_mtime - 1  # written a moment before the renewal
+    os.utime(tmp_path / "etc" / "token", (enrolled_at, enrolled_at))
+    renewed = jwt(iat=T0, exp=T0 + 30 * DAY)
+    write_token(tokens.renewed_path, renewed)
+    assert tokens.current().value == renewed
+
+
 def test_an_expired_renewal_gives_way_to_a_valid_enrolled_token(tmp_path: Path) -> None:
     clock = FakeClock(T0 + 20 * DAY)
     tokens = files(tmp_path, jwt(iat=T0, exp=T0 + 30 * DAY), clock)
