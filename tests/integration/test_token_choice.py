@@ -17,26 +17,15 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from agent.cluster.objects import object_name
 from agent.cluster.tokens import parse_claims, utc, write_token
+from tests.integration.test_token_rotation import addresses, status
 from tests.testbed.cluster import Cluster
 from tests.testbed.plugin import bundle_paths, kubectl_vmesh, untar_bundle
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
 FRACTION = 0.05  # of a 10 min token: renewed 30 s after it arrived
-
-
-def status(vm: VM) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(vm.cli("status", "--json").stdout)
-    return body
-
-
-def addresses(cluster: Cluster, namespace: str, vm: VM) -> list[str]:
-    s = cluster.get("endpointslice", object_name("mysqldb", vm.name, 4), namespace)
-    return sorted(a for e in (s or {}).get("endpoints") or [] for a in e["addresses"])
 
 
 def enroll(cluster: Cluster, namespace: str, vm: str, bundle: Path, lifetime: str = "10m") -> str:
