@@ -280,7 +280,6 @@ class Reaper:
             # VM gets a full lease duration + grace again before anyone is judged.
             self._log.info("reaping brake released", expired=len(expired), then="every VM observed afresh")
             self.braking = ""
-            self._braking_since = None
             self.observer.restart()
             return 0
         now = self._clock()

@@ -172,6 +172,19 @@ class VM:
         config.write_text("\n".join(lines) + "\n")
         return config
 
+    def write_kubeconfig(self, token_file: Path) -> Path:
+        """A kubeconfig for this VM's agent (`cluster.kubeconfig`): the cluster as VMs reach it, its CA, and a user
+        whose token is read from `token_file` (the kubeconfig loader's path, beside server/ca_file/token_file)."""
+        path = self.workdir / "kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "vm",
+            "clusters": [{"name": "test", "cluster": {"server": self.cluster.url_from_vms,
+                                                      "certificate-authority": self.cluster.ca_file}}],
+            "users": [{"name": "vm", "user": {"tokenFile": str(token_file)}}],
+            "contexts": [{"name": "vm", "context": {"cluster": "test", "user": "vm"}}],
+        }))
+        return path
+
     def start_agent(self, config: Path, env: dict[str, str] | None = None,
                     tree: Path = ROOT, boot_id: str = "", args: tuple[str, ...] = (),
                     *, wrap: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
