@@ -105,6 +105,13 @@ def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: st
     a.denied(f"vmesh-vm-{a.vm} may not change the label vmesh.dev/vm of endpointslices {a_slice}",
              "label", "--overwrite", "endpointslice", a_slice, f"vmesh.dev/vm={b.vm}")
     a.denied(f"may not modify leases vmesh-{b.vm}", "label", "lease", f"vmesh-{b.vm}", "evil=yes")
+    # Its own Lease's creation and renewals skip the rules (issue 21: the hot path); anything else is judged.
+    a.denied(f"may create leases only labelled vmesh.dev/vm={a.vm}", "create", "-f", "-", input=json.dumps(
+        {**lease(a.vm), "metadata": {"name": f"vmesh-{a.vm}", "labels": {"vmesh.dev/vm": b.vm}}}))
+    a.denied(f"may not change the label vmesh.dev/vm of leases vmesh-{a.vm}",
+             "label", "--overwrite", "lease", f"vmesh-{a.vm}", f"vmesh.dev/vm={b.vm}")
+    a.denied(f"may not change the label vmesh.dev/vm of leases vmesh-{a.vm}",
+             "label", "lease", f"vmesh-{a.vm}", "vmesh.dev/vm-")
     a.denied(f"may create only its own Lease vmesh-{a.vm} (or a reaper slot), not vmesh-{b.vm}x",
              "create", "-f", "-", input=json.dumps({**lease(a.vm), "metadata": {
                  "name": f"vmesh-{b.vm}x", "labels": {"vmesh.dev/vm": a.vm}}}))
