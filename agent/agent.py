@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import math
 import socket
 import time
 from typing import Any
@@ -36,6 +35,7 @@ from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.health import HealthMonitor
 from agent.health.supervisor import HealthSupervisor
 from agent.heartbeat import Heartbeat
+from agent.heartbeat_pace import HeartbeatPace
 from agent.identity import read_identity
 from agent.logs import get_logger
 from agent.maintenance import MaintenanceStore
@@ -249,8 +249,24 @@ class Agent:
 
     def _lease_annotations(self) -> dict[str, str]:
         machine = socket.gethostname().split(".")[0] or self.identity.machine
+        pace = self.heartbeat.pace if self.heartbeat is not None else None
         return lease_annotations(machine, __version__, self.settings.backend,
-                                 (r.service for r in self.state.registrations))
+                                 (r.service for r in self.state.registrations),
+                                 interval=pace.interval if pace else None, pace=pace.reason if pace else "")
+
+    def _fleet_size(self) -> int | None:
+        """The fleet's size as this agent knows it: its reaper's own count while it holds a slot, else what the
+        slot holders published (agent/reaper_slots.py); None while neither is known."""
+        counted = self._counted_fleet()
+        if counted is not None:
+            return counted
+        return self.slots.published_fleet if self.slots is not None else None
+
+    def _counted_fleet(self) -> int | None:
+        """The VMs' Leases this agent's reaper sees, while it holds a slot and has listed them."""
+        if self.slots is None or not self.slots.held or self.reaper is None or not self.reaper.synced.is_set():
+            return None
+        return self.reaper.observer.fleet()
 
     async def _start_registering(self, sync_client: KubeClient, beat_client: KubeClient) -> None:
         """Heartbeat, sync, watches, reaper and the token's renewal: once the token is this VM's (or legacy)."""
@@ -262,6 +278,10 @@ class Agent:
             wall_clock=lambda: time.time() + self.settings.heartbeat.wall_clock_offset,
             on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None, identity=self.identity,
             annotations=self._lease_annotations,
+            pace=HeartbeatPace(interval=s.heartbeat.interval, lease_duration=s.heartbeat.lease_duration,
+                               budget=s.heartbeat.write_budget, slots=s.reaper.slots,
+                               fleet=self._fleet_size,
+                               pinned=lambda: self.slots is not None and self.slots.held is not None),
         )
 
         def backend_for(vm: str) -> Backend:
@@ -278,7 +298,8 @@ class Agent:
                                  duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,
                                  check_interval=s.reaper.slot_check, log=self.log,
                                  earlier_run=self.identity.earlier_run, eligible=lambda: heartbeat.held,
-                                 until_eligible=heartbeat.until_held)
+                                 until_eligible=heartbeat.until_held, fleet_size=self._counted_fleet,
+                                 look_every=lambda: heartbeat.interval)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
                                      log=self.log, on_done=self._report_status, on_duration=self.metrics.observe_sync)
         self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
@@ -591,8 +612,10 @@ class Agent:
             self._scanner.forget_unprobed()
             self._vanish.grace = new.discovery.remove_after
             if self.heartbeat is not None:
-                self.heartbeat.interval = new.heartbeat.interval
-                self.heartbeat.duration_seconds = max(1, math.ceil(new.heartbeat.lease_duration))
+                self.heartbeat.pace.configure(interval=new.heartbeat.interval,
+                                              lease_duration=new.heartbeat.lease_duration,
+                                              budget=new.heartbeat.write_budget,
+                                              slots=self.heartbeat.pace.slots)  # reaper.*: restart only
             if self.reconciler is not None:
                 self.reconciler.resync_interval = new.sync.resync_interval
             async with self._discovery_lock:

@@ -227,6 +227,9 @@ def _status_text(s: dict[str, Any]) -> str:
         f" (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
+    if (beat := s["last_heartbeat"]) and beat.get("interval_seconds"):
+        lines.insert(4, f"pace       every {beat['interval_seconds']:.3g}s, lease {beat['lease_duration_seconds']}s:"
+                        f" {beat['pace']}")
     if python := s.get("python"):
         lines.append(f"python     {python['version']} ({python['executable']})" + (
             f", compiled modules {len(python['compiled_loaded'])} of "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_name, micro_time, with_annotations
 from agent.cluster.resources import LEASES
+from agent.heartbeat_pace import HeartbeatPace
 from agent.identity import HolderIdentity, process_alive, read_identity
 
 Body = dict[str, Any]
@@ -54,14 +54,14 @@ class Heartbeat:
                  on_new_lease: Callable[[], None] = lambda: None, identity: HolderIdentity | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  alive: Callable[[int], bool] = process_alive,
-                 annotations: Callable[[], dict[str, str]] = dict) -> None:
+                 annotations: Callable[[], dict[str, str]] = dict, pace: HeartbeatPace | None = None) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
         self.identity = identity or read_identity(vm)
         self.name = lease_name(vm)
-        self.interval = interval
-        self.duration_seconds = max(1, math.ceil(lease_duration))
+        # How often to renew, and the duration written with it: the configured ones, or scaled with the fleet.
+        self.pace = pace or HeartbeatPace(interval=interval, lease_duration=lease_duration)
         self._log = log.bind(object=f"lease/{self.name}")
         self._wall_clock = wall_clock
         self._clock = clock
@@ -78,6 +78,16 @@ class Heartbeat:
         self.consecutive_failures = 0
         self.renewals = 0  # successful writes, for metrics
         self.failures = 0
+
+    @property
+    def interval(self) -> float:
+        """The renewal interval in force."""
+        return self.pace.interval
+
+    @property
+    def duration_seconds(self) -> int:
+        """The leaseDurationSeconds written with the interval in force."""
+        return self.pace.duration_seconds
 
     @property
     def held(self) -> bool:
@@ -132,6 +142,7 @@ class Heartbeat:
             if self._lease is None:
                 await self._acquire_locked()  # LeaseHeld while another agent holds it
             else:
+                self.pace.step()  # the duration written covers the interval until the next renewal
                 lease = copy.deepcopy(self._lease)
                 lease["spec"]["renewTime"] = micro_time(self._now())
                 lease["spec"]["holderIdentity"] = str(self.identity)

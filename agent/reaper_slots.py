@@ -14,6 +14,9 @@ The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection
 The holder identity is the agent's per-boot one (agent.identity), as in the VM's own Lease: two agents with one
 vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot. Agents
 without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
+
+A holder also publishes the fleet's size (the VMs' Leases it sees) on its slot, in the writes it makes anyway;
+the others read it in that LIST, and pace their heartbeats by it (agent/heartbeat_pace.py, issue 21).
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ import structlog
 from agent.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError, Conflict, Forbidden, NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import LABEL_MANAGED_BY, MANAGER, lease_body, micro_time
+from agent.cluster.objects import (
+    ANNOTATION_FLEET_SIZE,
+    LABEL_MANAGED_BY,
+    MANAGER,
+    lease_body,
+    micro_time,
+    with_annotations,
+)
 from agent.cluster.resources import LEASES
 from agent.config import MAX_LEASE_DURATION
 
@@ -94,8 +104,15 @@ class ReaperSlots:
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  earlier_run: Callable[[str], bool] = lambda holder: False,
                  eligible: Callable[[], bool] = lambda: True,
-                 until_eligible: Callable[[], Awaitable[None]] | None = None) -> None:
+                 until_eligible: Callable[[], Awaitable[None]] | None = None,
+                 fleet_size: Callable[[], int | None] = lambda: None,
+                 look_every: Callable[[], float] = lambda: 0.0) -> None:
         self._kube = kube
+        self._fleet_size = fleet_size  # while holding: the VMs' Leases this agent's reaper sees (None: not listed)
+        self.published_fleet: int | None = None  # the largest size the holders published, at the last look
+        # Looks come every check_interval, or this if longer: the heartbeat's paced interval, so that a large
+        # fleet's slot LISTs scale down with its renewals (N / interval reads/s, not N / 30 s).
+        self._look_every = look_every
         # Whether this agent may hold a slot now: not while it does not hold its own Lease (another agent with
         # its vm_name does), since then it reaps nothing and the slot would be lost to the fleet.
         self._eligible = eligible
@@ -134,7 +151,7 @@ class ReaperSlots:
                 await self._until_eligible()
                 continue
             if not self._eligible() or not await self._look():
-                await asyncio.sleep(jittered(self.check_interval))
+                await asyncio.sleep(jittered(max(self.check_interval, self._look_every())))
                 continue
             task = asyncio.create_task(work(), name="reaper-work")
             keeper = asyncio.create_task(self._keep(), name="reaper-slot-renew")
@@ -162,6 +179,8 @@ class ReaperSlots:
             self._problem(exc, "cannot look at the reaper slots")
             return False
         by_name = {str(i["metadata"]["name"]): i for i in items}
+        self.published_fleet = max((n for n in map(published_fleet, items) if n is not None),
+                                   default=self.published_fleet)
         start = random.randrange(self.slots)  # spread contention over the slots
         for index in (*range(start, self.slots), *range(start)):
             name = slot_name(index)
@@ -182,9 +201,15 @@ class ReaperSlots:
         return False
 
     async def _create(self, index: int) -> Body:
-        return await self._kube.create(LEASES, self.namespace,
-                                       build_slot(index, self.namespace, self.identity, self.duration_seconds,
-                                                  self._now()))
+        slot = build_slot(index, self.namespace, self.identity, self.duration_seconds, self._now())
+        self._publish(slot)
+        return await self._kube.create(LEASES, self.namespace, slot)
+
+    def _publish(self, slot: Body) -> None:
+        """Write the fleet's size on the slot, with a write made anyway (none while the reaper has not listed)."""
+        size = self._fleet_size()
+        if size is not None:
+            with_annotations(slot, {ANNOTATION_FLEET_SIZE: str(size)})
 
     async def _take(self, current: Body) -> Body:
         lease = copy.deepcopy(current)
@@ -194,6 +219,7 @@ class ReaperSlots:
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             spec["acquireTime"] = stamp
         spec.update(holderIdentity=self.identity, leaseDurationSeconds=self.duration_seconds, renewTime=stamp)
+        self._publish(lease)
         return await self._kube.replace(LEASES, self.namespace, str(lease["metadata"]["name"]), lease)
 
     async def _keep(self) -> None:
@@ -210,6 +236,7 @@ class ReaperSlots:
             lease = copy.deepcopy(self._lease)
             lease["spec"]["renewTime"] = micro_time(self._now())
             lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+            self._publish(lease)
             try:
                 self._lease = await self._kube.replace(LEASES, self.namespace, name, lease)
             except (Conflict, NotFound):
@@ -244,3 +271,11 @@ class ReaperSlots:
         if message != self.problem:
             (self._log.error if isinstance(exc, Forbidden) else self._log.warning)(message)
         self.problem = message
+
+
+def published_fleet(slot: Body) -> int | None:
+    """The fleet's size a held slot carries; None when let go, never published or not a count."""
+    if not (slot.get("spec") or {}).get("holderIdentity"):
+        return None
+    text = str((slot.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_FLEET_SIZE, ""))
+    return int(text) if text.isascii() and text.isdigit() else None

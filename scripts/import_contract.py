@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
     ("health | cluster", [("agent.health",), ("agent.cluster", "agent.backoff")]),
-    ("heartbeat", [("agent.heartbeat", "agent.reaper_slots")]),
+    ("heartbeat", [("agent.heartbeat", "agent.heartbeat_pace", "agent.reaper_slots")]),
     ("sync", [("agent.sync",)]),
     ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),

@@ -104,6 +104,11 @@ class AgentCollector:
         if beat is not None and beat.last_renewal is not None:
             families["vmesh_heartbeat_age_seconds"].add_metric([], time.monotonic() - beat.last_renewal)
         families["vmesh_heartbeat_consecutive_failures"].add_metric([], beat.consecutive_failures if beat else 0)
+        if beat is not None:
+            families["vmesh_heartbeat_interval_seconds"].add_metric([], beat.interval)
+            families["vmesh_heartbeat_lease_duration_seconds"].add_metric([], beat.duration_seconds)
+            if beat.pace.fleet is not None:
+                families["vmesh_fleet_vms"].add_metric([], beat.pace.fleet)
 
     @staticmethod
     def _token_expiry(view: AgentView) -> float:
@@ -131,6 +136,11 @@ def _families() -> Families:
         _counter("vmesh_heartbeats_total", "Lease renewals by result.", ("result",)),
         _gauge("vmesh_heartbeat_age_seconds", "Seconds since the Lease was last renewed."),
         _gauge("vmesh_heartbeat_consecutive_failures", "Lease renewals that failed in a row (0 after a success)."),
+        _gauge("vmesh_heartbeat_interval_seconds",
+               "The Lease renewal interval in force: heartbeat.interval, or longer in a fleet whose Lease writes"
+               " would exceed heartbeat.write_budget (status says why)."),
+        _gauge("vmesh_heartbeat_lease_duration_seconds", "The leaseDurationSeconds written with it."),
+        _gauge("vmesh_fleet_vms", "VMs' Leases in the fleet, as the reaper slots count them."),
         _counter("vmesh_sync_runs_total", "Sync runs against the cluster."),
         _counter("vmesh_sync_errors_total", "Sync runs that failed."),
         _counter("vmesh_reaped_vms_total", "Dead VMs this agent cleaned up after."),

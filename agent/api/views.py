@@ -85,7 +85,12 @@ def status(agent: AgentView) -> dict[str, Any]:
                            "seconds_ago": _ago(beat.last_renewal if beat else None),
                            "lease": beat.name if beat else None,
                            "holder": str(beat.identity) if beat else None,
-                           "conflict": (beat.conflict or None) if beat else None},
+                           "conflict": (beat.conflict or None) if beat else None,
+                           # The renewal interval in force and why: scaled with the fleet (heartbeat.write_budget).
+                           "interval_seconds": beat.interval if beat else None,
+                           "lease_duration_seconds": beat.duration_seconds if beat else None,
+                           "fleet": beat.pace.fleet if beat else None,
+                           "pace": beat.pace.reason if beat else None},
         "reaper": reaper_status(agent),
         "credentials": credentials_status(agent),
         "uptime_seconds": round(time.monotonic() - agent.started_at, 3),

@@ -23,6 +23,9 @@ ANNOTATION_HOLDER_MACHINE = "vmesh.dev/holder-machine"
 ANNOTATION_AGENT_VERSION = "vmesh.dev/agent-version"
 ANNOTATION_BACKEND = "vmesh.dev/backend"
 ANNOTATION_SERVICES = "vmesh.dev/services"
+ANNOTATION_HEARTBEAT = "vmesh.dev/heartbeat-interval"  # the renewal interval in force, e.g. "20s"
+ANNOTATION_HEARTBEAT_PACE = "vmesh.dev/heartbeat-pace"  # why it is what it is (agent/heartbeat_pace.py)
+ANNOTATION_FLEET_SIZE = "vmesh.dev/fleet-size"  # on a reaper slot: the VMs' Leases its holder sees
 MAX_NAME = 63  # a DNS label: what every kind of object accepts
 NAME_HASH_CHARS = 10
 # What the agent writes of its own objects besides metadata; everything else there is left as it is.
@@ -217,10 +220,14 @@ def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.da
     return body
 
 
-def lease_annotations(machine: str, version: str, backend: str, services: Iterable[str]) -> dict[str, str]:
+def lease_annotations(machine: str, version: str, backend: str, services: Iterable[str], *,
+                      interval: float | None = None, pace: str = "") -> dict[str, str]:
     """The fleet view's facts about a VM, as its Lease carries them."""
-    return {ANNOTATION_HOLDER_MACHINE: machine, ANNOTATION_AGENT_VERSION: version, ANNOTATION_BACKEND: backend,
-            ANNOTATION_SERVICES: ",".join(sorted(set(services)))}
+    notes = {ANNOTATION_HOLDER_MACHINE: machine, ANNOTATION_AGENT_VERSION: version, ANNOTATION_BACKEND: backend,
+             ANNOTATION_SERVICES: ",".join(sorted(set(services)))}
+    if interval is not None:
+        notes |= {ANNOTATION_HEARTBEAT: f"{interval:.3g}s", ANNOTATION_HEARTBEAT_PACE: pace}
+    return notes
 
 
 def with_annotations(obj: Body, annotations: dict[str, str]) -> bool:

@@ -11,7 +11,7 @@ import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.cluster.objects import LABEL_SERVICE_NAME, LABEL_VM
+from agent.cluster.objects import ANNOTATION_HEARTBEAT, ANNOTATION_HEARTBEAT_PACE, LABEL_SERVICE_NAME, LABEL_VM
 
 SERVICE_ACCOUNT_PREFIX = "vmesh-vm-"
 LEGACY_ACCOUNT = "vmesh-agent"
@@ -36,6 +36,8 @@ class VmRow:
     machine: str = ""
     renewed_ago: float | None = None  # seconds, on the admin's clock against the VM's renewTime
     lease_duration: float | None = None  # the Lease's leaseDurationSeconds
+    heartbeat: str = ""  # the renewal interval in force, e.g. "20s" (scaled with the fleet's size)
+    pace: str = ""  # why it is what it is
     backend: str = ""
     agent_version: str = ""
     services: list[str] = field(default_factory=list)
@@ -81,6 +83,7 @@ def fleet(*, leases: list[Body], accounts: list[Body], slices: list[Body], workl
         r.backend = notes.get(ANNOTATION_BACKEND, "")
         r.agent_version = notes.get(ANNOTATION_VERSION, "")
         r.services = [s for s in str(notes.get(ANNOTATION_SERVICES, "")).split(",") if s]
+        r.heartbeat, r.pace = notes.get(ANNOTATION_HEARTBEAT, ""), notes.get(ANNOTATION_HEARTBEAT_PACE, "")
         duration = spec.get("leaseDurationSeconds")
         r.lease_duration = float(duration) if isinstance(duration, int | float) and duration > 0 else None
         renewed = _parse_time(str(spec.get("renewTime") or ""))
@@ -152,17 +155,17 @@ def age(seconds: float | None) -> str:
 
 
 def table(rows: list[VmRow], *, wide: bool = False) -> str:
-    headers = ["VM", "IDENTITY", "MACHINE", "RENEWED", "BACKEND", "SERVICES", "ENDPOINTS"]
+    headers = ["VM", "IDENTITY", "MACHINE", "RENEWED", "HEARTBEAT", "BACKEND", "SERVICES", "ENDPOINTS"]
     if wide:
-        headers += ["AGENT", "ADDRESSES", "HOLDER"]
+        headers += ["AGENT", "ADDRESSES", "HOLDER", "PACE"]
     lines = [headers]
     for r in rows:
         renewed = age(r.renewed_ago) + (" ago" if r.renewed_ago is not None else "") + (" STALE" if r.stale else "")
         endpoints = f"{r.ready} ready" + (f", {r.not_ready} not ready" if r.not_ready else "")
-        cells = [r.vm, r.identity, r.machine or "-", renewed, r.backend or "-", ",".join(r.services) or "-",
-                 endpoints]
+        cells = [r.vm, r.identity, r.machine or "-", renewed, r.heartbeat or "-", r.backend or "-",
+                 ",".join(r.services) or "-", endpoints]
         if wide:
-            cells += [r.agent_version or "-", ",".join(r.addresses) or "-", r.holder or "-"]
+            cells += [r.agent_version or "-", ",".join(r.addresses) or "-", r.holder or "-", r.pace or "-"]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
     return "\n".join("   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -174,11 +174,12 @@ def check_fleet_view(cluster: Cluster, vm: VM, namespace: str) -> None:
                      "labels": {"vmesh.dev/vm": "oldvm", "app.kubernetes.io/managed-by": "vmesh-agent"}},
         "spec": {"holderIdentity": "oldvm", "leaseDurationSeconds": 3600}}))
     table = get_vms(cluster, namespace, "--context", "test").splitlines()
-    assert table[0].split() == ["VM", "IDENTITY", "MACHINE", "RENEWED", "BACKEND", "SERVICES", "ENDPOINTS"]
+    assert table[0].split() == ["VM", "IDENTITY", "MACHINE", "RENEWED", "HEARTBEAT", "BACKEND", "SERVICES",
+                                "ENDPOINTS"]
     row = next(line.split() for line in table if line.startswith(vm.name + " "))
     assert row[1] == account
     assert row[3].endswith("s") and row[4] == "ago"
-    assert row[5:] == ["endpointslice", "mysqldb", "1", "ready"]
+    assert row[5:] == ["5s", "endpointslice", "mysqldb", "1", "ready"]  # the bundle's config: the default 5 s
     assert next(line for line in table if line.startswith("oldvm ")).split()[1] == "legacy"
 
     rows = {r["vm"]: r for r in json.loads(get_vms(cluster, namespace, "-o", "json"))}

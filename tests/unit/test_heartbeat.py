@@ -30,9 +30,9 @@ Body = dict[str, Any]
 
 
 def heartbeat(api: FakeLeases, clock: FakeClock, identity: HolderIdentity = ME,
-              alive: frozenset[int] = frozenset({100, 200})) -> tuple[Heartbeat, list[str]]:
+              alive: frozenset[int] = frozenset({100, 200}), interval: float = 5) -> tuple[Heartbeat, list[str]]:
     news: list[str] = []
-    beat = Heartbeat(cast(KubeClient, api), "vm", "vm-a", interval=5, lease_duration=DURATION, log=get_logger(),
+    beat = Heartbeat(cast(KubeClient, api), "vm", "vm-a", interval=interval, lease_duration=DURATION, log=get_logger(),
                      wall_clock=lambda: 1_700_000_000.0, on_new_lease=lambda: news.append("new"),
                      identity=identity, clock=clock, alive=lambda pid: pid in alive)
     return beat, news
@@ -208,8 +208,7 @@ async def answers(api: SignallingLeases, n: int) -> None:
 async def test_the_loop_watches_a_held_lease_every_interval_without_counting_failures() -> None:
     api, clock = SignallingLeases(), FakeClock()
     held_by(api, CLONE)
-    beat, news = heartbeat(api, clock)
-    beat.interval = 0.01
+    beat, news = heartbeat(api, clock, interval=0.01)
     with pytest.raises(LeaseHeld):
         await beat.ensure()
     task = asyncio.create_task(beat.run())
@@ -227,8 +226,7 @@ async def test_the_loop_watches_a_held_lease_every_interval_without_counting_fai
 
 async def test_renewal_failures_are_counted_and_recovered() -> None:
     api, clock = SignallingLeases(), FakeClock()
-    beat, _ = heartbeat(api, clock)
-    beat.interval = 0.01
+    beat, _ = heartbeat(api, clock, interval=0.01)
     await beat.ensure()
     api.fail_with = Unavailable("cannot reach the apiserver")
     task = asyncio.create_task(beat.run())

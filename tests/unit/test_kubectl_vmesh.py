@@ -69,15 +69,19 @@ def test_fleet_rows_from_leases_slices_and_accounts() -> None:
 
 
 def test_table_is_aligned_and_says_what_is_missing() -> None:
-    rows = [fleet.VmRow("db1", "vmesh-vm-db1", holder="db1/m/b/1", machine="m", renewed_ago=3.4,
+    rows = [fleet.VmRow("db1", "vmesh-vm-db1", holder="db1/m/b/1", machine="m", renewed_ago=3.4, heartbeat="20s",
+                        pace="scaled: fleet of 4000 VMs, budget 200 writes/s",
                         backend="endpointslice", services=["mysqldb"], ready=1, not_ready=1),
             fleet.VmRow("fresh-vm", "vmesh-vm-fresh-vm")]
     assert fleet.table(rows).splitlines() == [
-        "VM         IDENTITY            MACHINE   RENEWED   BACKEND         SERVICES   ENDPOINTS",
-        "db1        vmesh-vm-db1        m         3s ago    endpointslice   mysqldb    1 ready, 1 not ready",
-        "fresh-vm   vmesh-vm-fresh-vm   -         never     -               -          0 ready",
+        "VM         IDENTITY            MACHINE   RENEWED   HEARTBEAT   BACKEND         SERVICES   ENDPOINTS",
+        "db1        vmesh-vm-db1        m         3s ago    20s         endpointslice   mysqldb    1 ready, "
+        "1 not ready",
+        "fresh-vm   vmesh-vm-fresh-vm   -         never     -           -               -          0 ready",
     ]
-    assert fleet.table(rows, wide=True).splitlines()[0].split()[-3:] == ["AGENT", "ADDRESSES", "HOLDER"]
+    wide = fleet.table(rows, wide=True).splitlines()
+    assert wide[0].split()[-4:] == ["AGENT", "ADDRESSES", "HOLDER", "PACE"]
+    assert wide[1].endswith("scaled: fleet of 4000 VMs, budget 200 writes/s")
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (119.9, "119s"), (120, "2m"), (7199, "119m"),
