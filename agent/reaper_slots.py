@@ -278,4 +278,5 @@ def published_fleet(slot: Body) -> int | None:
     if not (slot.get("spec") or {}).get("holderIdentity"):
         return None
     text = str((slot.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_FLEET_SIZE, ""))
-    return int(text) if text.isascii() and text.isdigit() else None
+    # At most 9 digits: a slot is anyone's to write, and int() of thousands of digits raises (or takes long).
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
