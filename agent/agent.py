@@ -56,6 +56,9 @@ Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
 CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and the cluster connections
+# Seconds of the stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the
+# Lease owns): when a whole site stops at once the marking may be slow, and it must not cost the deregistration.
+REMOVAL_RESERVE = 2.0
 # How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
 # it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
 # often as the credential guard's slow probe allows.
@@ -700,24 +703,37 @@ class Agent:
                 self.log.info("nothing to deregister: this agent does not hold the VM's lease",
                               conflict=heartbeat.conflict or None)
             await self.tasks.cancel("heartbeat")
-            await retry_transient(heartbeat.release)
+            if await retry_transient(heartbeat.release) and backend.owned_by_lease:
+                self.log.info("deregistered: the garbage collector removes the objects the lease owned")
             if self.slots is not None:
                 await self.slots.release()
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 
     async def _remove_own_objects(self, backend: Backend, deadline: float) -> None:
-        """Mark terminating, hold for the drain with `serving` following the health checks, remove."""
+        """Mark terminating and hold for the drain, with `serving` following the health checks, until at most
+        REMOVAL_RESERVE before the deadline; then remove. Objects the Lease owns are removed by deleting the Lease
+        (`_deregister`, next) through the garbage collector, as a reaper's are: one request per VM instead of a
+        LIST and a DELETE per object, which is what lets a whole fleet stopping at once finish in time (issue
+        21). Entries in shared objects (legacy Endpoints) are taken out here."""
         registrations = self.state.registrations
         if registrations:
             self._state_changed.clear()
-            await self._mark_terminating(backend, registrations)
-            drain = min(self.settings.sync.drain, deadline - CLOSE_RESERVE - time.monotonic())
-            if drain > 0:
-                self.notifier.notify("STATUS=draining: endpoints marked terminating")
-                self.log.info("endpoints marked terminating; draining before removal", seconds=round(drain, 3))
-                await self._drain(backend, time.monotonic() + drain)
-        await retry_transient(backend.remove_all)
+            removal = deadline - CLOSE_RESERVE - min(REMOVAL_RESERVE, 0.2 * self.settings.sync.stop_deadline)
+            try:
+                async with asyncio.timeout(max(0.0, removal - time.monotonic())):
+                    await self._mark_terminating(backend, registrations)
+                    drain = min(self.settings.sync.drain, removal - time.monotonic())
+                    if drain > 0:
+                        self.notifier.notify("STATUS=draining: endpoints marked terminating")
+                        self.log.info("endpoints marked terminating; draining before removal",
+                                      seconds=round(drain, 3))
+                        await self._drain(backend, time.monotonic() + drain)
+            except TimeoutError:
+                self.log.warning("endpoints not all marked terminating in time; removing them now",
+                                 stop_deadline=self.settings.sync.stop_deadline)
+        if not backend.owned_by_lease:
+            await retry_transient(backend.remove_all)
 
     async def _mark_terminating(self, backend: Backend, registrations: frozenset[Registration]) -> None:
         try:

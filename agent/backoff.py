@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from agent.cluster.errors import ClusterError, Unavailable
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -34,15 +37,14 @@ def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] =
     return interval * (1 - fraction * rand())
 
 
-async def retry_transient(call: Callable[[], Awaitable[object]], backoff: Backoff | None = None) -> None:
+async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff | None = None) -> T:
     """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after the
     server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline (the
     clean-up at shutdown: when a whole fleet stops at once, no peer is left to finish it)."""
     backoff = backoff or Backoff(base=0.1, cap=1.0)
     while True:
         try:
-            await call()
-            return
+            return await call()
         except ClusterError as exc:
             if not exc.transient:
                 raise

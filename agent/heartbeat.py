@@ -286,13 +286,14 @@ class Heartbeat:
             backoff.reset()
             delay = self.interval
 
-    async def release(self) -> None:
+    async def release(self) -> bool:
         """Delete the Lease, exactly the one this agent holds and as it last wrote it (uid and resourceVersion
-        preconditions): a Lease another agent took over meanwhile keeps the uid, and is not ours to delete."""
+        preconditions): a Lease another agent took over meanwhile keeps the uid, and is not ours to delete.
+        Whether this agent's Lease is gone now (False: none held, or another agent holds it)."""
         async with self._lock:
             lease = self._lease
             if lease is None:
-                return
+                return False
             meta = lease["metadata"]
             try:
                 try:
@@ -304,7 +305,7 @@ class Heartbeat:
                         self._log.warning("lease not deleted: another agent holds it now", holder=_holder(current))
                         self._lease = None
                         self._acquired.clear()
-                        return
+                        return False
                     await self._kube.delete(LEASES, self.namespace, self.name, uid=meta["uid"],
                                             resource_version=current["metadata"].get("resourceVersion", ""))
                 self._log.info("lease deleted")
@@ -312,6 +313,7 @@ class Heartbeat:
                 pass
             self._lease = None  # only once it is gone: a failed delete may be tried again
             self._acquired.clear()
+            return True
 
 
 def _holder(lease: Body) -> str:

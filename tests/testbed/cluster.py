@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,17 @@ class Cluster:
 
     def start(self, component: str) -> None:
         subprocess.run([str(TESTCLUSTER), "start", component], check=True, stderr=subprocess.DEVNULL)
+
+    @contextmanager
+    def paused(self, component: str) -> Iterator[None]:
+        """SIGSTOP a component and SIGCONT it on leaving: a server stalled, not gone. Its sockets stay open and
+        the kernel still accepts, so requests wait rather than fail, and all go through the moment it resumes."""
+        pid = int((Path(self.kubeconfig).parent / f"{component}.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     @property
     def kubeconfig(self) -> str:
