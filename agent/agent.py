@@ -59,6 +59,9 @@ CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and
 # Seconds of the stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the
 # Lease owns): when a whole site stops at once the marking may be slow, and it must not cost the deregistration.
 REMOVAL_RESERVE = 2.0
+# Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that the
+# clean-up still ends in time and is not reported abandoned.
+REMOVAL_MARGIN = 0.2
 # How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
 # it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
 # often as the credential guard's slow probe allows.
@@ -703,19 +706,36 @@ class Agent:
                 self.log.info("nothing to deregister: this agent does not hold the VM's lease",
                               conflict=heartbeat.conflict or None)
             await self.tasks.cancel("heartbeat")
-            if await retry_transient(heartbeat.release) and backend.owned_by_lease:
-                self.log.info("deregistered: the garbage collector removes the objects the lease owned")
+            lease_uid = heartbeat.uid
+            released = await retry_transient(heartbeat.release)
             if self.slots is not None:
                 await self.slots.release()
+            if released and backend.owned_by_lease:
+                await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 
+    async def _remove_what_the_lease_owned(self, backend: Backend, lease_uid: str, deadline: float) -> None:
+        """With the Lease gone, the garbage collector removes what it owned: usually within a second, but not while
+        it resyncs (for tens of seconds after a CRD is installed, or while kube-controller-manager starts or
+        changes leader). Removing the objects here too makes a stop for good prompt whatever the collector does;
+        when the time runs out (a whole fleet stopping at once), the collector finishes: that is why the Lease
+        went first, in one request."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE - REMOVAL_MARGIN - time.monotonic())):
+                removed = await backend.remove_all(lease_uid)
+        except (TimeoutError, ClusterError) as exc:
+            self.log.info("deregistered: the garbage collector removes the objects the lease owned",
+                          why=str(exc) or "stop deadline")
+            return
+        self.log.info("deregistered", removed=removed)
+
     async def _remove_own_objects(self, backend: Backend, deadline: float) -> None:
         """Mark terminating and hold for the drain, with `serving` following the health checks, until at most
-        REMOVAL_RESERVE before the deadline; then remove. Objects the Lease owns are removed by deleting the Lease
-        (`_deregister`, next) through the garbage collector, as a reaper's are: one request per VM instead of a
-        LIST and a DELETE per object, which is what lets a whole fleet stopping at once finish in time (issue
-        21). Entries in shared objects (legacy Endpoints) are taken out here."""
+        REMOVAL_RESERVE before the deadline. Entries in shared objects (legacy Endpoints) are taken out here.
+        Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM where
+        the objects take a LIST and a DELETE each, and once it is done the garbage collector removes them even if
+        this agent runs out of time, which is what lets a whole fleet stopping at once finish (issue 21)."""
         registrations = self.state.registrations
         if registrations:
             self._state_changed.clear()
@@ -733,7 +753,8 @@ class Agent:
                 self.log.warning("endpoints not all marked terminating in time; removing them now",
                                  stop_deadline=self.settings.sync.stop_deadline)
         if not backend.owned_by_lease:
-            await retry_transient(backend.remove_all)
+            removed = await retry_transient(backend.remove_all)
+            self.log.info("deregistered", removed=removed)
 
     async def _mark_terminating(self, backend: Backend, registrations: frozenset[Registration]) -> None:
         try:

@@ -90,6 +90,11 @@ class Heartbeat:
         return self.pace.duration_seconds
 
     @property
+    def uid(self) -> str:
+        """The uid of the Lease this agent holds, the owner its objects name; empty when none is held."""
+        return str(self._lease["metadata"]["uid"]) if self._lease is not None else ""
+
+    @property
     def held(self) -> bool:
         """Whether this agent holds the Lease now (it created, adopted or took it, and has not lost it)."""
         return self._lease is not None

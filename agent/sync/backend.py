@@ -30,7 +30,9 @@ class Backend(Protocol):
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         """Tell consumers the endpoints are going away (before they are removed)."""
 
-    async def remove_all(self) -> list[str]:
+    async def remove_all(self, lease_uid: str = "") -> list[str]:
         """Remove every object this VM owns (or its entries in shared ones); shared objects (the Service) stay.
-        Returns what was removed, as `kind/name`."""
+        With `lease_uid`, only the objects whose ownerReference names that Lease (one already deleted: what the
+        garbage collector is about to remove, and not a clone's that took the name since). Returns what was
+        removed, as `kind/name`."""
 

@@ -214,8 +214,9 @@ class EndpointsBackend:
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         await self.sync(registrations, terminating=True)
 
-    async def remove_all(self) -> list[str]:
-        # Entries are ours by Lease name; no Lease is needed (or created) to remove them.
+    async def remove_all(self, lease_uid: str = "") -> list[str]:
+        # Entries are ours by Lease name; no Lease is needed (or created) to remove them. They are removed before
+        # the Lease is (nobody else would), so `lease_uid` is never given here; the name is the same anyway.
         return await self._write_all({"kind": "Lease", "name": lease_name(self.vm)}, {}, {}, reap=False)
 
     async def _write_all(self, owner: Body, wanted: dict[str, list[WantedAddress]],

@@ -107,10 +107,12 @@ class OwnedObjectsBackend(ABC):
     async def mark_terminating(self, registrations: Collection[Registration]) -> None:
         await self.sync(registrations, terminating=True)
 
-    async def remove_all(self) -> list[str]:
+    async def remove_all(self, lease_uid: str = "") -> list[str]:
         removed: list[str] = []
         failures: dict[str, ClusterError] = {}
         for o in await self._own():
+            if lease_uid and lease_uid not in {r.get("uid") for r in o["metadata"].get("ownerReferences") or []}:
+                continue
             name = o["metadata"]["name"]
             try:
                 if await self._delete(name, o):

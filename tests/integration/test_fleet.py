@@ -108,6 +108,10 @@ async def test_fifty_agents_on_one_loop_register_then_half_leave(
         # Fifty registries in one process: each agent's figures are its own.
         holder = next(a for a in agents if a.slots and a.slots.held)
         other = next(a for a in agents if not (a.slots and a.slots.held))
+        # A renewal each first (50 agents can all be ready before the first interval has passed: CI once scraped
+        # a count of 0, which says nothing about whose it is).
+        await asyncio.to_thread(wait_until, lambda: all(a.heartbeat and a.heartbeat.renewals for a in (holder, other)),
+                                15, "a Lease renewal by each agent scraped")
         for agent, held in ((holder, 1.0), (other, 0.0)):
             metrics = await scrape(agent)
             assert [labels["vm"] for labels, _ in metrics["vmesh_build_info"]] == [agent.settings.vm_name]

@@ -80,3 +80,14 @@ async def test_removal_goes_on_past_an_object_that_cannot_be_deleted() -> None:
         await backend.remove_all()
     assert list(failed.value.errors) == ["mysqldb"]
     assert kube.deleted == ["api-a", "web-a"]
+
+
+async def test_removal_after_the_lease_takes_only_what_that_lease_owned() -> None:
+    """After a stop for good has deleted its Lease, a clone may already have taken the VM's name: only the objects
+    whose ownerReference names the deleted Lease's uid are removed, as the garbage collector would."""
+    kube = OneServiceRefused("", held=["api-a", "mysqldb-a", "web-a"])
+    for name, uid in (("api-a", "uid-a"), ("mysqldb-a", "uid-clone")):
+        kube.held[name]["metadata"]["ownerReferences"] = [{"kind": "Lease", "name": "vmesh-a", "uid": uid}]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    assert await backend.remove_all("uid-a") == ["endpointslice/api-a"]
+    assert kube.deleted == ["api-a"]
