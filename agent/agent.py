@@ -56,12 +56,20 @@ Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
 CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and the cluster connections
-# Seconds of the stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the
-# Lease owns): when a whole site stops at once the marking may be slow, and it must not cost the deregistration.
+# The stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the Lease owns):
+# when a whole site stops at once the marking is slow, and it must not cost the deregistration. At least
+# REMOVAL_RESERVE seconds (REMOVAL_SHARE of a shorter deadline), and as long as the marking took, up to
+# REMOVAL_SHARE_MAX of the deadline: an apiserver slow to mark is as slow to delete (bench/fleet, 1,000 VMs
+# stopped at once: marking 5.8 s by median, the Lease DELETE after it up to 3.9 s; 4 % gave up with 2 s kept).
 REMOVAL_RESERVE = 2.0
+REMOVAL_SHARE = 0.2
+REMOVAL_SHARE_MAX = 0.4
 # Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that the
 # clean-up still ends in time and is not reported abandoned.
 REMOVAL_MARGIN = 0.2
+# A Lease DELETE answered slower than this says the apiserver is busy, most likely with a fleet stopping at once:
+# the objects are then left to the garbage collector instead of adding a LIST and a DELETE per VM to its load.
+BUSY_ANSWER = 1.0
 # How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
 # it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
 # often as the credential guard's slow probe allows.
@@ -707,11 +715,17 @@ class Agent:
                               conflict=heartbeat.conflict or None)
             await self.tasks.cancel("heartbeat")
             lease_uid = heartbeat.uid
+            began = time.monotonic()
             released = await retry_transient(heartbeat.release)
+            busy = time.monotonic() - began > BUSY_ANSWER
             if self.slots is not None:
                 await self.slots.release()
             if released and backend.owned_by_lease:
-                await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
+                if busy:
+                    self.log.info("deregistered: the garbage collector removes the objects the lease owned",
+                                  why="the apiserver is busy")
+                else:
+                    await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 
@@ -731,27 +745,36 @@ class Agent:
         self.log.info("deregistered", removed=removed)
 
     async def _remove_own_objects(self, backend: Backend, deadline: float) -> None:
-        """Mark terminating and hold for the drain, with `serving` following the health checks, until at most
-        REMOVAL_RESERVE before the deadline. Entries in shared objects (legacy Endpoints) are taken out here.
+        """Mark terminating and hold for the drain, with `serving` following the health checks, leaving the
+        removal its reserve (REMOVAL_RESERVE, more after a slow marking). Entries in shared objects (legacy
+        Endpoints) are taken out here.
         Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM where
         the objects take a LIST and a DELETE each, and once it is done the garbage collector removes them even if
         this agent runs out of time, which is what lets a whole fleet stopping at once finish (issue 21)."""
         registrations = self.state.registrations
         if registrations:
             self._state_changed.clear()
-            removal = deadline - CLOSE_RESERVE - min(REMOVAL_RESERVE, 0.2 * self.settings.sync.stop_deadline)
+            stop_deadline = self.settings.sync.stop_deadline
+            began = time.monotonic()
             try:
-                async with asyncio.timeout(max(0.0, removal - time.monotonic())):
+                async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE - REMOVAL_SHARE_MAX * stop_deadline
+                                               - began)):
                     await self._mark_terminating(backend, registrations)
-                    drain = min(self.settings.sync.drain, removal - time.monotonic())
-                    if drain > 0:
-                        self.notifier.notify("STATUS=draining: endpoints marked terminating")
-                        self.log.info("endpoints marked terminating; draining before removal",
-                                      seconds=round(drain, 3))
-                        await self._drain(backend, time.monotonic() + drain)
             except TimeoutError:
                 self.log.warning("endpoints not all marked terminating in time; removing them now",
-                                 stop_deadline=self.settings.sync.stop_deadline)
+                                 stop_deadline=stop_deadline)
+            else:
+                floor = min(REMOVAL_RESERVE, REMOVAL_SHARE * stop_deadline)
+                reserve = min(REMOVAL_SHARE_MAX * stop_deadline, max(floor, time.monotonic() - began))
+                until = min(time.monotonic() + self.settings.sync.drain, deadline - CLOSE_RESERVE - reserve)
+                if until > time.monotonic():
+                    self.notifier.notify("STATUS=draining: endpoints marked terminating")
+                    self.log.info("endpoints marked terminating; draining before removal",
+                                  seconds=round(until - time.monotonic(), 3))
+                    # A re-marking (the health changed) still under way when the drain ends is given up.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                            await self._drain(backend, until)
         if not backend.owned_by_lease:
             removed = await retry_transient(backend.remove_all)
             self.log.info("deregistered", removed=removed)
