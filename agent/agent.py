@@ -67,9 +67,6 @@ REMOVAL_SHARE_MAX = 0.4
 # Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that the
 # clean-up still ends in time and is not reported abandoned.
 REMOVAL_MARGIN = 0.2
-# A Lease DELETE answered slower than this says the apiserver is busy, most likely with a fleet stopping at once:
-# the objects are then left to the garbage collector instead of adding a LIST and a DELETE per VM to its load.
-BUSY_ANSWER = 1.0
 # How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
 # it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
 # often as the credential guard's slow probe allows.
@@ -715,17 +712,11 @@ class Agent:
                               conflict=heartbeat.conflict or None)
             await self.tasks.cancel("heartbeat")
             lease_uid = heartbeat.uid
-            began = time.monotonic()
             released = await retry_transient(heartbeat.release)
-            busy = time.monotonic() - began > BUSY_ANSWER
             if self.slots is not None:
                 await self.slots.release()
             if released and backend.owned_by_lease:
-                if busy:
-                    self.log.info("deregistered: the garbage collector removes the objects the lease owned",
-                                  why="the apiserver is busy")
-                else:
-                    await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
+                await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
         except Exception as exc:
             self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
 

@@ -52,6 +52,9 @@ class OwnedObjectsBackend(ABC):
         self._log = log
         self._preferred = preferred  # the advertised address first, then the other candidates
         self._services = SharedServices(kube, namespace, vm, log)
+        # This VM's objects as of the last sync and the writes since: the removal after the Lease goes from here
+        # without a LIST (a fleet stopping at once is short of requests, not of knowledge).
+        self._known: dict[str, Body] = {}
 
     @property
     @abstractmethod
@@ -86,6 +89,7 @@ class OwnedObjectsBackend(ABC):
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
         lease = await self._heartbeat.ensure()  # the VM's heartbeat exists even with nothing to register
         current = {o["metadata"]["name"]: o for o in await self._own()}
+        self._known = dict(current)
         groups = group_by_service(registrations)
         failures: dict[str, ClusterError] = {}
         for service, group in groups.items():
@@ -110,7 +114,8 @@ class OwnedObjectsBackend(ABC):
     async def remove_all(self, lease_uid: str = "") -> list[str]:
         removed: list[str] = []
         failures: dict[str, ClusterError] = {}
-        for o in await self._own():
+        # After the Lease (`lease_uid`), what this agent wrote is what there is: a stale one is re-read on delete.
+        for o in list(self._known.values()) if lease_uid and self._known else await self._own():
             if lease_uid and lease_uid not in {r.get("uid") for r in o["metadata"].get("ownerReferences") or []}:
                 continue
             name = o["metadata"]["name"]
@@ -157,6 +162,7 @@ class OwnedObjectsBackend(ABC):
             self._log.info(f"{self.KIND} {outcome.verb}", service=service, object=f"{self.KIND}/{name}",
                            **self._write_fields(body))
         assert outcome.obj is not None  # a Put leaves the object in place
+        self._known[name] = outcome.obj
         return outcome.obj
 
     async def _delete(self, name: str, current: Body) -> bool:
@@ -165,6 +171,7 @@ class OwnedObjectsBackend(ABC):
             return Delete() if found is not None and self._is_ours(found) else None
 
         outcome = await update(self._kube, self.RESOURCE, self.namespace, name, decide, current=current)
+        self._known.pop(name, None)
         if outcome.verb == "deleted":
             self._log.info(f"{self.KIND} deleted", object=f"{self.KIND}/{name}")
             return True

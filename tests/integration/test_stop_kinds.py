@@ -232,8 +232,9 @@ def test_a_stop_for_good_held_up_by_a_stalled_apiserver_still_deregisters(
 ) -> None:
     """A whole site stopping at once leaves the apiserver slow to answer (issue 21: 750 agents stopping together
     left 520 Leases at the 10 s deadline). Here it answers nothing for 8 s of the 10: the marking must give way,
-    4 s before the deadline, to the removal (the Lease DELETE first). Before, the marking was answered at 8 s and the drain (4 s here, so that a
-    slow marking shows) ran to the deadline: the clean-up was abandoned and the Lease stayed."""
+    4 s before the deadline, to the removal (the Lease DELETE first). Before, the marking was answered at 8 s
+    and the drain (4 s here, so that a slow marking shows) ran to the deadline: the clean-up was abandoned and
+    the Lease stayed."""
     view = VIEWS[backend]
     vm = make_vm("a")
     unit = units(vm, setup(vm, namespace, cluster, mariadb_template, backend, drain="4s"), False)

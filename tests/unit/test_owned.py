@@ -91,3 +91,20 @@ async def test_removal_after_the_lease_takes_only_what_that_lease_owned() -> Non
     backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
     assert await backend.remove_all("uid-a") == ["endpointslice/api-a"]
     assert kube.deleted == ["api-a"]
+
+
+async def test_removal_after_the_lease_needs_no_list_after_a_sync() -> None:
+    """A fleet stopping at once is short of requests: what the last sync (the marking) wrote is what there is."""
+    kube = OneServiceRefused("", held=[])
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    await backend.mark_terminating([Registration("mysqldb", 3306, "mysql", ip_address("198.18.1.1"))])
+    listed = []
+
+    async def list_(resource: Resource, namespace: str, label_selector: str = "") -> list[Body]:
+        listed.append(resource)
+        return []
+
+    kube.list = list_  # type: ignore[method-assign]
+    assert await backend.remove_all("uid-a") == [f"endpointslice/{object_name('mysqldb', 'a', 4)}"]
+    assert listed == []
+    assert await backend.remove_all("uid-a") == []  # nothing left that it knows of
