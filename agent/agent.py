@@ -739,9 +739,9 @@ class Agent:
         """Mark terminating and hold for the drain, with `serving` following the health checks, leaving the
         removal its reserve (REMOVAL_RESERVE, more after a slow marking). Entries in shared objects (legacy
         Endpoints) are taken out here.
-        Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM where
-        the objects take a LIST and a DELETE each, and once it is done the garbage collector removes them even if
-        this agent runs out of time, which is what lets a whole fleet stopping at once finish (issue 21)."""
+        Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM, and once
+        it is done the garbage collector removes them even if this agent runs out of time, which is what lets a
+        whole fleet stopping at once finish (issue 21)."""
         registrations = self.state.registrations
         if registrations:
             self._state_changed.clear()
