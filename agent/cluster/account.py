@@ -28,10 +28,6 @@ LEGACY_ACCOUNT = "vmesh-agent"
 ASK_TIMEOUT = 3.0
 
 
-def vm_account(vm: str) -> str:
-    return f"{VM_ACCOUNT_PREFIX}{vm}"
-
-
 class Kind(Enum):
     OWN = "own"  # this VM's own ServiceAccount: the token renews itself
     LEGACY = "legacy"  # the shared vmesh-agent account: works, with a warning

@@ -61,7 +61,6 @@ LEGACY_ACCOUNT = "vmesh-agent"  # rbac.yaml's shared account: install learns the
 ISOLATION = "vmesh-vm-isolation"  # policy.yaml's; its marker is refused under this name in every namespace
 MIN_TOKEN_LIFETIME = 600
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 Body = dict[str, Any]
 
 

@@ -59,7 +59,6 @@ class OwnObjectsWatcher:
         self.targets = tuple(targets)
         self._log = log
         self.events = 0  # events handled (not echoes), for metrics and tests
-        self.restarts = 0
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(t) for t in self.targets))
@@ -86,9 +85,7 @@ class OwnObjectsWatcher:
                     await target.handle(kind, obj)
             except Gone:
                 version = ""  # too old to resume: start over; the server sends every object again as ADDED
-                self.restarts += 1
             except ClusterError as exc:
-                self.restarts += 1
                 if str(exc) != last_error:
                     self._log.warning("watch of own objects interrupted; the periodic resync still repairs",
                                       watch=target.what, error=str(exc))

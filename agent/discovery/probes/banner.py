@@ -42,10 +42,5 @@ async def exchange(host: str, port: int, timeout: float, request: bytes = b"", l
     return (await converse(host, port, timeout, request, limit)).data
 
 
-async def read(host: str, port: int, timeout: float) -> bytes:
-    """What a server-speaks-first protocol (MySQL, SSH) says unprompted."""
-    return await exchange(host, port, timeout)
-
-
 def is_ssh(data: bytes) -> bool:
     return data.startswith(b"SSH-")
