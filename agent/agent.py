@@ -34,14 +34,14 @@ from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
 from agent.health import HealthMonitor
 from agent.health.supervisor import HealthSupervisor
-from agent.heartbeat import Heartbeat
-from agent.heartbeat_pace import HeartbeatPace
-from agent.identity import read_identity
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.identity import read_identity
+from agent.lease.pace import HeartbeatPace
+from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
 from agent.maintenance import MaintenanceStore
 from agent.metrics import AgentMetrics
 from agent.reaper import Reaper
-from agent.reaper_slots import ReaperSlots
 from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
@@ -267,7 +267,7 @@ class Agent:
 
     def _fleet_size(self) -> int | None:
         """The fleet's size as this agent knows it: its reaper's own count while it holds a slot, else what the
-        slot holders published (agent/reaper_slots.py); None while neither is known."""
+        slot holders published (agent/lease/slots.py); None while neither is known."""
         counted = self._counted_fleet()
         if counted is not None:
             return counted

@@ -124,7 +124,7 @@ class HeartbeatSettings:
     lease_duration: float = _duration("15s")
     # The fleet's Lease writes per second at most: each VM renews every max(interval, fleet / write_budget), a
     # little slower, its Lease lasting lease_duration / interval times that (300 s at most), so the apiserver's
-    # heartbeat load stays bounded however many VMs there are (agent/heartbeat_pace.py). 250: 1,000 VMs renew
+    # heartbeat load stays bounded however many VMs there are (agent/lease/pace.py). 250: 1,000 VMs renew
     # every 5 s; 10,000 every 45 s. 0: never scaled. (Not in config.example.toml: that file is a conffile.)
     write_budget: float = 250.0
     # Seconds added to this VM's wall clock when writing renewTime: only for tests that prove peers never

@@ -14,8 +14,8 @@ from agent.cluster.objects import lease_name
 from agent.cluster.resources import LEASES
 from agent.cluster.tokens import TokenFiles, agent_token_files
 from agent.config import Settings
-from agent.heartbeat import Heartbeat
-from agent.identity import HolderIdentity, read_identity
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.identity import HolderIdentity, read_identity
 from agent.logs import get_logger
 from agent.reaper import VM_LEASES, Reaper
 from agent.sync.backend import Backend

@@ -1,6 +1,6 @@
 """Peer reaping: clean up after VMs that died without deregistering, without ever endangering live ones.
 
-Only the holder of a reaper slot (agent/reaper_slots.py) runs this. It lists and then watches the VMs' Leases
+Only the holder of a reaper slot (agent/lease/slots.py) runs this. It lists and then watches the VMs' Leases
 and remembers, on its own monotonic clock, when it last saw each one change. A Lease not seen renewed for
 longer than its leaseDurationSeconds + grace is deleted with a resourceVersion precondition (so a renewal that
 races the delete wins), and the dead VM's objects go with it through the garbage collector (their ownerReference
@@ -41,7 +41,7 @@ from agent.cluster.errors import ClusterError, Conflict, Forbidden, Gone, NotFou
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER
 from agent.cluster.resources import LEASES
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.sync.backend import Backend
 
 Body = dict[str, Any]

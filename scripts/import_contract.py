@@ -19,13 +19,13 @@ from pathlib import Path
 # Lowest first. A module may import its own layer and those below it; the groups of one layer (tuples) are
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
-    ("base", [("agent.__init__", "agent.durations", "agent.check_credentials", "agent.identity", "agent.logs",
+    ("base", [("agent.__init__", "agent.durations", "agent.check_credentials", "agent.logs",
                "agent.maintenance", "agent.sdnotify", "agent.stop_kind", "agent.tasks", "agent.metrics",
                "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
     ("health | cluster", [("agent.health",), ("agent.cluster", "agent.backoff")]),
-    ("heartbeat", [("agent.heartbeat", "agent.heartbeat_pace", "agent.reaper_slots")]),
+    ("lease", [("agent.lease",)]),
     ("sync", [("agent.sync",)]),
     ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),

@@ -18,10 +18,10 @@ from agent.cluster.tokens import TokenFiles
 from agent.config import Settings
 from agent.discovery.scanner import DiscoveryReport
 from agent.health import HealthMonitor
-from agent.heartbeat import Heartbeat
 from agent.interpreter import Interpreter
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.slots import ReaperSlots
 from agent.reaper import Reaper
-from agent.reaper_slots import ReaperSlots
 from agent.state import Registration
 from agent.sync.reconciler import Reconciler
 from agent.sync.watcher import OwnObjectsWatcher

@@ -24,7 +24,7 @@ ANNOTATION_AGENT_VERSION = "vmesh.dev/agent-version"
 ANNOTATION_BACKEND = "vmesh.dev/backend"
 ANNOTATION_SERVICES = "vmesh.dev/services"
 ANNOTATION_HEARTBEAT = "vmesh.dev/heartbeat-interval"  # the renewal interval in force, e.g. "20s"
-ANNOTATION_HEARTBEAT_PACE = "vmesh.dev/heartbeat-pace"  # why it is what it is (agent/heartbeat_pace.py)
+ANNOTATION_HEARTBEAT_PACE = "vmesh.dev/heartbeat-pace"  # why it is what it is (agent/lease/pace.py)
 ANNOTATION_FLEET_SIZE = "vmesh.dev/fleet-size"  # on a reaper slot: the VMs' Leases its holder sees
 MAX_NAME = 63  # a DNS label: what every kind of object accepts
 NAME_HASH_CHARS = 10
@@ -212,7 +212,7 @@ def micro_time(moment: datetime.datetime) -> str:
 
 def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.datetime, *, holder: str = "",
                 annotations: dict[str, str] | None = None) -> Body:
-    """The VM's heartbeat Lease, held by `holder` (agent.identity: VM, machine, boot and process)."""
+    """The VM's heartbeat Lease, held by `holder` (agent.lease.identity: VM, machine, boot and process)."""
     body = lease_body(lease_name(vm), namespace, holder or vm, duration_seconds, now,
                       labels={LABEL_MANAGED_BY: MANAGER, LABEL_VM: vm})
     if annotations:

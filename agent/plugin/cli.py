@@ -45,13 +45,13 @@ from agent.cluster.resources import (
 )
 from agent.config import _DNS_LABEL, BACKENDS, ClusterSettings, ConfigError, Settings, parse_settings
 from agent.durations import parse_duration
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.slots import LABEL_SLOT
 from agent.logs import configure, get_logger
 from agent.oneshot import reap_pass
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
 from agent.reaper import VM_LEASES
-from agent.reaper_slots import LABEL_SLOT
 from agent.sync.backend import Backend
 from agent.sync.registry import make_backend
 

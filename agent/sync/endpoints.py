@@ -43,7 +43,7 @@ from agent.cluster.objects import (
     shared_metadata,
 )
 from agent.cluster.resources import ENDPOINTS, LEASES, Resource
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
 from agent.sync.failures import raise_failures
 from agent.sync.services import SharedServices

@@ -23,7 +23,7 @@ import structlog
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import CONDITION_READY, build_external_workload
 from agent.cluster.resources import EXTERNAL_WORKLOADS
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
 from agent.sync.owned import Preferred
 from agent.sync.workloads import Body, WallClock, WorkloadBackend

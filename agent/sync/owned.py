@@ -25,7 +25,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, merge_owned, object_name, owned_differs
 from agent.cluster.resources import Resource
 from agent.discovery.addresses import IPAddress
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
 from agent.sync.failures import raise_failures
 from agent.sync.services import SharedServices

@@ -6,7 +6,7 @@ import structlog
 
 from agent.cluster.kube import KubeClient
 from agent.config import Settings
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.sync.backend import Backend
 from agent.sync.endpoints import EndpointsBackend
 from agent.sync.endpointslice import EndpointSliceBackend

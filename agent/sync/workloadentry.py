@@ -18,7 +18,7 @@ import structlog
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import CONDITION_HEALTHY, build_workload_entry
 from agent.cluster.resources import WORKLOAD_ENTRIES
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
 from agent.sync.owned import Preferred
 from agent.sync.workloads import Body, WallClock, WorkloadBackend

@@ -21,7 +21,7 @@ import pytest
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import object_name
 from agent.config import ClusterSettings, Settings
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.oneshot import deregister
 from agent.state import Registration

@@ -13,7 +13,7 @@ import pytest
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import object_name
 from agent.config import ClusterSettings
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.state import Registration
 from agent.sync.backend import Backend

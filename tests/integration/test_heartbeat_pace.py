@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.cluster.objects import ANNOTATION_HEARTBEAT
-from agent.heartbeat_pace import AIM
+from agent.lease.pace import AIM
 from tests.integration.test_fleet_safety import GRACE, identities, own_objects, ready_slice, reaped, slot_holders
 from tests.integration.test_token_rotation import status
 from tests.testbed.cluster import Cluster

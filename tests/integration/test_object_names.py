@@ -16,7 +16,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_endpoint_slice, build_service, object_name
 from agent.cluster.resources import ENDPOINT_SLICES
 from agent.config import ClusterSettings
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.state import Registration
 from agent.sync.backend import Backend

@@ -17,8 +17,8 @@ import pytest
 from agent.cluster.errors import Unavailable
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease
-from agent.heartbeat import Heartbeat, LeaseHeld
-from agent.identity import HolderIdentity, parse_id, read_identity
+from agent.lease.heartbeat import Heartbeat, LeaseHeld
+from agent.lease.identity import HolderIdentity, parse_id, read_identity
 from agent.logs import get_logger
 from agent.sdnotify import Notifier
 from tests.unit.fake_leases import FakeClock, FakeLeases

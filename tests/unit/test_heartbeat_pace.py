@@ -14,11 +14,11 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import ANNOTATION_FLEET_SIZE, build_lease
 from agent.cluster.resources import Resource
 from agent.config import ConfigError, parse_settings
-from agent.heartbeat import Heartbeat
-from agent.heartbeat_pace import LONGEST_DURATION, HeartbeatPace
-from agent.identity import HolderIdentity
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.identity import HolderIdentity
+from agent.lease.pace import LONGEST_DURATION, HeartbeatPace
+from agent.lease.slots import ReaperSlots, build_slot, published_fleet
 from agent.logs import get_logger
-from agent.reaper_slots import ReaperSlots, build_slot, published_fleet
 from tests.unit.fake_leases import FakeClock, FakeLeases
 
 Body = dict[str, Any]
@@ -206,7 +206,7 @@ async def test_agents_without_a_slot_look_at_the_slots_no_more_often_than_they_r
         if len(waits) == 3:
             raise asyncio.CancelledError
 
-    monkeypatch.setattr("agent.reaper_slots.asyncio.sleep", sleep)
+    monkeypatch.setattr("agent.lease.slots.asyncio.sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
         await slots.run(lambda: asyncio.sleep(0))
     assert api.calls.count("list") == 2

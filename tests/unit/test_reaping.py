@@ -8,10 +8,10 @@ from typing import Any, cast
 
 from agent.cluster.errors import Forbidden, Unavailable
 from agent.cluster.kube import KubeClient
-from agent.heartbeat import Heartbeat
+from agent.lease.heartbeat import Heartbeat
+from agent.lease.slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.logs import get_logger
 from agent.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserver, ReapBrake, Reaper
-from agent.reaper_slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.sync.backend import Backend
 from tests.unit.fake_leases import FakeClock, FakeLeases
 

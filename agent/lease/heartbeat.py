@@ -3,7 +3,7 @@
 Shaped after Kubernetes' lease controller: no GET before a renew, re-read only on 409, bounded
 jittered backoff on failure. It uses its own cluster connection, so bulk syncing cannot delay it.
 
-The Lease records who holds it (agent.identity: VM, machine, boot, process). A Lease held by someone else is
+The Lease records who holds it (agent.lease.identity: VM, machine, boot, process). A Lease held by someone else is
 taken only when it was let go, is an earlier run of this agent on this boot, or has been *observed* not
 renewed for its duration on this agent's monotonic clock (client-go's leader-election rule; renewTime is
 never compared with local time). Until then nothing is registered: a cloned VM with the same vm_name must
@@ -27,8 +27,8 @@ from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_name, micro_time, with_annotations
 from agent.cluster.resources import LEASES
-from agent.heartbeat_pace import HeartbeatPace
-from agent.identity import HolderIdentity, process_alive, read_identity
+from agent.lease.identity import HolderIdentity, process_alive, read_identity
+from agent.lease.pace import HeartbeatPace
 
 Body = dict[str, Any]
 WallClock = Callable[[], float]

@@ -11,12 +11,12 @@ The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection
 - writes are resourceVersion-checked, so of two agents taking a slot at once exactly one wins;
 - a holder that stops lets its slot go (holderIdentity "", as client-go's ReleaseOnCancel), so another
   agent takes it at its next look instead of after a duration.
-The holder identity is the agent's per-boot one (agent.identity), as in the VM's own Lease: two agents with one
+The holder identity is the agent's per-boot one (agent.lease.identity), as in the VM's own Lease: two agents with one
 vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot. Agents
 without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
 
 A holder also publishes the fleet's size (the VMs' Leases it sees) on its slot, in the writes it makes anyway;
-the others read it in that LIST, and pace their heartbeats by it (agent/heartbeat_pace.py, issue 21).
+the others read it in that LIST, and pace their heartbeats by it (agent/lease/pace.py, issue 21).
 """
 
 from __future__ import annotations
