@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, interpreter
-from agent.agent import Agent
 from agent.client import EXIT_NOPERM, ClientError, call
 from agent.cluster.errors import ClusterError
 from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
+from agent.daemon.agent import Agent
+from agent.daemon.sdnotify import Notifier
 from agent.discovery.listeners import scan_listeners
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
 from agent.oneshot import AgentRunning, deregister, reap_once
-from agent.sdnotify import Notifier
 from agent.stop_command import add_arguments as add_stop_kind_arguments
 from agent.stop_command import run as stop_kind
 

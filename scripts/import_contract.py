@@ -20,7 +20,7 @@ from pathlib import Path
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("base", [("agent.__init__", "agent.durations", "agent.check_credentials", "agent.logs",
-               "agent.maintenance", "agent.sdnotify", "agent.stop_kind", "agent.tasks", "agent.metrics",
+               "agent.stop_kind", "agent.metrics",
                "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("sync", [("agent.sync",)]),
     ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),
-    ("agent | oneshot", [("agent.agent",), ("agent.oneshot",)]),
+    ("daemon | oneshot", [("agent.daemon",), ("agent.oneshot",)]),
     ("cli | plugin", [("agent.cli", "agent.client", "agent.__main__", "agent.stop_command"), ("agent.plugin",)]),
 ]
 
@@ -38,7 +38,7 @@ ONLY_IN = {"kubernetes_asyncio": ("agent.cluster.kube",)}
 # What the config layer may import: the standard library and the base layer (never the checks: pymysql, aiohttp).
 STDLIB_ONLY = ("agent.config",)
 # Said explicitly, with its own message, though the layers already forbid it.
-FORBIDDEN = [("agent.api", "agent.agent", "the API sees the agent through agent.api.view.AgentView only")]
+FORBIDDEN = [("agent.api", "agent.daemon", "the API sees the agent through agent.api.view.AgentView only")]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import aiohttp
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.agent import Agent
 from agent.config import parse_settings
+from agent.daemon.agent import Agent
 from tests.testbed.cluster import Cluster
 from tests.testbed.waiting import wait_until
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from agent.agent import Agent
 from agent.config import load_settings
-from agent.sdnotify import Notifier
+from agent.daemon.agent import Agent
+from agent.daemon.sdnotify import Notifier
 from agent.stop_kind import StopKind, write_kind
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import install_istio_crds, install_linkerd_crds

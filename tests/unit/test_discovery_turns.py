@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.agent import Agent
 from agent.config import load_settings
+from agent.daemon.agent import Agent
 from agent.discovery.addresses import AddressChoice
 from agent.discovery.scanner import DiscoveryReport
 

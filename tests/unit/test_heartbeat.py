@@ -17,10 +17,10 @@ import pytest
 from agent.cluster.errors import Unavailable
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease
+from agent.daemon.sdnotify import Notifier
 from agent.lease.heartbeat import Heartbeat, LeaseHeld
 from agent.lease.identity import HolderIdentity, parse_id, read_identity
 from agent.logs import get_logger
-from agent.sdnotify import Notifier
 from tests.unit.fake_leases import FakeClock, FakeLeases
 
 ME = HolderIdentity("vm-a", "3d1219c7c4c5", "2d063c5bd7e1", 100)

@@ -27,7 +27,7 @@ def test_this_tree_keeps_the_contract() -> None:
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:
     base = {"agent/__init__.py": '__version__ = "0"\n', "agent/config.py": "import tomllib\n",
-            "agent/agent.py": "from agent.api.views import x\n", "agent/api/__init__.py": "",
+            "agent/daemon/agent.py": "from agent.api.views import x\n", "agent/api/__init__.py": "",
             "agent/api/views.py": "x = 1\n", "agent/health/__init__.py": "import pymysql\n",
             "agent/cluster/__init__.py": "", "agent/cluster/kube.py": "import kubernetes_asyncio\n",
             "agent/sync/__init__.py": "", "agent/sync/watcher.py": "from agent.cluster import kube\n"}
@@ -42,8 +42,9 @@ def test_a_tree_that_keeps_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("files", "words"), [
-    ({"agent/api/views.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent.agent import Agent\n"},
-     "agent.api.views (line 3) imports agent.agent: the API sees the agent through agent.api.view.AgentView"),
+    ({"agent/api/views.py":
+      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent.daemon.agent import Agent\n"},
+     "agent.api.views (line 3) imports agent.daemon.agent: the API sees the agent through agent.api.view.AgentView"),
     ({"agent/config.py": "from agent.health.credentials import load\n"},
      "agent.config may import only the standard library and the base layer"),
     ({"agent/config.py": "import aiohttp\n"}, "agent.config may import only the standard library"),

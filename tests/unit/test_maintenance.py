@@ -1,10 +1,10 @@
-"""Maintenance mode kept in state_dir/maintenance.json across restarts (agent/maintenance.py)."""
+"""Maintenance mode kept in state_dir/maintenance.json across restarts (agent/daemon/maintenance.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.maintenance import MaintenanceStore
+from agent.daemon.maintenance import MaintenanceStore
 
 
 def test_maintenance_survives_a_restart(tmp_path: Path) -> None:

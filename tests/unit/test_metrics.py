@@ -16,8 +16,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from agent.agent import Agent
 from agent.config import parse_settings
+from agent.daemon.agent import Agent
 
 # name -> (type, label names) of every vmesh_* family the agent serves (docs: the metrics contract).
 CONTRACT = {

@@ -29,6 +29,9 @@ from agent.cluster.resources import LEASES, SERVICES
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
 from agent.cluster.tokens import agent_token_files
 from agent.config import CheckSettings, ConfigError, Settings, load_settings, parse_listen
+from agent.daemon.maintenance import MaintenanceStore
+from agent.daemon.sdnotify import Notifier
+from agent.daemon.tasks import TaskGroup
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
@@ -39,10 +42,8 @@ from agent.lease.identity import read_identity
 from agent.lease.pace import HeartbeatPace
 from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
-from agent.maintenance import MaintenanceStore
 from agent.metrics import AgentMetrics
 from agent.reaper import Reaper
-from agent.sdnotify import Notifier
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
 from agent.sync.backend import Backend
@@ -50,7 +51,6 @@ from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
 from agent.sync.registry import make_backend
 from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
-from agent.tasks import TaskGroup
 
 Body = dict[str, Any]
 EXIT_OK = 0
