@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),
     ("daemon | oneshot", [("agent.daemon",), ("agent.oneshot",)]),
-    ("cli | plugin", [("agent.cli", "agent.client", "agent.__main__", "agent.stop_command"), ("agent.plugin",)]),
+    ("cli | plugin", [("agent.cli", "agent.__main__"), ("agent.plugin",)]),
 ]
 
 # Third-party packages a module may import only where named here (prefix of the importing module).

@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent import client
-from agent.cli import main, own_listeners
-from agent.client import EXIT_NOPERM, EXIT_UNAVAILABLE, ClientError
+from agent.cli import local_api as client
+from agent.cli.local_api import EXIT_NOPERM, EXIT_UNAVAILABLE, ClientError
+from agent.cli.main import main, own_listeners
 from agent.config import parse_settings
 
 

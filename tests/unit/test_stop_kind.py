@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import stop_command
+from agent.cli import stop_command
 from agent.config import ConfigError, parse_settings
 from agent.stop_kind import (
     StopKind,

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, interpreter
-from agent.client import EXIT_NOPERM, ClientError, call
+from agent.cli.local_api import EXIT_NOPERM, ClientError, call
+from agent.cli.stop_command import add_arguments as add_stop_kind_arguments
+from agent.cli.stop_command import run as stop_kind
 from agent.cluster.errors import ClusterError
 from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
 from agent.daemon.agent import Agent
@@ -32,8 +34,6 @@ from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
 from agent.oneshot import AgentRunning, deregister, reap_once
-from agent.stop_command import add_arguments as add_stop_kind_arguments
-from agent.stop_command import run as stop_kind
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
 DEFAULT_SOCKET = "/run/vmesh-agent/agent.sock"
