@@ -36,7 +36,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Conflict, Forbidden, Gone, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
                "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
-    ("health | cluster", [("agent.health",), ("agent.cluster", "agent.backoff")]),
+    ("health | cluster", [("agent.health",), ("agent.cluster",)]),
     ("lease", [("agent.lease",)]),
     ("sync", [("agent.sync",)]),
     ("reaper", [("agent.reaper",)]),

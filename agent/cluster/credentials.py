@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import Unauthorized
 from agent.cluster.tokens import TokenFiles, utc
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Unauthorized
 from agent.cluster.kube import KubeClient
 from agent.cluster.tokens import Token, TokenFiles, parse_claims, utc, write_token

@@ -19,8 +19,8 @@ import structlog
 from agent import __version__, interpreter
 from agent.api.metrics import AgentCollector
 from agent.api.server import ApiServer
-from agent.backoff import retry_transient
 from agent.cluster.account import Kind, Verdict, check_account
+from agent.cluster.backoff import retry_transient
 from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_name, micro_time, with_annotations

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff, jittered
+from agent.cluster.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError, Conflict, Forbidden, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import (

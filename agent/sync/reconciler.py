@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from agent.backoff import Backoff, jittered
+from agent.cluster.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError, Unavailable
 from agent.state import DesiredState
 from agent.sync.backend import Backend

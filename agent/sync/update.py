@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import Conflict, NotFound
 from agent.cluster.kube import KubeClient
 from agent.cluster.resources import Resource

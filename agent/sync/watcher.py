@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Gone
 from agent.cluster.kube import KubeClient
 from agent.cluster.resources import Resource

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from agent.backoff import Backoff
+from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Forbidden, Invalid, Unavailable
 from agent.state import DesiredState, Registration
 from agent.sync.failures import ServiceFailures

@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import pytest
 
-from agent.backoff import Backoff
 from agent.cluster.account import Kind, judge
+from agent.cluster.backoff import Backoff
 from agent.cluster.credentials import CredentialGuard, rejection_message
 from agent.cluster.errors import Forbidden, Unauthorized
 from agent.cluster.kube import KubeClient
