@@ -18,8 +18,8 @@ from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import HolderIdentity, read_identity
 from agent.logs import get_logger
 from agent.reaper import VM_LEASES, Reaper
-from agent.sync.backend import Backend
-from agent.sync.registry import make_backend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.registry import make_backend
 
 
 def _tokens(settings: Settings) -> TokenFiles | None:

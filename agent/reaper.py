@@ -42,7 +42,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER
 from agent.cluster.resources import LEASES
 from agent.lease.heartbeat import Heartbeat
-from agent.sync.backend import Backend
+from agent.sync.backends.backend import Backend
 
 Body = dict[str, Any]
 CHECK_EVERY = 0.25  # seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired

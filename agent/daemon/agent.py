@@ -46,10 +46,10 @@ from agent.metrics import AgentMetrics
 from agent.reaper import Reaper
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
-from agent.sync.backend import Backend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.registry import make_backend
 from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
-from agent.sync.registry import make_backend
 from agent.sync.watcher import OwnObjectsWatcher, WatchTarget
 
 Body = dict[str, Any]

@@ -52,8 +52,8 @@ from agent.oneshot import reap_pass
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
 from agent.reaper import VM_LEASES
-from agent.sync.backend import Backend
-from agent.sync.registry import make_backend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.registry import make_backend
 
 FIELD_MANAGER = "kubectl-vmesh"
 ROLE = "vmesh-agent"  # the shared Role of rbac.yaml every VM's RoleBinding points at

@@ -18,7 +18,7 @@ import structlog
 from agent.cluster.backoff import Backoff, jittered
 from agent.cluster.errors import ClusterError, Unavailable
 from agent.state import DesiredState
-from agent.sync.backend import Backend
+from agent.sync.backends.backend import Backend
 from agent.sync.failures import ServiceFailures
 
 

@@ -25,10 +25,10 @@ from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.oneshot import deregister
 from agent.state import Registration
-from agent.sync.backend import Backend
-from agent.sync.endpoints import EndpointsBackend
-from agent.sync.externalworkload import ExternalWorkloadBackend
-from agent.sync.workloadentry import WorkloadEntryBackend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.endpoints import EndpointsBackend
+from agent.sync.backends.externalworkload import ExternalWorkloadBackend
+from agent.sync.backends.workloadentry import WorkloadEntryBackend
 from tests.testbed.cluster import Cluster
 from tests.testbed.crds import SHARED_CRDS, install_istio_crds, install_linkerd_crds
 from tests.testbed.waiting import wait_until

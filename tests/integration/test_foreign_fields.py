@@ -16,9 +16,9 @@ from agent.config import ClusterSettings
 from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.state import Registration
-from agent.sync.backend import Backend
-from agent.sync.endpointslice import EndpointSliceBackend
-from agent.sync.workloadentry import WorkloadEntryBackend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.endpointslice import EndpointSliceBackend
+from agent.sync.backends.workloadentry import WorkloadEntryBackend
 from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # noqa: F401 (fixtures)
 from tests.testbed.cluster import Cluster
 

@@ -18,11 +18,11 @@ from agent.config import ClusterSettings
 from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.state import Registration
-from agent.sync.backend import Backend
-from agent.sync.endpoints import EndpointsBackend
-from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.endpoints import EndpointsBackend
+from agent.sync.backends.endpointslice import EndpointSliceBackend
+from agent.sync.backends.workloadentry import WorkloadEntryBackend
 from agent.sync.failures import ServiceFailures
-from agent.sync.workloadentry import WorkloadEntryBackend
 from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # noqa: F401 (fixtures)
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM

@@ -26,7 +26,7 @@ from agent.cluster.objects import (
 )
 from agent.logs import get_logger
 from agent.state import Registration
-from agent.sync.endpoints import (
+from agent.sync.backends.endpoints import (
     EndpointsBackend,
     WantedAddress,
     canonical_subsets,
@@ -36,7 +36,7 @@ from agent.sync.endpoints import (
     owned_addresses,
     wanted_addresses,
 )
-from agent.sync.externalworkload import ExternalWorkloadBackend
+from agent.sync.backends.externalworkload import ExternalWorkloadBackend
 from agent.sync.failures import ServiceFailures
 
 Body = dict[str, Any]

@@ -1,4 +1,4 @@
-"""The shared cycle of the per-VM object backends (agent/sync/owned.py), sequenced with a fake API: what is
+"""The shared cycle of the per-VM object backends (agent/sync/backends/owned.py), sequenced with a fake API: what is
 deleted, and when."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from agent.cluster.objects import object_name
 from agent.cluster.resources import SERVICES, Resource
 from agent.logs import get_logger
 from agent.state import Registration
-from agent.sync.endpointslice import EndpointSliceBackend
+from agent.sync.backends.endpointslice import EndpointSliceBackend
 from agent.sync.failures import ServiceFailures
 
 Body = dict[str, Any]

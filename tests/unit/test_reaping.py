@@ -12,7 +12,7 @@ from agent.lease.heartbeat import Heartbeat
 from agent.lease.slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.logs import get_logger
 from agent.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserver, ReapBrake, Reaper
-from agent.sync.backend import Backend
+from agent.sync.backends.backend import Backend
 from tests.unit.fake_leases import FakeClock, FakeLeases
 
 Body = dict[str, Any]

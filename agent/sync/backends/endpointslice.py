@@ -2,7 +2,7 @@
 
 No two VMs write the same slice (see objects.object_name). The shared Service is only ever extended (a missing
 port is added with a resourceVersion-checked update) and never deleted here. The create / update / delete cycle
-is `OwnedObjectsBackend`'s (agent/sync/owned.py).
+is `OwnedObjectsBackend`'s (agent/sync/backends/owned.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from agent.cluster.objects import LABEL_SERVICE_NAME, SLICE_CONTENT, build_endpoint_slice, own_slices_selector
 from agent.cluster.resources import ENDPOINT_SLICES
 from agent.state import Registration
-from agent.sync.owned import OwnedObjectsBackend
+from agent.sync.backends.owned import OwnedObjectsBackend
 
 Body = dict[str, Any]
 

@@ -17,7 +17,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_APP, WORKLOAD_CONTENT, health_of, own_objects_selector, set_condition
 from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
-from agent.sync.owned import OwnedObjectsBackend, Preferred
+from agent.sync.backends.owned import OwnedObjectsBackend, Preferred
 from agent.sync.update import Change, PatchStatus, update
 
 Body = dict[str, Any]

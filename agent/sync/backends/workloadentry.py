@@ -5,7 +5,7 @@ them, and the labels `app: <service>` and `vmesh.dev/vm: <vm>`; the Service `<se
 Health is the `Healthy` status condition, written through the status subresource; the annotation
 `proxy.istio.io/health-checks-enabled: "true"` makes Istio honour it (without it Istio counts every entry healthy).
 The Lease owns every entry, so a VM that dies and is reaped loses them to the garbage collector. The create /
-update / health / delete cycle is `WorkloadBackend`'s (agent/sync/workloads.py, owned.py).
+update / health / delete cycle is `WorkloadBackend`'s (agent/sync/backends/workloads.py, owned.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from agent.cluster.objects import CONDITION_HEALTHY, build_workload_entry
 from agent.cluster.resources import WORKLOAD_ENTRIES
 from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
-from agent.sync.owned import Preferred
-from agent.sync.workloads import Body, WallClock, WorkloadBackend
+from agent.sync.backends.owned import Preferred
+from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
 
 
 class WorkloadEntryBackend(WorkloadBackend):

@@ -7,12 +7,12 @@ import structlog
 from agent.cluster.kube import KubeClient
 from agent.config import Settings
 from agent.lease.heartbeat import Heartbeat
-from agent.sync.backend import Backend
-from agent.sync.endpoints import EndpointsBackend
-from agent.sync.endpointslice import EndpointSliceBackend
-from agent.sync.externalworkload import ExternalWorkloadBackend
-from agent.sync.owned import Preferred
-from agent.sync.workloadentry import WorkloadEntryBackend
+from agent.sync.backends.backend import Backend
+from agent.sync.backends.endpoints import EndpointsBackend
+from agent.sync.backends.endpointslice import EndpointSliceBackend
+from agent.sync.backends.externalworkload import ExternalWorkloadBackend
+from agent.sync.backends.owned import Preferred
+from agent.sync.backends.workloadentry import WorkloadEntryBackend
 
 
 def make_backend(settings: Settings, kube: KubeClient, vm: str, heartbeat: Heartbeat,

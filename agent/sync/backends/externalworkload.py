@@ -5,7 +5,7 @@ agent advertises, the ports named as the Service names them, and `meshTLS`; its 
 `vmesh.dev/vm: <vm>` are what the Service `<service>` selects, and Linkerd turns the selected workloads into
 EndpointSlices. Health is the `Ready` status condition, written through the status subresource. The Lease owns
 every object (garbage-collected with it). The create / update / readiness / delete cycle is `WorkloadBackend`'s
-(agent/sync/workloads.py).
+(agent/sync/backends/workloads.py).
 
 meshTLS must match the certificate of the Linkerd proxy on the VM (usually issued through SPIRE). The defaults
 follow Linkerd's mesh-expansion guide with the VM name as the workload name: identity
@@ -25,8 +25,8 @@ from agent.cluster.objects import CONDITION_READY, build_external_workload
 from agent.cluster.resources import EXTERNAL_WORKLOADS
 from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
-from agent.sync.owned import Preferred
-from agent.sync.workloads import Body, WallClock, WorkloadBackend
+from agent.sync.backends.owned import Preferred
+from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
 
 DEFAULT_IDENTITY = "spiffe://root.linkerd.cluster.local/{vm}"
 DEFAULT_SERVER_NAME = "{vm}.cluster.local"
