@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.check_credentials import load_credentials
 from agent.durations import parse_duration
+from agent.health.credentials import load_credentials
 from agent.stop_kind import SWITCHES
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.

@@ -17,7 +17,7 @@ from agent.cluster.token_renewal import TokenRenewal
 from agent.cluster.tokens import TokenFiles
 from agent.config import Settings
 from agent.discovery.scanner import DiscoveryReport
-from agent.health import HealthMonitor
+from agent.health.monitor import HealthMonitor
 from agent.interpreter import Interpreter
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.slots import ReaperSlots

@@ -35,7 +35,7 @@ from agent.daemon.tasks import TaskGroup
 from agent.discovery.addresses import IPAddress
 from agent.discovery.policy import ListenerDecision
 from agent.discovery.scanner import DiscoveryReport, Scanner
-from agent.health import HealthMonitor
+from agent.health.monitor import HealthMonitor
 from agent.health.supervisor import HealthSupervisor
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import read_identity

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 
-from agent.check_credentials import Credentials
 from agent.discovery.probes import mysql
+from agent.health.credentials import Credentials
 
 if TYPE_CHECKING:
     import pymysql

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import structlog
 
 from agent.config import CheckSettings
-from agent.health import BrokenCheck, Check, CheckResult, HealthMonitor, Status, build_check
+from agent.health.build import build_check
+from agent.health.checks import BrokenCheck, Check, CheckResult
+from agent.health.monitor import HealthMonitor, Status
 from agent.state import Registration
 
 # Threads for blocking checks (pymysql logins) of one agent: bounded, and apart from the loop's default

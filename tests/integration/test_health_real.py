@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.health import CRITICAL, PASSING, Check, HealthMonitor, Status, build_check
+from agent.health.build import build_check
+from agent.health.checks import Check
+from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
 from tests.testbed.mariadb import RATINGS_USER, MariaDB
 from tests.testbed.ports import LOOPBACK, free_port, serving
 from tests.testbed.waiting import wait_until

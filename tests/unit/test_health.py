@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.health import CRITICAL, PASSING, CheckResult, CredentialsError, HealthMonitor, Status, build_check
-from agent.health import load_credentials as load
-from agent.health.checks import describe_server, last_line, short
+from agent.health.build import build_check
+from agent.health.checks import CheckResult, describe_server, last_line, short
+from agent.health.credentials import CredentialsError
+from agent.health.credentials import load_credentials as load
+from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
 
 PASSWORD = "s3cret-Pa55"
 
