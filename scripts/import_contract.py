@@ -20,7 +20,7 @@ from pathlib import Path
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("base", [("agent.__init__", "agent.durations", "agent.health.credentials", "agent.logs",
-               "agent.stop_kind", "agent.metrics",
+               "agent.stop_kind",
                "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),

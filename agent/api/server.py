@@ -25,9 +25,9 @@ import structlog
 from aiohttp import web
 
 from agent.api import views
+from agent.api.metrics import AgentMetrics
 from agent.api.openapi import OPENAPI, REASON_PATTERN
 from agent.api.view import AgentView
-from agent.metrics import AgentMetrics
 
 SOCKET_GROUP = "vmesh-agent"
 SOCKET_MODE = 0o660

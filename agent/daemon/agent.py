@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from agent import __version__, interpreter
-from agent.api.metrics import AgentCollector
+from agent.api.metrics import AgentCollector, AgentMetrics
 from agent.api.server import ApiServer
 from agent.cluster.account import Kind, Verdict, check_account
 from agent.cluster.backoff import retry_transient
@@ -42,7 +42,6 @@ from agent.lease.identity import read_identity
 from agent.lease.pace import HeartbeatPace
 from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
-from agent.metrics import AgentMetrics
 from agent.reaper import Reaper
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister

@@ -9,9 +9,9 @@ from typing import cast
 
 import structlog
 
+from agent.api.metrics import AgentMetrics
 from agent.api.server import ApiServer
 from agent.api.view import AgentView
-from agent.metrics import AgentMetrics
 
 
 def server_at(path: Path) -> ApiServer:
