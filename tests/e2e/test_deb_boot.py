@@ -389,14 +389,14 @@ class Lifecycle:
         restarts an agent still on the old interpreter (a restart: registrations kept); when python3 did not
         change, the agent is left alone. The old interpreter is played by a copy of this release's own."""
         c, python = self.container, self.release.python
-        cache = "/usr/lib/vmesh-agent/site-packages/agent/__pycache__"
+        cache = "/usr/lib/vmesh-agent/site-packages/agent/cli/__pycache__"  # agent/cli/main.py
         c.run("sh", "-c", f"cp /usr/bin/python{python} /usr/bin/python-before && ln -sf python-before /usr/bin/python3")
         c.run("systemctl", "restart", UNIT)
         before = c.unit("MainPID")
         assert c.run("readlink", f"/proc/{before}/exe").stdout.strip() == "/usr/bin/python-before"
         lease_uid = (self.lease() or {})["metadata"]["uid"]
         tag = f"cpython-{python.replace('.', '')}"
-        c.run("sh", "-c", f"touch {cache}/cli.cpython-310.pyc && rm {cache}/cli.{tag}.pyc")
+        c.run("sh", "-c", f"touch {cache}/main.cpython-310.pyc && rm {cache}/main.{tag}.pyc")
         started = time.monotonic()
         c.run("sh", "-c", f"dpkg -i {PYTHON_DEBS}/python3-minimal_*.deb")  # what the distribution upgrade does
         self.report(f"python3-minimal installed, trigger run: {time.monotonic() - started:.1f} s")
@@ -404,8 +404,8 @@ class Lifecycle:
         after = c.unit("MainPID")
         assert after not in (before, "0"), "the agent was not restarted on the new python3"
         assert c.run("readlink", f"/proc/{after}/exe").stdout.strip() == f"/usr/bin/python{python}"
-        assert c.run("test", "-e", f"{cache}/cli.cpython-310.pyc", check=False).returncode != 0, "stale bytecode kept"
-        assert c.run("test", "-e", f"{cache}/cli.{tag}.pyc", check=False).returncode == 0, "not compiled again"
+        assert c.run("test", "-e", f"{cache}/main.cpython-310.pyc", check=False).returncode != 0, "stale bytecode kept"
+        assert c.run("test", "-e", f"{cache}/main.{tag}.pyc", check=False).returncode == 0, "not compiled again"
         self.wait_registered(timeout=30)
         assert (self.lease() or {})["metadata"]["uid"] == lease_uid, "the restart replaced the Lease"
         c.run("sh", "-c", f"dpkg -i {PYTHON_DEBS}/python3-minimal_*.deb && rm /usr/bin/python-before")
