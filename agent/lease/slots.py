@@ -22,6 +22,7 @@ the others read it in that LIST, and pace their heartbeats by it (agent/lease/pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import math
@@ -188,7 +189,8 @@ class ReaperSlots:
             if current is not None and not self.observer.takeable(current):
                 continue
             try:
-                self._lease = await (self._take(current) if current is not None else self._create(index))
+                write = self._take(current) if current is not None else self._create(index)
+                self._lease = await self._settled(write)
             except (Conflict, NotFound):
                 continue  # another agent was first
             except ClusterError as exc:
@@ -238,7 +240,7 @@ class ReaperSlots:
             lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
             self._publish(lease)
             try:
-                self._lease = await self._kube.replace(LEASES, self.namespace, name, lease)
+                self._lease = await self._settled(self._kube.replace(LEASES, self.namespace, name, lease))
             except (Conflict, NotFound):
                 self._log.warning("reaper slot lost: another agent holds it now", slot=name)
                 return
@@ -251,6 +253,19 @@ class ReaperSlots:
             last_renewal = self._clock()
             backoff.reset()
             delay = self.renew_interval
+
+    async def _settled(self, write: Awaitable[Body]) -> Body:
+        """One write of the slot. When the agent stops meanwhile (the task is cancelled), the request may already
+        have reached the apiserver: wait for its reply first, so that release() lets go of the version the
+        apiserver holds, not of an older one (409) or of none (the slot would stay held by a stopped agent until
+        it expires, CI saw it). Bounded by the client's request timeout."""
+        future = asyncio.ensure_future(write)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._lease = await future
+            raise
 
     async def release(self) -> None:
         """Let the held slot go, so that another agent takes it at its next look (shutdown)."""

@@ -7,6 +7,7 @@ against the real apiserver in tests/integration; this only orders the steps.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 from typing import Any
@@ -34,6 +35,10 @@ class FakeLeases:
         self._versions = itertools.count(1)
         self.fail_with: ClusterError | None = None  # every call raises this while set
         self.calls: list[str] = []
+        # While set, a write is stored at once but its reply waits for this event (a slow reply: the apiserver
+        # has the write, the client does not know yet); `stored` is set at each such write.
+        self.reply_gate: asyncio.Event | None = None
+        self.stored = asyncio.Event()
 
     def _check(self, verb: str) -> None:
         self.calls.append(verb)
@@ -63,7 +68,13 @@ class FakeLeases:
         self._check("create")
         if body["metadata"]["name"] in self.objects:
             raise Conflict("already exists", status=409, reason="AlreadyExists")
-        return self._stored(body)
+        return await self._reply(self._stored(body))
+
+    async def _reply(self, stored: Body) -> Body:
+        if self.reply_gate is not None:
+            self.stored.set()
+            await self.reply_gate.wait()
+        return stored
 
     async def replace(self, resource: Resource, namespace: str, name: str, body: Body) -> Body:
         self._check("replace")
@@ -74,7 +85,7 @@ class FakeLeases:
             raise Conflict("the object has been modified", status=409, reason="Conflict")
         body = copy.deepcopy(body)
         body["metadata"]["uid"] = current["metadata"]["uid"]
-        return self._stored(body)
+        return await self._reply(self._stored(body))
 
     async def delete(self, resource: Resource, namespace: str, name: str, *, resource_version: str = "",
                      uid: str = "") -> None:

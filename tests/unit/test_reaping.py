@@ -407,6 +407,35 @@ async def test_of_two_candidates_taking_one_expired_slot_exactly_one_wins() -> N
     assert sorted(results) == [False, True]
 
 
+async def test_a_slot_taken_or_renewed_as_the_agent_stops_is_still_let_go() -> None:
+    """CI: a stop cancelled the take of a slot after the apiserver had stored it; release() saw no slot, and a
+    stopped agent held it until it expired. Same for a renewal: release() wrote over an older version (409)."""
+    api, clock = FakeLeases(), FakeClock()
+    api.reply_gate = asyncio.Event()
+    taker = slots_for(api, "a", clock, slots=1)
+    look = asyncio.create_task(taker._look())
+    await asyncio.wait_for(api.stored.wait(), 5)
+    look.cancel()  # the agent stops while the reply is on its way
+    api.reply_gate.set()
+    await asyncio.gather(look, return_exceptions=True)
+    await taker.release()
+    assert api.objects[slot_name(0)]["spec"]["holderIdentity"] == ""
+
+    api.reply_gate, api.stored = None, asyncio.Event()
+    renewer = ReaperSlots(cast(KubeClient, api), "vm", "b", slots=1, duration=DURATION, renew_interval=0.01,
+                          check_interval=30, log=get_logger(vm="b"), clock=clock)
+    assert await renewer._look()
+    api.reply_gate = asyncio.Event()
+    keep = asyncio.create_task(renewer._keep())
+    await asyncio.wait_for(api.stored.wait(), 5)
+    keep.cancel()
+    api.reply_gate.set()
+    await asyncio.gather(keep, return_exceptions=True)
+    api.reply_gate = None
+    await renewer.release()
+    assert api.objects[slot_name(0)]["spec"]["holderIdentity"] == ""
+
+
 async def test_a_holder_that_cannot_renew_stops_reaping_within_its_renew_deadline() -> None:
     api = FakeLeases()
     holder = ReaperSlots(cast(KubeClient, api), "vm", "a", slots=1, duration=0.3, renew_interval=0.05,
