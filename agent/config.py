@@ -157,7 +157,7 @@ class ReaperSettings:
     slot_check: float = _duration("30s")
     # Reap nothing while more than this fraction of the VMs' Leases expire within one lease duration.
     brake_fraction: float = 0.5
-    # In a small fleet (SMALL_FLEET VMs or fewer, agent/reaper.py) the brake holds at most this long while this
+    # In a small fleet (SMALL_FLEET VMs or fewer, agent/lease/reaper.py) the brake holds at most this long while this
     # reaper keeps renewing its own Lease: two of three VMs dying together are reaped, not kept ready for ever.
     # "0s": no limit. (Not in config.example.toml: that file is a conffile, shipped unchanged since 0.1.0.)
     brake_limit: float = _duration("5m")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
-
-import structlog
 
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
@@ -16,9 +12,9 @@ from agent.cluster.tokens import TokenFiles, agent_token_files
 from agent.config import Settings
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import HolderIdentity, read_identity
+from agent.lease.reaper import reap_pass
 from agent.logs import get_logger
-from agent.reaper import VM_LEASES, Reaper
-from agent.sync.backends.backend import Backend
+from agent.sync.backends.backend import remove_shared_entries
 from agent.sync.backends.registry import make_backend
 
 
@@ -95,48 +91,14 @@ async def reap_once(settings: Settings) -> list[str]:
                           lease_duration=settings.heartbeat.lease_duration, log=log)
     reaped: list[str] = []
 
-    def backend_for(vm: str) -> Backend:
+    async def after_reap(vm: str) -> None:
         reaped.append(vm)
-        return make_backend(settings, kube, vm, heartbeat, log)
+        await remove_shared_entries(make_backend(settings, kube, vm, heartbeat, log))
 
     try:
-        await reap_pass(kube, settings.namespace, heartbeat.name, backend_for, grace=settings.reaper.grace,
+        await reap_pass(kube, settings.namespace, heartbeat.name, after_reap, grace=settings.reaper.grace,
                         brake_fraction=settings.reaper.brake_fraction, timeout=settings.cluster.request_timeout,
                         log=log)
     finally:
         await kube.close()
     return reaped
-
-
-async def reap_pass(kube: KubeClient, namespace: str, own_lease: str, backend_for: Callable[[str], Backend], *,
-                    grace: float, brake_fraction: float, timeout: float,
-                    log: structlog.typing.FilteringBoundLogger) -> str:
-    """One pass of reaping, by `vmesh-agent reap` on a VM or `kubectl vmesh reap` from an admin's machine (a lone
-    VM has no peer to reap it): follow the Leases for the longest lease period + grace, then judge once on a
-    fresh list. Returns why the brake held, or "".
-
-    Watched only, no reaping in the background while it waits (issue 20: the loop reaped during the wait); and,
-    having no heartbeat of its own to tell whether its view is current, it reads every Lease afresh right before
-    judging: a renewal its watch missed counts."""
-    reaper = Reaper(kube, namespace, own_lease, grace=grace, brake_fraction=brake_fraction,
-                    backend_for=backend_for, log=log)
-    watcher = asyncio.create_task(reaper.follow())
-    try:
-        await asyncio.wait_for(reaper.synced.wait(), timeout)
-        longest = max((o.duration for o in reaper.observer.leases.values()), default=0.0)
-        await asyncio.sleep(longest + grace + 1)
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        fresh, _ = await kube.list_with_version(LEASES, namespace, VM_LEASES)
-        names = {str(lease.get("metadata", {}).get("name", "")) for lease in fresh}
-        for name in [n for n in reaper.observer.leases if n not in names]:
-            reaper.observer.forget(name)  # gone meanwhile: nothing to reap
-        for lease in fresh:
-            reaper.observer.observe(lease)  # renewed since: seen now, not expired
-        await reaper.reap_expired()
-        if reaper.braking:
-            log.warning("nothing reaped: the brake holds", reason=reaper.braking)
-        return reaper.braking
-    finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)

@@ -27,7 +27,6 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("health | cluster", [("agent.health",), ("agent.cluster",)]),
     ("lease", [("agent.lease",)]),
     ("sync", [("agent.sync",)]),
-    ("reaper", [("agent.reaper",)]),
     ("api", [("agent.api",)]),
     ("daemon | oneshot", [("agent.daemon",), ("agent.oneshot",)]),
     ("cli | plugin", [("agent.cli", "agent.__main__"), ("agent.plugin",)]),

@@ -20,8 +20,8 @@ from agent.discovery.scanner import DiscoveryReport
 from agent.health.monitor import HealthMonitor
 from agent.interpreter import Interpreter
 from agent.lease.heartbeat import Heartbeat
+from agent.lease.reaper import Reaper
 from agent.lease.slots import ReaperSlots
-from agent.reaper import Reaper
 from agent.state import Registration
 from agent.sync.reconciler import Reconciler
 from agent.sync.watcher import OwnObjectsWatcher

@@ -40,12 +40,12 @@ from agent.health.supervisor import HealthSupervisor
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import read_identity
 from agent.lease.pace import HeartbeatPace
+from agent.lease.reaper import Reaper
 from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
-from agent.reaper import Reaper
 from agent.state import DesiredState, Registration, VanishTracker
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
-from agent.sync.backends.backend import Backend
+from agent.sync.backends.backend import Backend, remove_shared_entries
 from agent.sync.backends.registry import make_backend
 from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
@@ -294,15 +294,15 @@ class Agent:
                                pinned=lambda: self.slots is not None and self.slots.held is not None),
         )
 
-        def backend_for(vm: str) -> Backend:
-            own = vm == s.vm_name
-            return make_backend(s, sync_client, vm, heartbeat, self.log,
-                                preferred=(lambda: self.state.preferred) if own else tuple)
+        self.backend = make_backend(s, sync_client, s.vm_name, heartbeat, self.log,
+                                    preferred=lambda: self.state.preferred)
 
-        self.backend = backend_for(s.vm_name)
+        async def after_reap(vm: str) -> None:
+            await remove_shared_entries(make_backend(s, sync_client, vm, heartbeat, self.log))
+
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
                              brake_fraction=s.reaper.brake_fraction, brake_limit=s.reaper.brake_limit,
-                             heartbeat=heartbeat, backend_for=backend_for, log=self.log)
+                             heartbeat=heartbeat, after_reap=after_reap, log=self.log)
         # Slots are renewed on the heartbeat's connection: like the Lease, never queued behind bulk syncs.
         self.slots = ReaperSlots(beat_client, s.namespace, str(self.identity), slots=s.reaper.slots,
                                  duration=s.heartbeat.lease_duration, renew_interval=s.heartbeat.interval,

@@ -17,7 +17,7 @@ that is briefly wrong moves nobody far. Safe for reapers whichever way it moves:
 the leaseDurationSeconds written on it, and every write carries the duration of the interval that follows it.
 
 A reaper slot holder renews at the configured interval whatever the fleet's size: its own renewals coming
-back through its watch are what proves its view of the fleet current (agent/reaper.py), and there are only a
+back through its watch are what proves its view of the fleet current (agent/lease/reaper.py), and there are only a
 few holders (reaper.slots). Pure: the fleet's size and whether this agent holds a slot are injected.
 """
 

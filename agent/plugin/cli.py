@@ -46,13 +46,12 @@ from agent.cluster.resources import (
 from agent.config import _DNS_LABEL, BACKENDS, ClusterSettings, ConfigError, Settings, parse_settings
 from agent.durations import parse_duration
 from agent.lease.heartbeat import Heartbeat
+from agent.lease.reaper import VM_LEASES, reap_pass
 from agent.lease.slots import LABEL_SLOT
 from agent.logs import configure, get_logger
-from agent.oneshot import reap_pass
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
-from agent.reaper import VM_LEASES
-from agent.sync.backends.backend import Backend
+from agent.sync.backends.backend import remove_shared_entries
 from agent.sync.backends.registry import make_backend
 
 FIELD_MANAGER = "kubectl-vmesh"
@@ -276,11 +275,12 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
     backends: dict[str, str] = {}
     reaped: list[str] = []
 
-    def backend_for(vm: str) -> Backend:
+    async def after_reap(vm: str) -> None:
         reaped.append(vm)
         heartbeat = Heartbeat(kube, namespace, vm, interval=5, lease_duration=15, log=log)
         backend = backends.get(vm, "endpointslice")
-        return make_backend(Settings(vm_name=vm, namespace=namespace, backend=backend), kube, vm, heartbeat, log)
+        settings = Settings(vm_name=vm, namespace=namespace, backend=backend)
+        await remove_shared_entries(make_backend(settings, kube, vm, heartbeat, log))
 
     for lease in await kube.list(LEASES, namespace, VM_LEASES):
         meta = lease["metadata"]
@@ -288,7 +288,7 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
         vm = str((meta.get("labels") or {}).get(LABEL_VM, ""))
         backends[vm] = backend if backend in BACKENDS else "endpointslice"
     print(f"watching the VMs' Leases in {namespace} for a lease period...", file=sys.stderr, flush=True)
-    braking = await reap_pass(kube, namespace, "kubectl-vmesh", backend_for, grace=args.grace, brake_fraction=0.5,
+    braking = await reap_pass(kube, namespace, "kubectl-vmesh", after_reap, grace=args.grace, brake_fraction=0.5,
                               timeout=30.0, log=log)
     if braking:
         print(f"nothing reaped: {braking}", file=sys.stderr)

@@ -9,10 +9,10 @@ from typing import Any, cast
 from agent.cluster.errors import Forbidden, Unavailable
 from agent.cluster.kube import KubeClient
 from agent.lease.heartbeat import Heartbeat
+from agent.lease.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserver, ReapBrake, Reaper
 from agent.lease.slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.logs import get_logger
-from agent.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserver, ReapBrake, Reaper
-from agent.sync.backends.backend import Backend
+from agent.sync.backends.backend import Backend, remove_shared_entries
 from tests.unit.fake_leases import FakeClock, FakeLeases
 
 Body = dict[str, Any]
@@ -147,9 +147,12 @@ class RemovedBackend:
 def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
               fraction: float = 0.5, owned_by_lease: bool = False, *, limit: float = 0.0) -> tuple[Reaper, list[str]]:
     removed: list[str] = []
+
+    async def after_reap(vm: str) -> None:
+        await remove_shared_entries(cast(Backend, RemovedBackend(removed, vm, owned_by_lease)))
+
     reaper = Reaper(cast(KubeClient, api), "vm", OWN, grace=GRACE, brake_fraction=fraction, brake_limit=limit,
-                    heartbeat=cast(Heartbeat, heartbeat) if heartbeat else None,
-                    backend_for=lambda vm: cast(Backend, RemovedBackend(removed, vm, owned_by_lease)),
+                    heartbeat=cast(Heartbeat, heartbeat) if heartbeat else None, after_reap=after_reap,
                     log=get_logger(vm="me"), clock=clock)
     return reaper, removed
 

@@ -36,3 +36,11 @@ class Backend(Protocol):
         garbage collector is about to remove, and not a clone's that took the name since). Returns what was
         removed, as `kind/name`."""
 
+
+
+async def remove_shared_entries(backend: Backend) -> None:
+    """A reaper's clean-up after deleting a dead VM's Lease (agent/lease/reaper.py `after_reap`): the objects the
+    Lease owned go with it through the garbage collector, but its entries in shared objects (legacy Endpoints)
+    nobody else removes."""
+    if not backend.owned_by_lease:
+        await backend.remove_all()

@@ -5,7 +5,8 @@ and remembers, on its own monotonic clock, when it last saw each one change. A L
 longer than its leaseDurationSeconds + grace is deleted with a resourceVersion precondition (so a renewal that
 races the delete wins), and the dead VM's objects go with it through the garbage collector (their ownerReference
 names the Lease): the reaper deletes nothing but the Lease, since the isolation policy lets no VM delete another
-VM's objects. Only the legacy shared Endpoints, where the GC cannot help, are edited by the reaper itself.
+VM's objects. What the GC cannot remove (a legacy VM's entries in the shared Endpoints) is the `after_reap`
+callback's job, which the caller builds from the backends (agent/sync/backends/backend.py).
 renewTime is never compared with this VM's wall clock.
 
 Safety before speed (the node lifecycle controller's stance when a whole zone looks dead):
@@ -30,7 +31,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,6 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER
 from agent.cluster.resources import LEASES
 from agent.lease.heartbeat import Heartbeat
-from agent.sync.backends.backend import Backend
 
 Body = dict[str, Any]
 CHECK_EVERY = 0.25  # seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired
@@ -162,7 +162,7 @@ class ReapBrake:
 
 class Reaper:
     def __init__(self, kube: KubeClient, namespace: str, own_lease: str, *, grace: float,
-                 backend_for: Callable[[str], Backend], log: structlog.typing.FilteringBoundLogger,
+                 after_reap: Callable[[str], Awaitable[None]], log: structlog.typing.FilteringBoundLogger,
                  brake_fraction: float = 0.5, brake_limit: float = 0.0, heartbeat: Heartbeat | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube = kube
@@ -170,7 +170,7 @@ class Reaper:
         self.observer = LeaseObserver(own_lease, grace, clock)
         self.brake = ReapBrake(brake_fraction, clock)
         self._heartbeat = heartbeat  # None for a one-shot pass by hand: no own renewals to judge the view by
-        self._backend_for = backend_for
+        self._after_reap = after_reap  # what else goes with a reaped VM; raises ClusterError when it cannot
         self._log = log
         self._clock = clock
         self._retry_at: dict[str, tuple[Backoff, float]] = {}
@@ -330,14 +330,12 @@ class Reaper:
         self.observer.forget(name)
         self.brake.reaped()
         self._clear_problem()
-        backend = self._backend_for(obs.vm)
-        if not backend.owned_by_lease:  # its entries in shared objects (legacy Endpoints): nobody else removes them
-            try:
-                await backend.remove_all()
-            except ClusterError as exc:
-                log.warning("dead VM's addresses not all removed from the shared Endpoints (its Lease is gone, so"
-                            " no reaper retries); remove them with `vmesh-agent deregister` as that VM",
-                            error=str(exc))
+        try:
+            await self._after_reap(obs.vm)
+        except ClusterError as exc:
+            log.warning("dead VM's addresses not all removed from the shared Endpoints (its Lease is gone, so"
+                        " no reaper retries); remove them with `vmesh-agent deregister` as that VM",
+                        error=str(exc))
         self.reaped += 1
         log.warning("reaped a dead VM", silent_for=round(self._clock() - obs.seen_at, 1))
         return True
@@ -351,3 +349,38 @@ class Reaper:
         if self.problem:
             self._log.info("reaping works again", previous_error=self.problem)
         self.problem = ""
+
+
+async def reap_pass(kube: KubeClient, namespace: str, own_lease: str,
+                    after_reap: Callable[[str], Awaitable[None]], *,
+                    grace: float, brake_fraction: float, timeout: float,
+                    log: structlog.typing.FilteringBoundLogger) -> str:
+    """One pass of reaping, by `vmesh-agent reap` on a VM or `kubectl vmesh reap` from an admin's machine (a lone
+    VM has no peer to reap it): follow the Leases for the longest lease period + grace, then judge once on a
+    fresh list. Returns why the brake held, or "".
+
+    Watched only, no reaping in the background while it waits (issue 20: the loop reaped during the wait); and,
+    having no heartbeat of its own to tell whether its view is current, it reads every Lease afresh right before
+    judging: a renewal its watch missed counts."""
+    reaper = Reaper(kube, namespace, own_lease, grace=grace, brake_fraction=brake_fraction,
+                    after_reap=after_reap, log=log)
+    watcher = asyncio.create_task(reaper.follow())
+    try:
+        await asyncio.wait_for(reaper.synced.wait(), timeout)
+        longest = max((o.duration for o in reaper.observer.leases.values()), default=0.0)
+        await asyncio.sleep(longest + grace + 1)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        fresh, _ = await kube.list_with_version(LEASES, namespace, VM_LEASES)
+        names = {str(lease.get("metadata", {}).get("name", "")) for lease in fresh}
+        for name in [n for n in reaper.observer.leases if n not in names]:
+            reaper.observer.forget(name)  # gone meanwhile: nothing to reap
+        for lease in fresh:
+            reaper.observer.observe(lease)  # renewed since: seen now, not expired
+        await reaper.reap_expired()
+        if reaper.braking:
+            log.warning("nothing reaped: the brake holds", reason=reaper.braking)
+        return reaper.braking
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
