@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
     ("lease", [("agent.lease",)]),
     ("sync", [("agent.sync",)]),
     ("api", [("agent.api",)]),
-    ("daemon | oneshot", [("agent.daemon",), ("agent.oneshot",)]),
+    ("daemon", [("agent.daemon",)]),
     ("cli | plugin", [("agent.cli", "agent.__main__"), ("agent.plugin",)]),
 ]
 

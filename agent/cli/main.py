@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, interpreter
+from agent.cli.cluster_commands import AgentRunning, deregister, reap_once
 from agent.cli.local_api import EXIT_NOPERM, ClientError, call
 from agent.cli.stop_command import add_arguments as add_stop_kind_arguments
 from agent.cli.stop_command import run as stop_kind
@@ -33,7 +34,6 @@ from agent.discovery.listeners import scan_listeners
 from agent.discovery.render import report_json, report_table
 from agent.discovery.scanner import Scanner
 from agent.logs import configure
-from agent.oneshot import AgentRunning, deregister, reap_once
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
 DEFAULT_SOCKET = "/run/vmesh-agent/agent.sock"

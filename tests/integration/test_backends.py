@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from agent.cli.cluster_commands import deregister
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import object_name
 from agent.config import ClusterSettings, Settings
 from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
-from agent.oneshot import deregister
 from agent.state import Registration
 from agent.sync.backends.backend import Backend
 from agent.sync.backends.endpoints import EndpointsBackend

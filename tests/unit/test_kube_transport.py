@@ -143,7 +143,7 @@ async def test_a_kubeconfig_is_read_by_kubernetes_asyncio(tmp_path: Path) -> Non
 def test_the_daemon_imports_neither_kubernetes_asyncio_nor_pymysql() -> None:
     """Their import is most of the agent's memory and start (docs/decisions.md, "A light process"): the daemon's
     modules import neither; a kubeconfig or a login check imports them when used."""
-    script = ("import sys, agent.cli.main, agent.daemon.agent, agent.oneshot\n"
+    script = ("import sys, agent.cli.main, agent.daemon.agent, agent.cli.cluster_commands\n"
               "print(' '.join(m for m in ('kubernetes_asyncio', 'pymysql', 'yaml') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""
