@@ -13,11 +13,9 @@ not replace the live VM's addresses.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -25,8 +23,9 @@ import structlog
 from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import build_lease, lease_name, micro_time, with_annotations
+from agent.cluster.objects import build_lease, lease_name, with_annotations
 from agent.cluster.resources import LEASES
+from agent.lease import election
 from agent.lease.identity import HolderIdentity, process_alive, read_identity
 from agent.lease.pace import HeartbeatPace
 
@@ -36,16 +35,6 @@ WallClock = Callable[[], float]
 
 class LeaseHeld(ClusterError):
     """The VM's Lease is held by another agent (a clone of this VM, or a second agent with its vm_name)."""
-
-
-@dataclass
-class _Contest:
-    """Another agent's hold on the Lease, as observed: its version and when this agent first saw it."""
-
-    holder: str
-    version: str
-    seen_at: float  # monotonic; a first sight counts as a renewal
-    renewed: bool = False  # a renewal by it was seen: it is alive
 
 
 class Heartbeat:
@@ -69,7 +58,7 @@ class Heartbeat:
         self._on_new_lease = on_new_lease
         self._annotations = annotations  # the fleet view's facts; written with a renewal when they change
         self._lease: Body | None = None
-        self._contest: _Contest | None = None
+        self._observer = election.Observer(clock)  # another agent's hold on the Lease, as observed
         self._lock = asyncio.Lock()
         self._acquired = asyncio.Event()
         self._attempted = asyncio.Event()  # the first acquisition was tried (by the sync), whatever came of it
@@ -106,10 +95,10 @@ class Heartbeat:
     @property
     def conflict(self) -> str:
         """Why nothing is registered because another agent holds the Lease; empty when none does."""
-        c = self._contest
+        c = self._observer.get(self.name)
         if c is None or self._lease is not None:
             return ""
-        if c.renewed:
+        if c.renewals:
             # One line for STATUS= (at most 200 characters): who, the likely cause, what happens next.
             return (f"conflict: lease {self.name} is renewed by another live agent ({c.holder}): a clone of this "
                     f"VM or a second agent with vm_name {self.vm}; not registering until it stops")
@@ -118,7 +107,8 @@ class Heartbeat:
 
     @property
     def conflict_confirmed(self) -> bool:
-        return bool(self._contest and self._contest.renewed and self._lease is None)
+        c = self._observer.get(self.name)
+        return bool(c and c.renewals and self._lease is None)
 
     async def earlier_run_holder(self) -> str:
         """The holder of the VM's Lease when it is an earlier run of this agent on this boot whose process is gone
@@ -127,7 +117,7 @@ class Heartbeat:
             current = await self._kube.get(LEASES, self.namespace, self.name)
         except NotFound:
             return ""
-        holder = _holder(current)
+        holder = election.holder(current)
         return holder if self.identity.earlier_run(holder, self._alive) else ""
 
     def _now(self) -> datetime.datetime:
@@ -148,10 +138,7 @@ class Heartbeat:
                 await self._acquire_locked()  # LeaseHeld while another agent holds it
             else:
                 self.pace.step()  # the duration written covers the interval until the next renewal
-                lease = copy.deepcopy(self._lease)
-                lease["spec"]["renewTime"] = micro_time(self._now())
-                lease["spec"]["holderIdentity"] = str(self.identity)
-                lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+                lease = election.claimed(self._lease, str(self.identity), self.duration_seconds, self._now())
                 with_annotations(lease, self._annotations())  # same PUT: a change costs no extra request
                 try:
                     self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
@@ -159,13 +146,13 @@ class Heartbeat:
                     # Someone else wrote it (or our cache is stale): re-read, and renew on the next beat, unless
                     # another agent took it (this one was silent for a duration): then stop registering.
                     current = await self._kube.get(LEASES, self.namespace, self.name)
-                    if _holder(current) == str(self.identity):
+                    if election.holder(current) == str(self.identity):
                         self._lease = current
                         raise
                     self._lease = None
                     self._acquired.clear()
                     self._log.error("lease taken over by another agent; not registering any more",
-                                    holder=_holder(current))
+                                    holder=election.holder(current))
                     self._judge(current)
                     raise LeaseHeld(self.conflict) from None
                 except NotFound:
@@ -208,23 +195,18 @@ class Heartbeat:
             if not exc.already_exists:
                 raise
             current = await self._kube.get(LEASES, self.namespace, self.name)
-            holder = _holder(current)
+            holder = election.holder(current)
             if not self._judge(current):
                 raise LeaseHeld(self.conflict) from None
-            spec = current.setdefault("spec", {})
-            if holder != str(self.identity):
-                spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
-                spec["acquireTime"] = body["spec"]["acquireTime"]
-            spec.update(holderIdentity=str(self.identity), leaseDurationSeconds=self.duration_seconds,
-                        renewTime=body["spec"]["renewTime"])
-            with_annotations(current, self._annotations())
+            lease = election.claimed(current, str(self.identity), self.duration_seconds, self._now())
+            with_annotations(lease, self._annotations())
             # resourceVersion-checked: a holder that renews meanwhile makes this a 409, and it stays theirs.
-            self._lease = await self._kube.replace(LEASES, self.namespace, self.name, current)
-            if not holder or holder == str(self.identity) or self.identity.earlier_run(holder, self._alive):
+            self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
+            if self._free_for(holder):
                 self._log.info("lease adopted from a previous run", previous_holder=holder or None)
             else:
                 self._log.warning("lease taken over: its holder stopped renewing it", previous_holder=holder)
-        self._contest = None
+        self._observer.forget(self.name)
         self.last_renewal = self._clock()
         self._acquired.set()
 
@@ -234,24 +216,22 @@ class Heartbeat:
         Free (no holder), ours, or an earlier run of this agent on this boot: yes. Anyone else's: only once it
         has been seen unchanged for its leaseDurationSeconds on this agent's monotonic clock. A change seen
         meanwhile is a renewal: the holder lives, and this is a conflict."""
-        holder = _holder(current)
-        if not holder or holder == str(self.identity) or self.identity.earlier_run(holder, self._alive):
+        holder = election.holder(current)
+        if self._free_for(holder):
             return True
-        version = str(current.get("metadata", {}).get("resourceVersion", ""))
-        now = self._clock()
-        c = self._contest
-        if c is None or c.holder != holder:
-            self._contest = _Contest(holder, version, now)
+        seen, sight = self._observer.observe(current)
+        if sight is election.Sight.FIRST:
             self._log.warning("lease held by another agent; watching whether it is renewed", holder=holder)
             return False
-        if c.version != version:
-            if not c.renewed:
+        if sight is election.Sight.RENEWED:
+            if seen.renewals == 1:
                 self._log.error("another live agent renews this VM's lease; not registering", holder=holder,
                                 hint=f"a clone of this VM, or a second agent with vm_name {self.vm!r}")
-            c.version, c.seen_at, c.renewed = version, now, True
             return False
-        duration = float((current.get("spec") or {}).get("leaseDurationSeconds") or self.duration_seconds)
-        return now - c.seen_at > duration
+        return self._observer.expired(current, default=self.duration_seconds)
+
+    def _free_for(self, holder: str) -> bool:
+        return election.free_for(holder, str(self.identity), lambda h: self.identity.earlier_run(h, self._alive))
 
     async def run(self, backoff: Backoff | None = None) -> None:
         """Renew every interval until cancelled; retry failures with a bounded jittered backoff.
@@ -265,7 +245,7 @@ class Heartbeat:
         delay = self.interval
         while True:
             await asyncio.sleep(delay)
-            if self.last_renewal is None and self._contest is None:
+            if self.last_renewal is None and self._observer.get(self.name) is None:
                 await self._acquired.wait()  # never held yet: the sync creates it and reports why it cannot
                 delay = self.interval
                 continue
@@ -306,8 +286,9 @@ class Heartbeat:
                                             resource_version=meta.get("resourceVersion", ""))
                 except Conflict:
                     current = await self._kube.get(LEASES, self.namespace, self.name)
-                    if _holder(current) != str(self.identity):
-                        self._log.warning("lease not deleted: another agent holds it now", holder=_holder(current))
+                    if election.holder(current) != str(self.identity):
+                        self._log.warning("lease not deleted: another agent holds it now",
+                                          holder=election.holder(current))
                         self._lease = None
                         self._acquired.clear()
                         return False
@@ -320,6 +301,3 @@ class Heartbeat:
             self._acquired.clear()
             return True
 
-
-def _holder(lease: Body) -> str:
-    return str((lease.get("spec") or {}).get("holderIdentity") or "")

@@ -29,7 +29,6 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,6 +46,7 @@ from agent.cluster.objects import (
 )
 from agent.cluster.resources import LEASES
 from agent.config import MAX_LEASE_DURATION
+from agent.lease import election
 
 Body = dict[str, Any]
 LABEL_SLOT = "vmesh.dev/reaper-slot"
@@ -69,34 +69,21 @@ def build_slot(index: int, namespace: str, holder: str, duration_seconds: int, n
     return slot
 
 
-@dataclass
-class _Seen:
-    version: str
-    seen_at: float
-
-
 class SlotObserver:
-    """Pure bookkeeping: when each slot was last seen change, on an injected monotonic clock."""
+    """Pure bookkeeping: whether a slot may be taken now, by election's rules (agent/lease/election.py)."""
 
     def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic,
                  earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
         self.identity = identity
-        self.clock = clock
         self._earlier_run = earlier_run  # whether a holder is an earlier run of this agent on this boot, now gone
-        self._seen: dict[str, _Seen] = {}
+        self._observer = election.Observer(clock)
 
     def takeable(self, lease: Body) -> bool:
         """Whether this agent may take the slot now (free, its own from before, or observed expired)."""
-        meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
-        name, version = str(meta.get("name", "")), str(meta.get("resourceVersion", ""))
-        holder = str(spec.get("holderIdentity") or "")
-        seen = self._seen.get(name)
-        if seen is None or seen.version != version:
-            seen = self._seen[name] = _Seen(version, self.clock())  # a first sight counts as a renewal
-        if not holder or holder == self.identity or self._earlier_run(holder):
+        self._observer.observe(lease)  # a first sight counts as a renewal
+        if election.free_for(election.holder(lease), self.identity, self._earlier_run):
             return True
-        duration = min(float(spec.get("leaseDurationSeconds") or 0), MAX_SLOT_DURATION)
-        return self.clock() - seen.seen_at > duration
+        return self._observer.expired(lease, cap=MAX_SLOT_DURATION)
 
 
 class ReaperSlots:
@@ -214,13 +201,7 @@ class ReaperSlots:
             with_annotations(slot, {ANNOTATION_FLEET_SIZE: str(size)})
 
     async def _take(self, current: Body) -> Body:
-        lease = copy.deepcopy(current)
-        spec = lease.setdefault("spec", {})
-        stamp = micro_time(self._now())
-        if spec.get("holderIdentity") != self.identity:
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
-            spec["acquireTime"] = stamp
-        spec.update(holderIdentity=self.identity, leaseDurationSeconds=self.duration_seconds, renewTime=stamp)
+        lease = election.claimed(current, self.identity, self.duration_seconds, self._now())
         self._publish(lease)
         return await self._kube.replace(LEASES, self.namespace, str(lease["metadata"]["name"]), lease)
 
@@ -235,9 +216,7 @@ class ReaperSlots:
             if not self._eligible():
                 return
             name = str(self._lease["metadata"]["name"])
-            lease = copy.deepcopy(self._lease)
-            lease["spec"]["renewTime"] = micro_time(self._now())
-            lease["spec"]["leaseDurationSeconds"] = self.duration_seconds
+            lease = election.claimed(self._lease, self.identity, self.duration_seconds, self._now())
             self._publish(lease)
             try:
                 self._lease = await self._settled(self._kube.replace(LEASES, self.namespace, name, lease))
