@@ -12,6 +12,7 @@ import functools
 import gc
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -28,22 +29,19 @@ from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
 from agent.cluster.tokens import agent_token_files
-from agent.config import CheckSettings, ConfigError, Settings, load_settings, parse_listen
-from agent.daemon.maintenance import MaintenanceStore
+from agent.config import ConfigError, Settings, load_settings, parse_listen
+from agent.daemon.local_state import LocalState
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.tasks import TaskGroup
-from agent.discovery.addresses import IPAddress
-from agent.discovery.policy import ListenerDecision
-from agent.discovery.scanner import DiscoveryReport, Scanner
+from agent.discovery.scanner import DiscoveryReport
 from agent.health.monitor import HealthMonitor
-from agent.health.supervisor import HealthSupervisor
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import read_identity
 from agent.lease.pace import HeartbeatPace
 from agent.lease.reaper import Reaper
 from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
-from agent.state import DesiredState, Registration, VanishTracker
+from agent.state import Registration
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
 from agent.sync.backends.backend import Backend, remove_shared_entries
 from agent.sync.backends.registry import make_backend
@@ -89,23 +87,17 @@ class Agent:
         self.started_at = time.monotonic()
         # The interpreter and the deb's compiled modules do not change while the process runs: inspected once.
         self.interpreter = interpreter.inspect()
-        self.state = DesiredState()
         self.should_exit = asyncio.Event()
         self.force_exit = asyncio.Event()
         self.reload_requested = asyncio.Event()
-        self._state_changed = asyncio.Event()
         self.failure = ""
-        self.report: DiscoveryReport | None = None
-        self.maintenance = MaintenanceStore(settings.state_dir)
-        if self.maintenance.unreadable:
-            self.log.error(self.maintenance.unreadable)
-        self.tracked: list[Registration] = []  # what discovery and the config say, before health
-        self.present: list[Registration] = []  # of those, what is listening right now
         # This agent's own registry (never prometheus_client's global one): a fleet shares the process.
         self.metrics = AgentMetrics()
         self.metrics.register(AgentCollector(self))
-        self.health = HealthSupervisor(self.check_settings, self._refresh_state, self.log,
-                                       on_checked=self._observe_check, on_forget=self._forget_check)
+        self.local = LocalState(settings, self.log, metrics=self.metrics, own_inode=self._api_inode,
+                                on_changed=lambda: self.reconciler.poke() if self.reconciler else None,
+                                on_addresses_lost=self._reconnect)
+        self.state, self.health = self.local.state, self.local.health
         self.tasks = TaskGroup(self.log, self._fail)
         self.api = ApiServer(self, settings.api.socket, metrics=self.metrics, log=self.log,
                              listen=parse_listen(settings.metrics.listen) if settings.metrics.listen else None)
@@ -116,12 +108,6 @@ class Agent:
         self.reaper: Reaper | None = None
         self.slots: ReaperSlots | None = None
         self.watcher: OwnObjectsWatcher | None = None
-        self._scanner = Scanner(settings.discovery.probe_timeout)
-        # The discovery loop and a reload both run passes: one at a time, or the health monitors race.
-        self._discovery_lock = asyncio.Lock()
-        self._discovered = asyncio.Event()  # the first registrations are known (or the first pass found none)
-        self._first_pass = asyncio.Event()  # a whole discovery pass is done
-        self._vanish = VanishTracker(settings.discovery.remove_after)
         self._clients: list[KubeClient] = []
         cluster = settings.cluster
         # The enrolled token, then the agent's own renewals of it; none with a kubeconfig (its credentials are
@@ -133,7 +119,6 @@ class Agent:
         self.account: Verdict | None = None  # whose token this is, as last checked
         self.renewal: TokenRenewal | None = None
         self._registering = False
-        self._reported: dict[tuple[str, int], str] = {}
         self._last_status = ""
         self._stopped = False
         self._stop_requested_at: float | None = None  # monotonic: the stop deadline counts from the signal
@@ -397,8 +382,9 @@ class Agent:
         again) and for every first check result however long its timeout, so the published readiness stays
         until this run has its own."""
         stop = asyncio.create_task(self.should_exit.wait(), name="stop-requested")
-        steps = ((self._first_pass.wait, functools.partial(self.health.first_results, limit=None)) if resuming
-                 else (self._discovered.wait, self.health.first_results))
+        local = self.local
+        steps = ((local.first_pass.wait, functools.partial(self.health.first_results, limit=None)) if resuming
+                 else (local.discovered.wait, self.health.first_results))
         try:
             for step in steps:
                 first = asyncio.create_task(step(), name="first-discovery")
@@ -421,144 +407,51 @@ class Agent:
                 self.notifier.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
-    # -- discovery → desired state ---------------------------------------------------------------------
+    # -- discovery → desired state (agent/daemon/local_state.py) -------------------------------------------
 
     async def discover_once(self) -> None:
-        """One pass. The discovery loop and reload both call it; the lock makes them take turns."""
-        async with self._discovery_lock:
-            await self._discover_locked()
-        self._discovered.set()
-        self._first_pass.set()
+        await self.local.discover_once()
 
-    async def _publish_early(self, partial: DiscoveryReport) -> None:
-        """A probe has just found a service to register: follow it now, not after the slowest probe of the pass.
-        Nothing is dropped here; the end of the pass decides what is gone."""
-        present = set(self.present)
-        new = [r for r in self._registrations(partial) if r not in present]
-        if not new:
-            return
-        self.present = [*self.present, *new]
-        self.tracked = self._vanish.update(self.present, self._local(partial))
-        await self.health.follow(self.present)
-        self._refresh_state()
-        self._discovered.set()
+    def _api_inode(self) -> int | None:
+        return self.api.tcp_inode
 
-    def _registrations(self, report: DiscoveryReport) -> list[Registration]:
-        found = [Registration(d.service, d.listener.port, d.protocol, d.address)
-                 for d in report.decisions if d.register and d.address is not None]
-        return found + self._static_registrations(report.addresses.address)
-
-    @staticmethod
-    def _local(report: DiscoveryReport) -> set[IPAddress]:
-        choice = report.addresses
-        return {c.address for c in choice.candidates} | ({choice.address} if choice.address else set())
-
-    async def _discover_locked(self) -> None:
-        s = self.settings
-        # With discovery off only the address is needed: no listener scan, no probes, no /proc walk.
-        report = await self._scanner.discover(s.discovery.allow, address=s.address.address,
-                                              interface=s.address.interface, cidr=s.address.cidr,
-                                              scan=s.discovery.enabled, on_progress=self._publish_early,
-                                              own=[self.api.tcp_inode] if self.api.tcp_inode else [])
-        choice = report.addresses
-        if self.report is None or self.report.addresses.address != choice.address:
-            log = self.log.info if choice.address else self.log.error
-            log("address chosen" if choice.address else "no address to advertise; nothing is registered",
-                address=str(choice.address or ""), reason=choice.reason,
-                candidates=[str(c.address) for c in choice.candidates])
-        if self.report is not None:
-            lost = {c.address for c in self.report.addresses.candidates} - {c.address for c in choice.candidates}
-            if lost:
-                self.log.info("addresses removed; reconnecting to the cluster", removed=sorted(map(str, lost)))
-                for client in self._clients:
-                    await client.reconnect()
-        self.report = report
-        for decision in report.decisions:
-            self._log_decision(decision, report.process_of(decision.listener))
-        listening = {(d.listener.address, d.listener.port) for d in report.decisions}
-        self._reported = {k: v for k, v in self._reported.items() if k in listening}
-        seen = self._registrations(report)
-        self.present = seen
-        self.tracked = self._vanish.update(seen, self._local(report))
-        await self.health.follow(seen)
-        self._refresh_state()
-
-    def _refresh_state(self) -> None:
-        """Desired state = what is tracked; ready only while present, healthy and not in maintenance."""
-        paused = self.maintenance.reason
-        desired = [
-            dataclasses.replace(r, ready=r.ready and self.health.is_ready(r) and paused(r.service) is None)
-            for r in self.tracked
-        ]
-        if self.state.replace(desired, preferred=self._advertised_order()):
-            self._state_changed.set()  # the drain follows health while the endpoints are terminating
-            if self.reconciler:
-                self.reconciler.poke()
-
-    def _advertised_order(self) -> list[IPAddress]:
-        """The advertised address, then the other candidates in `hostname -I` order."""
-        if self.report is None:
-            return []
-        choice = self.report.addresses
-        return [*([choice.address] if choice.address else []), *(c.address for c in choice.candidates)]
-
-    def check_settings(self, registration: Registration) -> CheckSettings:
-        declared = next((svc for svc in self.settings.service
-                         if svc.name == registration.service and svc.port == registration.port), None)
-        return declared.check if declared else self.settings.discovery.check
-
-    def set_maintenance(self, service: str, enabled: bool, reason: str) -> str | None:
-        self.maintenance.set(service, enabled, reason)
-        self.log.warning("maintenance " + ("on" if enabled else "off"), service=service, reason=reason or None)
-        self._refresh_state()
-        return self.maintenance.reason(service)
+    async def _reconnect(self) -> None:
+        for client in self._clients:
+            await client.reconnect()
 
     # -- what the API reads (agent.api.view.AgentView) -------------------------------------------------
+
+    @property
+    def report(self) -> DiscoveryReport | None:
+        return self.local.report
+
+    @property
+    def tracked(self) -> Sequence[Registration]:
+        return self.local.tracked
+
+    @property
+    def present(self) -> Sequence[Registration]:
+        return self.local.present
 
     @property
     def registrations(self) -> frozenset[Registration]:
         return self.state.registrations
 
     @property
-    def maintenance_reasons(self) -> dict[str, str]:
-        if self.maintenance.unreadable:
-            return {**{r.service: self.maintenance.unreadable for r in self.tracked}, **self.maintenance.reasons}
-        return self.maintenance.reasons
+    def maintenance_reasons(self) -> Mapping[str, str]:
+        return self.local.maintenance_reasons
 
     def loops_alive(self) -> bool:
         return self.tasks.alive()
 
     def monitor(self, registration: Registration) -> HealthMonitor | None:
-        return self.health.monitor(registration)
+        return self.local.monitor(registration)
 
     def check_kind(self, registration: Registration) -> str:
-        return self.check_settings(registration).kind_for(registration.protocol)
+        return self.local.check_kind(registration)
 
-    def _observe_check(self, registration: Registration, seconds: float) -> None:
-        self.metrics.observe_check(registration.service, registration.port, seconds)
-
-    def _forget_check(self, registration: Registration) -> None:
-        self.metrics.forget_check(registration.service, registration.port)
-
-    def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:
-        if advertised is None:
-            return []
-        return [Registration(svc.name, svc.port, svc.protocol, advertised) for svc in self.settings.service]
-
-    def _log_decision(self, d: ListenerDecision, process: str) -> None:
-        key = (d.listener.address, d.listener.port)
-        summary = f"{d.register}:{d.service}:{d.reason}"
-        if self._reported.get(key) == summary:
-            return
-        self._reported[key] = summary
-        log = self.log.bind(service=d.service or None, listener=f"{d.listener.address}:{d.listener.port}",
-                            protocol=d.protocol, process=process or None)
-        if d.register:
-            log.info("service discovered", address=str(d.address), reason=d.reason)
-        elif d.service:  # an allowed protocol that cannot be registered: the admin wants to know why
-            log.warning("listener skipped", reason=d.reason)
-        else:
-            log.debug("listener skipped", reason=d.reason)
+    def set_maintenance(self, service: str, enabled: bool, reason: str) -> str | None:
+        return self.local.set_maintenance(service, enabled, reason)
 
     # -- reporting -------------------------------------------------------------------------------------
 
@@ -616,11 +509,6 @@ class Agent:
                 self.log.warning("these settings change only on restart; kept the running values", keys=kept)
                 new = dataclasses.replace(new, **{key: getattr(self.settings, key) for key in kept})
             self.settings = new
-            self._scanner.probe_timeout = new.discovery.probe_timeout
-            # A socket left unprobed because its protocol was not allowed is probed again: `discovery.allow` may
-            # allow it now (it stayed "not probed" for the socket's life, issue 20).
-            self._scanner.forget_unprobed()
-            self._vanish.grace = new.discovery.remove_after
             if self.heartbeat is not None:
                 self.heartbeat.pace.configure(interval=new.heartbeat.interval,
                                               lease_duration=new.heartbeat.lease_duration,
@@ -628,9 +516,7 @@ class Agent:
                                               slots=self.heartbeat.pace.slots)  # reaper.*: restart only
             if self.reconciler is not None:
                 self.reconciler.resync_interval = new.sync.resync_interval
-            async with self._discovery_lock:
-                await self.health.restart_changed()
-                await self._discover_locked()
+            await self.local.reconfigure(new)
             self.log.info("config reloaded", path=self.config_path)
             return True
         finally:
@@ -743,7 +629,7 @@ class Agent:
         whole fleet stopping at once finish (issue 21)."""
         registrations = self.state.registrations
         if registrations:
-            self._state_changed.clear()
+            self.local.changed.clear()
             stop_deadline = self.settings.sync.stop_deadline
             began = time.monotonic()
             try:
@@ -780,9 +666,9 @@ class Agent:
         while (left := until - time.monotonic()) > 0:
             try:
                 async with asyncio.timeout(left):
-                    await self._state_changed.wait()
+                    await self.local.changed.wait()
             except TimeoutError:
                 return
-            self._state_changed.clear()
+            self.local.changed.clear()
             if self.state.registrations:
                 await self._mark_terminating(backend, self.state.registrations)

@@ -45,7 +45,7 @@ async def test_reload_and_the_discovery_loop_take_turns(tmp_path: Path) -> None:
                       f'token_file = "{token}"\n[api]\nsocket = "{tmp_path / "agent.sock"}"\n')
     agent = Agent(load_settings(config), config_path=str(config))
     scanner = OverlapScanner()
-    agent._scanner = scanner  # type: ignore[assignment]
+    agent.local.scanner = scanner  # type: ignore[assignment]
     try:
         await asyncio.gather(agent.discover_once(), agent.reload(), agent.discover_once(), agent.reload())
     finally:
