@@ -20,16 +20,17 @@ import structlog
 from agent import __version__, interpreter
 from agent.api.metrics import AgentCollector, AgentMetrics
 from agent.api.server import ApiServer
-from agent.cluster.account import Kind, Verdict, check_account
+from agent.cluster.account import Verdict
 from agent.cluster.backoff import retry_transient
 from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
-from agent.cluster.token_renewal import TokenRenewal, renewal_due
-from agent.cluster.tokens import agent_token_files
+from agent.cluster.token_renewal import TokenRenewal
+from agent.cluster.tokens import TokenFiles
 from agent.config import ConfigError, Settings, load_settings, parse_listen
+from agent.daemon.account_watch import AccountWatch
 from agent.daemon.local_state import LocalState
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.tasks import TaskGroup
@@ -64,11 +65,6 @@ REMOVAL_SHARE_MAX = 0.4
 # Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that the
 # clean-up still ends in time and is not reported abandoned.
 REMOVAL_MARGIN = 0.2
-# How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
-# it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
-# often as the credential guard's slow probe allows.
-CREDENTIALS_POLL = 1.0
-CREDENTIALS_RECHECK_WITHOUT_FILES = 60.0  # a kubeconfig's credentials: no file to watch, so a slow re-check
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
 RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "metrics", "state_dir", "reaper", "log",
                 "endpoints", "workloadentry", "externalworkload")
@@ -109,15 +105,7 @@ class Agent:
         self.slots: ReaperSlots | None = None
         self.watcher: OwnObjectsWatcher | None = None
         self._clients: list[KubeClient] = []
-        cluster = settings.cluster
-        # The enrolled token, then the agent's own renewals of it; none with a kubeconfig (its credentials are
-        # the admin's business).
-        self.tokens = (agent_token_files(cluster.token_file, settings.state_dir,
-                                         warn=self.log.warning)
-                       if cluster.token_file and not cluster.kubeconfig else None)
-        self.guard = CredentialGuard(self.tokens, settings.vm_name, self.log) if self.tokens else None
-        self.account: Verdict | None = None  # whose token this is, as last checked
-        self.renewal: TokenRenewal | None = None
+        self.credentials = AccountWatch(settings, self.log)
         self._registering = False
         self._last_status = ""
         self._stopped = False
@@ -189,58 +177,37 @@ class Agent:
         # SIGHUP is taken from the start, also while not registering (a refused token, another VM's): it was
         # ignored until registering began (issue 20).
         self.tasks.spawn("reload", self._reload_loop())
-        await self._check_account(beat_client)
-        self.tasks.spawn("credentials", self._watch_credentials(beat_client))
+        await self.credentials.check(beat_client)
+        self.tasks.spawn("credentials", self.credentials.watch(beat_client, self._registers_now))
         if self.account is not None and self.account.registers:
             await self._start_registering(sync_client, beat_client)
         # Gone further only with a token the cluster takes as this VM's: otherwise the agent stays up, critical,
         # saying why, and starts registering by itself once the token is fixed.
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
-    async def _check_account(self, kube: KubeClient) -> Verdict:
-        """Whose token this is (agent.cluster.account); each new verdict is said once."""
-        s = self.settings
-        verdict = await check_account(kube, self.tokens, s.vm_name, s.namespace, self.log)
-        if verdict != self.account:
-            if verdict.kind is Kind.LEGACY:
-                self.log.warning(verdict.message, account=verdict.username)
-            elif verdict.kind is Kind.OTHER_VM:
-                self.log.error(verdict.message, account=verdict.username, source=verdict.source)
-            elif verdict.kind is Kind.REJECTED:
-                if self.guard is None:  # the guard has said it already
-                    self.log.error("the cluster refuses the agent's credentials", error=verdict.message)
-            else:
-                self.log.info("cluster account", account=verdict.username or None, source=verdict.source)
-        self.account = verdict
-        return verdict
+    async def _registers_now(self) -> None:
+        """The token is now one the agent registers with: start, unless it has already."""
+        if not self._registering and len(self._clients) == 2:
+            await self._start_registering(*self._clients)
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
-    async def _watch_credentials(self, kube: KubeClient) -> None:
-        """Check the account of each new token (a renewal, or one an admin put in place), and, while the token is
-        refused or another VM's, start registering as soon as a good one is there. A refused token reaches the
-        apiserver only at the guard's slow probes; another VM's is not asked about again until it changes."""
-        seen = self._token_value()
-        while True:
-            await asyncio.sleep(CREDENTIALS_POLL if self.tokens else CREDENTIALS_RECHECK_WITHOUT_FILES)
-            value = self._token_value()
-            # A refused account is asked about again at each tick, also while registering (a single 401 after a
-            # renewal left it REJECTED until the next renewal, issue 20); the guard lets only its slow probes
-            # through to the apiserver, so this costs no request in between.
-            refused = self.account is not None and self.account.kind is Kind.REJECTED
-            if value == seen and not refused:
-                continue
-            seen = value
-            verdict = await self._check_account(kube)
-            if verdict.registers and not self._registering and len(self._clients) == 2:
-                await self._start_registering(*self._clients)
-                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+    # -- credentials (agent/daemon/account_watch.py), as the API reads them ------------------------------
 
-    def _token_value(self) -> str:
-        if self.tokens is None:
-            return ""
-        try:
-            return self.tokens.current().value
-        except OSError:
-            return ""
+    @property
+    def tokens(self) -> TokenFiles | None:
+        return self.credentials.tokens
+
+    @property
+    def guard(self) -> CredentialGuard | None:
+        return self.credentials.guard
+
+    @property
+    def account(self) -> Verdict | None:
+        return self.credentials.account
+
+    @property
+    def renewal(self) -> TokenRenewal | None:
+        return self.credentials.renewal
 
     def _lease_annotations(self) -> dict[str, str]:
         machine = socket.gethostname().split(".")[0] or self.identity.machine
@@ -317,17 +284,9 @@ class Agent:
         gc.freeze()
 
     def _start_renewal(self, kube: KubeClient) -> None:
-        """Only a VM's own account renews its token: the shared legacy one is meant to go away (re-enrolling)."""
-        account = self.account.service_account if self.account and self.account.kind is Kind.OWN else None
-        if self.tokens is None or account is None:
-            return
-        token = self.tokens.current()
-        if renewal_due(token, self.settings.cluster.token_renew_fraction) is None:
-            self.log.info("the token has no expiry; it is not renewed", token_file=token.path)
-            return
-        self.renewal = TokenRenewal(kube, self.tokens, account[0], account[1],
-                                    fraction=self.settings.cluster.token_renew_fraction, log=self.log)
-        self.tasks.spawn("token-renewal", self.renewal.run())
+        renewal = self.credentials.make_renewal(kube)
+        if renewal is not None:
+            self.tasks.spawn("token-renewal", renewal.run())
 
     async def _watch_after_first_sync(self, reconciler: Reconciler, watcher: OwnObjectsWatcher) -> None:
         """Registering comes first: a fleet booting at once is not slowed by three watches per VM. Nothing is
