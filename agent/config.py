@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import protocols
 from agent.durations import parse_duration
 from agent.health.credentials import load_credentials
 from agent.stop_kind import SWITCHES
@@ -29,7 +30,7 @@ _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
 MAX_REAPER_SLOTS = 16
 MAX_LEASE_DURATION = 300.0  # packaging/kubernetes/policy.yaml's bound on a reaper slot's leaseDurationSeconds
-PROTOCOLS = ("mysql", "postgres", "redis", "http", "tcp")
+PROTOCOLS = protocols.NAMES
 
 
 class ConfigError(Exception):
@@ -82,7 +83,7 @@ class CheckSettings:
     def kind_for(self, protocol: str) -> str:
         if self.type != "auto":
             return self.type
-        return {"mysql": "mysql", "http": "http"}.get(protocol, "tcp")
+        return protocols.auto_check(protocol)
 
     def path_for(self, kind: str) -> str:
         """With type "auto", `path` is for the http checks only; the other kinds ignore it."""

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from agent.discovery.addresses import IPAddress
+from agent.protocols import app_protocol
 from agent.state import Registration
 
 MANAGER = "vmesh-agent"
@@ -33,7 +34,6 @@ SLICE_CONTENT = ("addressType", "ports", "endpoints")
 WORKLOAD_CONTENT = ("spec",)
 
 # Istio reads the protocol from the port name's prefix; appProtocol says the same to everyone else.
-_APP_PROTOCOL = {"mysql": "mysql", "postgres": "postgresql", "redis": "redis", "http": "http"}
 
 Body = dict[str, Any]
 
@@ -59,14 +59,14 @@ def own_slices_selector(vm: str) -> str:
 
 
 def port_name(protocol: str, port: int, taken: Collection[str] = ()) -> str:
-    name = protocol if protocol in _APP_PROTOCOL else f"tcp-{port}"
+    name = protocol if app_protocol(protocol) else f"tcp-{port}"
     return name if name not in taken else f"{name}-{port}"
 
 
 def service_port(protocol: str, port: int, taken: Collection[str] = ()) -> Body:
     body: Body = {"name": port_name(protocol, port, taken), "port": port, "targetPort": port, "protocol": "TCP"}
-    if protocol in _APP_PROTOCOL:
-        body["appProtocol"] = _APP_PROTOCOL[protocol]
+    if app_protocol(protocol):
+        body["appProtocol"] = app_protocol(protocol)
     return body
 
 
@@ -354,8 +354,8 @@ def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
             name = port_name(protocol, port, used)
             used.add(name)
         entry: Body = {"name": name, "port": port, "protocol": "TCP"}
-        if protocol in _APP_PROTOCOL:
-            entry["appProtocol"] = _APP_PROTOCOL[protocol]
+        if app_protocol(protocol):
+            entry["appProtocol"] = app_protocol(protocol)
         result.append(entry)
     return result
 

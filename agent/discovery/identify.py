@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agent.discovery.listeners import Listener
-from agent.discovery.policy import WELL_KNOWN_PORTS
 from agent.discovery.probes import banner, http, mysql, postgres, redis
+from agent.protocols import KNOWN, WELL_KNOWN_PORTS
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Identity:
     silent: str = ""
 
 
-# Protocols where the client speaks first: (request, bytes to read at most, parser of the reply).
+# The probes of the protocols where the client speaks first (agent/protocols.py), by name: (request, bytes to
+# read at most, parser of the reply).
 CLIENT_FIRST: dict[str, tuple[bytes, int, Callable[[bytes], object | None]]] = {
     "postgres": (postgres.SSL_REQUEST, postgres.MAX_ANSWER, postgres.parse_ssl_response),
     "redis": (redis.PING, redis.MAX_REPLY, redis.parse_ping_reply),
@@ -43,7 +44,7 @@ async def identify(listener: Listener, allow: Mapping[str, str], timeout: float)
     if listener.is_wildcard:
         host = "127.0.0.1" if ":" not in host else "::1"
     well_known = WELL_KNOWN_PORTS.get(listener.port)
-    if well_known in CLIENT_FIRST:
+    if well_known is not None and KNOWN[well_known].client_first:
         if well_known not in allow:
             return NOT_PROBED  # the policy names the likely protocol and how to allow it
         request, limit, parse = CLIENT_FIRST[well_known]

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 from agent.discovery.addresses import IPAddress
 from agent.discovery.listeners import Listener
+from agent.protocols import DISCOVERABLE, WELL_KNOWN_PORTS
 
 # Ports probed for each protocol; a probe must confirm the protocol before anything is registered.
-WELL_KNOWN_PORTS = {3306: "mysql", 5432: "postgres", 6379: "redis", 80: "http", 8080: "http"}
-# What discovery.allow accepts that a probe can find (its "tcp" is for declared services only).
-ALLOWABLE = frozenset(WELL_KNOWN_PORTS.values())
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ def decide(
         return skip(_not_probed(listener.port, allow))
     if protocol == "unknown":
         return skip("protocol not recognised; declare it as a [[service]] to register it")
-    if protocol not in ALLOWABLE:
+    if protocol not in DISCOVERABLE:
         return skip(f"{protocol} is never registered by discovery; declare it as a [[service]] to register it")
     if not service:
         return skip(allow_hint(protocol, allow))

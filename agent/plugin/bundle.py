@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import protocols
+
 CONFIG_DIR = "/etc/vmesh-agent"
-# The protocol of a declared service, by its port (what discovery's probes would find there).
-_PROTOCOL_BY_PORT = {3306: "mysql", 5432: "postgres", 6379: "redis", 80: "http", 8080: "http"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class DeclaredService:
 
     @property
     def protocol(self) -> str:
-        return _PROTOCOL_BY_PORT.get(self.port, "tcp")
+        return protocols.by_port(self.port)
 
 
 @dataclass(frozen=True)
