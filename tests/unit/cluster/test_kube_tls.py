@@ -17,7 +17,7 @@ from aiohttp import web
 from agent.cluster.kube import Endpoint, KubeClient
 from agent.cluster.resources import LEASES
 from agent.config import ClusterSettings
-from tests.unit.test_kube_transport import serving
+from tests.unit.cluster.test_kube_transport import serving
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from agent.cluster.resources import ENDPOINT_SLICES, LEASES
 from agent.cluster.tokens import TokenFiles
 from agent.config import ClusterSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 Seen = list[dict[str, Any]]
 
 

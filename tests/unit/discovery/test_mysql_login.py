@@ -17,7 +17,7 @@ from agent.discovery.probes.mysql import (
     packet,
     parse_login_reply,
 )
-from tests.unit.test_probes import MARIADB_GREETING
+from tests.unit.discovery.test_probes import MARIADB_GREETING
 
 # What the probe sends: HandshakeResponse41, sequence 1; capabilities LONG_PASSWORD|PROTOCOL_41|
 # SECURE_CONNECTION|PLUGIN_AUTH, max packet 16 MiB, utf8_general_ci, 23 zero bytes, the user, empty auth data,
