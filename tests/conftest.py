@@ -22,6 +22,18 @@ def _need_root() -> None:
         pytest.fail("the integration tests need root (network namespaces, MariaDB per VM); run them as root")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The markers follow the fixtures, so they cannot be forgotten or left on a test that no longer needs them:
+    `cluster` on every test that starts the test control plane, `vm` on every one that makes a VM (network
+    namespaces, root). `-m "not cluster"` then runs exactly the tests that need no control plane."""
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if "cluster" in needs:
+            item.add_marker(pytest.mark.cluster)
+        if "make_vm" in needs:
+            item.add_marker(pytest.mark.vm)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     _need_root()

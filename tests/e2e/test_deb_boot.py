@@ -39,7 +39,7 @@ from tests.testbed.waiting import wait_until
 
 EXPOSURE_LIMIT = 2.0
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vm]
+pytestmark = pytest.mark.vm  # cluster: added by tests/conftest.py wherever the fixture is used
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from tests.e2e.container import chroot
 from tests.e2e.test_deb_boot import Lifecycle, lifecycle  # noqa: F401 (the fixture)
 from tests.testbed.plugin import kubectl_vmesh
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vm]
+pytestmark = pytest.mark.vm  # cluster: added by tests/conftest.py wherever the fixture is used
 
 
 def enroll(lc: Lifecycle, out: Path) -> str:

@@ -64,8 +64,6 @@ from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-pytestmark = pytest.mark.cluster
-
 BASE_URL = "http://agent"  # the host is never resolved: every connection goes to the unix socket
 SERVICE = "mysqldb"
 TARGET_REQUESTS = 10_000

@@ -38,7 +38,6 @@ WLE = "workloadentries.networking.istio.io"
 EW = "externalworkloads.workload.linkerd.io"
 MakeBackend = Callable[[KubeClient, str, Heartbeat], Backend]
 
-pytestmark = pytest.mark.cluster
 
 
 @dataclass

@@ -23,7 +23,6 @@ from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # 
 from tests.testbed.cluster import Cluster
 
 Body = dict[str, Any]
-pytestmark = pytest.mark.cluster
 
 BACKENDS: dict[str, Callable[[KubeClient, str, str, Heartbeat], Backend]] = {
     "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat, get_logger(vm=vm)),

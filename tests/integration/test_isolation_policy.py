@@ -17,8 +17,6 @@ from tests.testbed.plugin import install_bundle, kubectl_vmesh
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-pytestmark = pytest.mark.cluster
-
 ISOLATION = "vmesh-vm-isolation"  # the per-VM policy of policy.yaml
 
 

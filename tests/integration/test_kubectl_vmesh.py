@@ -23,7 +23,7 @@ from tests.testbed.plugin import install_bundle, kubectl_vmesh
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vm]
+pytestmark = pytest.mark.vm  # cluster: added by tests/conftest.py wherever the fixture is used
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from tests.testbed.cluster import Cluster
 Body = dict[str, Any]
 MakeBackend = Callable[[KubeClient, str, Heartbeat], Backend]
 
-pytestmark = pytest.mark.cluster
 
 
 def slices(namespace: str) -> MakeBackend:

@@ -28,8 +28,6 @@ from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
-pytestmark = pytest.mark.cluster
-
 BACKENDS: dict[str, Callable[[KubeClient, str, str, Heartbeat], Backend]] = {
     "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat, get_logger(vm=vm)),
     "endpoints": lambda kube, ns, vm, beat: EndpointsBackend(kube, ns, vm, beat, get_logger(vm=vm)),

@@ -33,7 +33,7 @@ from tests.testbed.waiting import wait_until
 
 Body = dict[str, Any]
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vm]
+pytestmark = pytest.mark.vm  # cluster: added by tests/conftest.py wherever the fixture is used
 
 
 def _condition(obj: Body, kind: str) -> Body:
