@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent import __version__
 from agent.api.view import AgentView
-from agent.api.views import current_token, reaper_status
+from agent.api.views import reaper_status
 
 Family = GaugeMetricFamily | CounterMetricFamily
 Families = dict[str, Family]  # by the name served (a counter's family name has no _total)
@@ -163,7 +163,7 @@ class AgentCollector:
 
     @staticmethod
     def _token_expiry(view: AgentView) -> float:
-        token = current_token(view)
+        token = view.credentials.current_token()
         return token.claims.expires_at if token and token.claims else 0.0
 
     @staticmethod

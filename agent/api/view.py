@@ -14,7 +14,7 @@ from typing import Protocol
 from agent.cluster.account import Verdict
 from agent.cluster.credentials import CredentialGuard
 from agent.cluster.token_renewal import TokenRenewal
-from agent.cluster.tokens import TokenFiles
+from agent.cluster.tokens import Token, TokenFiles
 from agent.config import Settings
 from agent.discovery.scanner import DiscoveryReport
 from agent.health.monitor import HealthMonitor
@@ -25,6 +25,24 @@ from agent.lease.slots import ReaperSlots
 from agent.state import Registration
 from agent.sync.reconciler import Reconciler
 from agent.sync.watcher import OwnObjectsWatcher
+
+
+class CredentialsView(Protocol):
+    """Whose token the agent uses (agent/daemon/account_watch.py). None: no token files (a kubeconfig), or not
+    checked or renewed (yet)."""
+
+    @property
+    def tokens(self) -> TokenFiles | None: ...
+    @property
+    def guard(self) -> CredentialGuard | None: ...
+    @property
+    def account(self) -> Verdict | None: ...
+    @property
+    def renewal(self) -> TokenRenewal | None: ...
+
+    def current_token(self) -> Token | None:
+        """The token the agent presents now; None without token files, or while none can be read."""
+        ...
 
 
 class AgentView(Protocol):
@@ -63,13 +81,7 @@ class AgentView(Protocol):
     @property
     def watcher(self) -> OwnObjectsWatcher | None: ...
     @property
-    def tokens(self) -> TokenFiles | None: ...
-    @property
-    def guard(self) -> CredentialGuard | None: ...
-    @property
-    def account(self) -> Verdict | None: ...
-    @property
-    def renewal(self) -> TokenRenewal | None: ...
+    def credentials(self) -> CredentialsView: ...
 
     def loops_alive(self) -> bool:
         """Every long-running loop of the agent is still running."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from agent import __version__
 from agent.api.view import AgentView
-from agent.cluster.tokens import Token, utc
+from agent.cluster.tokens import utc
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
 HEARTBEAT_CRITICAL_FAILURES = 3
@@ -33,10 +33,11 @@ def health(agent: AgentView) -> dict[str, Any]:
         critical.append(f"agent loops not running: {agent.failure or 'stopping'}")
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
-    if agent.guard is not None and agent.guard.problem:  # the cluster refuses the token: expired or revoked
-        critical.append(agent.guard.problem)
-    elif agent.account is not None and not agent.account.registers:  # another VM's token: nothing is registered
-        critical.append(agent.account.message)
+    guard, account = agent.credentials.guard, agent.credentials.account
+    if guard is not None and guard.problem:  # the cluster refuses the token: expired or revoked
+        critical.append(guard.problem)
+    elif account is not None and not account.registers:  # another VM's token: nothing is registered
+        critical.append(account.message)
     beat = agent.heartbeat
     if beat is not None and beat.conflict:  # another live agent holds this VM's Lease: nothing is registered
         (critical if beat.conflict_confirmed else warning).append(beat.conflict)
@@ -99,32 +100,23 @@ def status(agent: AgentView) -> dict[str, Any]:
     }
 
 
-def current_token(agent: AgentView) -> Token | None:
-    """The token the agent presents now; None without token files, or while none can be read."""
-    if agent.tokens is None:
-        return None
-    try:
-        return agent.tokens.current()
-    except OSError:
-        return None
-
-
 def credentials_status(agent: AgentView) -> dict[str, Any]:
     """Whose token the agent uses, until when, and when it renews it."""
-    account, renewal = agent.account, agent.renewal
-    token = current_token(agent)
+    c = agent.credentials
+    account, renewal, guard = c.account, c.renewal, c.guard
+    token = c.current_token()
     claims = token.claims if token else None
     return {
         "account": account.username or None if account else None,
         "kind": account.kind.value if account else None,
-        "problem": (agent.guard.problem if agent.guard else "") or
+        "problem": (guard.problem if guard else "") or
                    (account.message if account and not account.registers else "") or
-                   (agent.tokens.problem if agent.tokens else "") or None,
+                   (c.tokens.problem if c.tokens else "") or None,
         "token_file": token.path if token else None,
         "expires": utc(claims.expires_at) if claims and claims.expires_at else None,
         "next_renewal": utc(renewal.next_renewal) if renewal and renewal.next_renewal else None,
         "renewals": renewal.renewals if renewal else 0,
-        "refused_requests": agent.guard.rejections if agent.guard else 0,  # 401s: the slow probes included
+        "refused_requests": guard.rejections if guard else 0,  # 401s: the slow probes included
     }
 
 

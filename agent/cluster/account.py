@@ -83,7 +83,8 @@ async def check_account(kube: KubeClient, tokens: TokenFiles | None, vm: str, na
     except (ClusterError, TimeoutError) as exc:
         why = ("the apiserver has no SelfSubjectReview API" if isinstance(exc, NotFound) else
                str(exc) or f"no answer within {ASK_TIMEOUT:g}s")
-        claims = tokens.current().claims if tokens is not None else None
+        token = tokens.current_or_none() if tokens is not None else None
+        claims = token.claims if token is not None else None
         if claims is None or not claims.subject:
             log.warning("cannot check the token's account", error=why)
             return Verdict(Kind.OTHER, "", source="none")

@@ -52,10 +52,8 @@ class CredentialGuard:
         """Raise Unauthorized at once while the refused token is still the one in use and no probe is due."""
         if not self.problem:
             return
-        try:
-            token = self._tokens.current().value
-        except OSError:
-            token = ""
+        current = self._tokens.current_or_none()
+        token = current.value if current else ""
         if token != self._rejected:
             return  # a new token: try it
         now = self._monotonic()
@@ -65,9 +63,8 @@ class CredentialGuard:
 
     def rejected(self, exc: Unauthorized) -> Unauthorized:
         """A 401 from the apiserver: say why once, and hold further calls back."""
-        try:
-            token = self._tokens.current()
-        except OSError:
+        token = self._tokens.current_or_none()
+        if token is None:
             return exc
         claims = token.claims
         problem = rejection_message(self._vm, claims.expires_at if claims else 0.0, claims.subject if claims else "",

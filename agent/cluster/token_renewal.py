@@ -73,9 +73,8 @@ class TokenRenewal:
         retry_at = -math.inf  # monotonic
         said_no_expiry = False
         while True:
-            try:
-                token = self._tokens.current()
-            except OSError:  # no token readable at all (TokenFiles said why): look again later
+            token = self._tokens.current_or_none()
+            if token is None:  # no token readable at all (TokenFiles said why): look again later
                 await self._sleep(MAX_WAIT)
                 continue
             wait = self.wait_for(token)

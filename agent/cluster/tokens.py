@@ -145,6 +145,13 @@ class TokenFiles:
             self._warn(problem)
         self.problem = problem
 
+    def current_or_none(self) -> Token | None:
+        """current(), or None while no token can be read (`problem` says why): for those that can wait."""
+        try:
+            return self.current()
+        except OSError:
+            return None
+
     def current(self) -> Token:
         """The newest token that has not expired and was not refused; failing that, the newest. A renewal for
         another account than the enrolled token's is not used (a golden image's left-over, or a renewal of an

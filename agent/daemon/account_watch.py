@@ -18,7 +18,7 @@ from agent.cluster.account import Kind, Verdict, check_account
 from agent.cluster.credentials import CredentialGuard
 from agent.cluster.kube import KubeClient
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
-from agent.cluster.tokens import agent_token_files
+from agent.cluster.tokens import Token, agent_token_files
 from agent.config import Settings
 
 # How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
@@ -76,13 +76,13 @@ class AccountWatch:
             if verdict.registers:
                 await on_registers()
 
+    def current_token(self) -> Token | None:
+        """The token the agent presents now; None without token files, or while none can be read."""
+        return self.tokens.current_or_none() if self.tokens is not None else None
+
     def _token_value(self) -> str:
-        if self.tokens is None:
-            return ""
-        try:
-            return self.tokens.current().value
-        except OSError:
-            return ""
+        token = self.current_token()
+        return token.value if token is not None else ""
 
     def make_renewal(self, kube: KubeClient) -> TokenRenewal | None:
         """The token's renewal, for a VM's own account with a token that expires; None otherwise (the shared
@@ -90,8 +90,8 @@ class AccountWatch:
         account = self.account.service_account if self.account and self.account.kind is Kind.OWN else None
         if self.tokens is None or account is None:
             return None
-        token = self.tokens.current()
-        if renewal_due(token, self.settings.cluster.token_renew_fraction) is None:
+        token = self.tokens.current_or_none()  # None: the renewal waits until one can be read
+        if token is not None and renewal_due(token, self.settings.cluster.token_renew_fraction) is None:
             self.log.info("the token has no expiry; it is not renewed", token_file=token.path)
             return None
         self.renewal = TokenRenewal(kube, self.tokens, account[0], account[1],

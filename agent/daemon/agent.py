@@ -20,15 +20,11 @@ import structlog
 from agent import __version__, interpreter
 from agent.api.metrics import AgentCollector, AgentMetrics
 from agent.api.server import ApiServer
-from agent.cluster.account import Verdict
 from agent.cluster.backoff import retry_transient
-from agent.cluster.credentials import CredentialGuard
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
-from agent.cluster.token_renewal import TokenRenewal
-from agent.cluster.tokens import TokenFiles
 from agent.config import ConfigError, Settings, load_settings, parse_listen
 from agent.daemon.account_watch import AccountWatch
 from agent.daemon.local_state import LocalState
@@ -168,9 +164,10 @@ class Agent:
         s = self.settings
         self.notifier.notify("STATUS=starting")
         await self.api.start()
-        sync_client = await KubeClient.connect(s.cluster, self.tokens, self.guard)
+        tokens, guard = self.credentials.tokens, self.credentials.guard
+        sync_client = await KubeClient.connect(s.cluster, tokens, guard)
         self._clients.append(sync_client)
-        beat_client = await KubeClient.connect(s.cluster, self.tokens, self.guard)  # never queued behind syncs
+        beat_client = await KubeClient.connect(s.cluster, tokens, guard)  # never queued behind syncs
         self._clients.append(beat_client)
         self.server = sync_client.server
         self.tasks.spawn("discovery", self._discovery_loop())
@@ -179,7 +176,7 @@ class Agent:
         self.tasks.spawn("reload", self._reload_loop())
         await self.credentials.check(beat_client)
         self.tasks.spawn("credentials", self.credentials.watch(beat_client, self._registers_now))
-        if self.account is not None and self.account.registers:
+        if self.credentials.account is not None and self.credentials.account.registers:
             await self._start_registering(sync_client, beat_client)
         # Gone further only with a token the cluster takes as this VM's: otherwise the agent stays up, critical,
         # saying why, and starts registering by itself once the token is fixed.
@@ -190,24 +187,6 @@ class Agent:
         if not self._registering and len(self._clients) == 2:
             await self._start_registering(*self._clients)
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
-
-    # -- credentials (agent/daemon/account_watch.py), as the API reads them ------------------------------
-
-    @property
-    def tokens(self) -> TokenFiles | None:
-        return self.credentials.tokens
-
-    @property
-    def guard(self) -> CredentialGuard | None:
-        return self.credentials.guard
-
-    @property
-    def account(self) -> Verdict | None:
-        return self.credentials.account
-
-    @property
-    def renewal(self) -> TokenRenewal | None:
-        return self.credentials.renewal
 
     def _lease_annotations(self) -> dict[str, str]:
         machine = socket.gethostname().split(".")[0] or self.identity.machine
@@ -419,10 +398,11 @@ class Agent:
         rec = self.reconciler
         if self.stopping:
             return self.stopping
-        if self.guard is not None and self.guard.problem:
-            return self.guard.problem[:200]
-        if self.account is not None and not self.account.registers:
-            return self.account.message[:200]
+        guard, account = self.credentials.guard, self.credentials.account
+        if guard is not None and guard.problem:
+            return guard.problem[:200]
+        if account is not None and not account.registers:
+            return account.message[:200]
         if self.heartbeat is not None and self.heartbeat.conflict:
             return self.heartbeat.conflict[:200]
         if rec is not None and rec.last_error and not rec.service_errors:

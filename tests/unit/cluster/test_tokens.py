@@ -16,10 +16,10 @@ from typing import Any, cast
 
 import pytest
 
-from agent.cluster.account import Kind, judge
+from agent.cluster.account import Kind, check_account, judge
 from agent.cluster.backoff import Backoff
 from agent.cluster.credentials import CredentialGuard, rejection_message
-from agent.cluster.errors import Forbidden, Unauthorized
+from agent.cluster.errors import Forbidden, Unauthorized, Unavailable
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import build_lease, lease_annotations, with_annotations
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
@@ -172,6 +172,7 @@ def test_an_unreadable_enrolled_file_at_start_gives_way_to_a_renewed_token(tmp_p
                         warn=said.append)
     with pytest.raises(IsADirectoryError):  # nothing readable at all: the enrolled file's own error
         tokens.current()
+    assert tokens.current_or_none() is None  # for those that can wait: the loops, the API
     renewed = jwt(iat=T0 + DAY, exp=T0 + 31 * DAY)
     write_token(tokens.renewed_path, renewed)
     assert tokens.current().value == renewed
@@ -359,3 +360,18 @@ def test_lease_annotations_are_set_only_when_they_change_and_others_are_kept() -
     assert with_annotations(lease, {**wanted, "vmesh.dev/services": "mysqldb"})
     assert lease["metadata"]["annotations"]["admin/note"] == "keep me"
     assert lease["metadata"]["annotations"]["vmesh.dev/services"] == "mysqldb"
+
+
+async def test_the_account_check_without_the_apiserver_or_a_readable_token_says_it_cannot_tell(
+        tmp_path: Path) -> None:
+    """The fallback read the token's own claim with current(), which raised when no token file could be read:
+    the check then failed instead of answering "cannot tell"."""
+
+    class Down:
+        async def who_am_i(self) -> None:
+            raise Unavailable("the apiserver is gone")
+
+    (tmp_path / "token").mkdir()  # unreadable as a file, even for root
+    tokens = TokenFiles([str(tmp_path / "token")])
+    verdict = await check_account(cast(KubeClient, Down()), tokens, "vm-a", "vm", get_logger())
+    assert verdict.kind is Kind.OTHER and verdict.source == "none"
