@@ -31,6 +31,13 @@ BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
 MAX_REAPER_SLOTS = 16
 MAX_LEASE_DURATION = 300.0  # packaging/kubernetes/policy.yaml's bound on a reaper slot's leaseDurationSeconds
 PROTOCOLS = protocols.NAMES
+# Keys that are no longer settings but that a config may still hold: the conffile shipped since 0.1.0 names them
+# with their old default, which is accepted and ignored (changing a conffile makes dpkg ask on every upgrade);
+# any other value is refused, saying why.
+RETIRED: dict[str, tuple[float, str]] = {
+    "heartbeat.wall_clock_offset": (0, "it was a test hook; to try a VM whose clock is off, run the agent "
+                                       "under Debian's faketime with FAKETIME_DONT_FAKE_MONOTONIC=1"),
+}
 
 
 class ConfigError(Exception):
@@ -128,9 +135,6 @@ class HeartbeatSettings:
     # heartbeat load stays bounded however many VMs there are (agent/lease/pace.py). 250: 1,000 VMs renew
     # every 5 s; 10,000 every 45 s. 0: never scaled. (Not in config.example.toml: that file is a conffile.)
     write_budget: float = 250.0
-    # Seconds added to this VM's wall clock when writing renewTime: only for tests that prove peers never
-    # judge a Lease by comparing its renewTime with their own clock.
-    wall_clock_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,7 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
         raise ConfigError(path, f"expected a table, got {_describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    raw = {key: value for key, value in raw.items() if not _retired(_join(path, key), value)}
     for key in raw:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
@@ -312,6 +317,17 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
         for key, value in raw.items()
     }
     return cls(**values)
+
+
+def _retired(key: str, value: Any) -> bool:
+    """Whether `key` is a retired setting holding its old default (accepted, and ignored); ConfigError if it holds
+    anything else."""
+    if key not in RETIRED:
+        return False
+    default, why = RETIRED[key]
+    if type(value) in (int, float) and value == default:
+        return True
+    raise ConfigError(key, f"no longer a setting: {why}; remove it")
 
 
 def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:

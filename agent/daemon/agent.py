@@ -216,7 +216,6 @@ class Agent:
         self.heartbeat = heartbeat = Heartbeat(
             beat_client, s.namespace, s.vm_name, interval=s.heartbeat.interval,
             lease_duration=s.heartbeat.lease_duration, log=self.log,
-            wall_clock=lambda: time.time() + self.settings.heartbeat.wall_clock_offset,
             on_new_lease=lambda: self.reconciler.poke() if self.reconciler else None, identity=self.identity,
             annotations=self._lease_annotations,
             pace=HeartbeatPace(interval=s.heartbeat.interval, lease_duration=s.heartbeat.lease_duration,

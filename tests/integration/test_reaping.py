@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.testbed.clock import certificates_age, skewed_clock
 from tests.testbed.cluster import Cluster
 from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
@@ -25,12 +26,14 @@ def test_a_killed_vm_is_reaped_by_its_peer_and_skewed_clocks_never_are(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path
 ) -> None:
     vms = {label: make_vm(label) for label in ("a", "b", "c")}
-    offsets = {"a": 0, "b": 30, "c": -30}  # B's wall clock runs 30 s ahead, C's 30 s behind
+    # B's wall clock runs 30 s ahead, C's 30 s behind (Debian's faketime; their monotonic clocks are the real one).
+    # Under a clock 30 s behind, certificates younger than that are not valid yet: wait until they are.
+    time.sleep(max(0.0, 35 - certificates_age(cluster.ca_file)))
+    clocks = {"a": (), "b": skewed_clock("+30s"), "c": skewed_clock("-30s")}
     for label, vm in vms.items():
         vm.start_mariadb(mariadb_template)
-        vm.start_agent(vm.write_config(namespace,
-                                       heartbeat={**DEFAULT_TIMING["heartbeat"], "wall_clock_offset": offsets[label]},
-                                       reaper=DEFAULT_TIMING["reaper"]))
+        vm.start_agent(vm.write_config(namespace, heartbeat=DEFAULT_TIMING["heartbeat"],
+                                       reaper=DEFAULT_TIMING["reaper"]), wrap=clocks[label])
     for vm in vms.values():
         wait_until(lambda vm=vm: len(own_objects(cluster, namespace, vm)) == 2, 20, f"{vm.name} registered")
     # Steady state: both reaper slots held, and A renewed once after that (taking a slot restarts the holder's

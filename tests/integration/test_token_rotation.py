@@ -15,9 +15,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import ssl
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 from agent.cluster.objects import ANNOTATION_SERVICES, object_name
 from agent.cluster.tokens import parse_claims
-from tests.testbed.clock import clocks_under, skewed_clock
+from tests.testbed.clock import certificates_age, clocks_under, skewed_clock
 from tests.testbed.cluster import Cluster
 from tests.testbed.plugin import bundle_paths, kubectl_vmesh, untar_bundle
 from tests.testbed.vm import VM
@@ -316,17 +314,6 @@ def test_a_vm_clock_50_min_ahead_of_its_1h_token_costs_one_early_renewal_not_a_s
     assert vm.agent is not None and vm.agent.poll() is None
 
 
-def certificates_age(cluster: Cluster) -> float:
-    """Seconds since the test apiserver's serving certificate became valid (made by `testcluster up`)."""
-    pki = Path(cluster.ca_file).parent
-    ages = []
-    for name in ("ca.crt", "apiserver.crt"):
-        out = subprocess.run(["openssl", "x509", "-noout", "-startdate", "-in", str(pki / name)], capture_output=True,
-                             text=True, timeout=10, check=True).stdout
-        ages.append(time.time() - ssl.cert_time_to_seconds(out.strip().partition("=")[2]))
-    return min(ages)
-
-
 def test_a_vm_clock_behind_renews_its_token_by_the_time_since_it_arrived_before_it_expires(
     cluster: Cluster, namespace: str, make_vm: Callable[[str], VM], mariadb_template: Path, tmp_path: Path
 ) -> None:
@@ -337,7 +324,7 @@ def test_a_vm_clock_behind_renews_its_token_by_the_time_since_it_arrived_before_
     The agent checks the apiserver's certificate against its own clock: a clock further behind than the test
     cluster's certificates are old sees them not yet valid. On a cluster started moments ago the clock is put
     less far behind (at least 2 min, still far past where each renewal is due)."""
-    age = certificates_age(cluster)
+    age = certificates_age(cluster.ca_file)
     if age < 180:
         time.sleep(180 - age)
         age = 180.0

@@ -9,9 +9,11 @@ with what `faketime -m -f OFFSET` would set, which execs the agent itself.
 from __future__ import annotations
 
 import glob
+import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 LIBRARY = "/usr/lib/*/faketime/libfaketimeMT.so.1"  # the multi-threaded variant (`faketime -m`): the agent has threads
 
@@ -31,3 +33,15 @@ def clocks_under(prefix: tuple[str, ...]) -> tuple[float, float]:
     out = subprocess.run([*prefix, sys.executable, "-c", "import time; print(time.time(), time.monotonic())"],
                          capture_output=True, text=True, timeout=30, check=True).stdout.split()
     return float(out[0]) - before_wall, float(out[1]) - before_mono
+
+
+def certificates_age(ca_file: str) -> float:
+    """Seconds since the test apiserver's CA and serving certificate became valid (made by `testcluster up`). An
+    agent whose clock is further behind sees them not yet valid, and refuses the apiserver."""
+    pki = Path(ca_file).parent
+    ages = []
+    for name in ("ca.crt", "apiserver.crt"):
+        out = subprocess.run(["openssl", "x509", "-noout", "-startdate", "-in", str(pki / name)], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        ages.append(time.time() - ssl.cert_time_to_seconds(out.strip().partition("=")[2]))
+    return min(ages)

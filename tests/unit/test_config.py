@@ -174,3 +174,16 @@ def test_active_interval_applies_to_auto_http_and_not_to_http_typed_by_hand() ->
     assert [auto.active_interval_for(kind) for kind in ("mysql", "tcp", "http")] == [90.0, 90.0, 90.0]
     assert CheckSettings(type="http").active_interval_for("http") == 0.0
     assert CheckSettings(type="tcp", active_interval=30.0).active_interval_for("tcp") == 30.0
+
+
+def test_the_retired_test_hook_is_accepted_at_its_old_default_and_refused_otherwise(tmp_path: Path) -> None:
+    """`heartbeat.wall_clock_offset` left the product (issue 22: a test hook; tests skew the agent's clock with
+    faketime). The conffile shipped since 0.1.0 still says `wall_clock_offset = 0`: that must keep parsing."""
+    (tmp_path / "token").write_text("t")
+    base = (f'vm_name = "vm-a"\n[cluster]\nserver = "https://10.0.0.1:6443"\ntoken_file = "{tmp_path / "token"}"\n'
+            "[heartbeat]\n")
+    assert parse_settings(base + "wall_clock_offset = 0\n").heartbeat.interval == 5.0
+    assert not hasattr(parse_settings(base + "wall_clock_offset = 0.0\n").heartbeat, "wall_clock_offset")
+    for value in ("30", "true", '"0"'):
+        with pytest.raises(ConfigError, match=r"heartbeat.wall_clock_offset: no longer a setting: .*faketime"):
+            parse_settings(base + f"wall_clock_offset = {value}\n")
