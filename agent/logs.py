@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -62,3 +62,26 @@ def configure(format: str = "auto", level: str = "info", stream: TextIO | None =
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(**context)
     return logger
+
+
+class Problem:
+    """A problem said once per distinct message while it lasts, and once more when it clears: a loop retrying
+    every second through an outage writes a line when the problem starts or changes and one when it ends, not
+    one per attempt. `text` is the problem now ("" while none), for status and health."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def set(self, say: Callable[..., object], message: str, **context: object) -> None:
+        if message != self.text:
+            say(message, **context)
+        self.text = message
+
+    def clear(self, say: Callable[..., object] | None = None, message: str = "", **context: object) -> None:
+        """No problem any more; `say(message, previous_error=...)` once, if there was one."""
+        if self.text and say is not None:
+            say(message, previous_error=self.text, **context)
+        self.text = ""

@@ -17,6 +17,7 @@ import structlog
 from agent.cluster.backoff import Backoff
 from agent.cluster.errors import Unauthorized
 from agent.cluster.tokens import TokenFiles, utc
+from agent.logs import Problem
 
 PROBE_FIRST = 30.0
 PROBE_CAP = 300.0
@@ -43,14 +44,14 @@ class CredentialGuard:
         self._clock = clock
         self._monotonic = monotonic
         self._backoff = backoff or Backoff(base=PROBE_FIRST, cap=PROBE_CAP, jitter=0.1)
-        self.problem = ""
+        self._problem = Problem()
         self.rejections = 0  # requests the apiserver refused (401): the slow probes, for the tests and metrics
         self._rejected = ""  # the token value that was refused
         self._next_probe = 0.0
 
     def before_call(self) -> None:
         """Raise Unauthorized at once while the refused token is still the one in use and no probe is due."""
-        if not self.problem:
+        if not self._problem:
             return
         current = self._tokens.current_or_none()
         token = current.value if current else ""
@@ -58,7 +59,7 @@ class CredentialGuard:
             return  # a new token: try it
         now = self._monotonic()
         if now < self._next_probe:
-            raise Unauthorized(self.problem, status=401)
+            raise Unauthorized(self._problem.text, status=401)
         self._next_probe = now + self._backoff.next()  # this call is the probe; the others keep waiting
 
     def rejected(self, exc: Unauthorized) -> Unauthorized:
@@ -74,13 +75,17 @@ class CredentialGuard:
         if token.value != self._rejected:
             self._backoff.reset()
             self._next_probe = self._monotonic() + self._backoff.next()
-        if problem != self.problem:
-            self._log.error(problem, token_file=token.path)
-        self.problem, self._rejected = problem, token.value
+        self._problem.set(self._log.error, problem, token_file=token.path)
+        self._rejected = token.value
         return Unauthorized(problem, status=exc.status, reason=exc.reason)
 
+    @property
+    def problem(self) -> str:
+        """Why the cluster refuses the token, while it does; "" otherwise."""
+        return self._problem.text
+
     def accepted(self) -> None:
-        if self.problem:
-            self._log.info("the cluster accepts the agent's token again", previous_error=self.problem)
-            self.problem, self._rejected = "", ""
+        if self._problem:
+            self._problem.clear(self._log.info, "the cluster accepts the agent's token again")
+            self._rejected = ""
             self._backoff.reset()

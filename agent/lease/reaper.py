@@ -43,6 +43,7 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER
 from agent.cluster.resources import LEASES
 from agent.lease.heartbeat import Heartbeat
+from agent.logs import Problem
 
 Body = dict[str, Any]
 CHECK_EVERY = 0.25  # seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired
@@ -178,7 +179,7 @@ class Reaper:
         self.braking = ""  # why the brake holds, while it does
         self.brake_limit = brake_limit  # how long it holds at most in a small fleet; 0: no limit
         self._braking_since: float | None = None  # while it holds: since when, on a current view throughout
-        self.problem = ""  # why reaping is off, e.g. a missing RBAC grant
+        self._problem = Problem()  # why reaping is off, e.g. a missing RBAC grant
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
@@ -202,14 +203,14 @@ class Reaper:
                     items, version = await self._kube.list_with_version(LEASES, self.namespace, VM_LEASES)
                     self.observer.replace_all(items)
                     self.synced.set()
-                    self._clear_problem()
+                    self._problem.clear(self._log.info, "reaping works again")
                 version = await self._watch(version)
                 backoff.reset()
             except ClusterError as exc:
                 version = ""  # a gap: judge nobody until listed again, and every observation starts over
                 self.synced.clear()
                 if isinstance(exc, Forbidden):
-                    self._set_problem(f"reaping is off: {exc}")
+                    self._problem.set(self._log.error, f"reaping is off: {exc}")
                 elif not isinstance(exc, Gone):
                     self._log.debug("lease watch interrupted; listing again", error=str(exc))
                 if not isinstance(exc, Gone):
@@ -322,14 +323,14 @@ class Reaper:
             delay = backoff.next()
             self._retry_at[name] = (backoff, self._clock() + delay)
             if isinstance(exc, Forbidden):
-                self._set_problem(f"reaping is off: {exc}")
+                self._problem.set(self._log.error, f"reaping is off: {exc}")
             else:
                 log.warning("reaping failed; will retry", error=str(exc), retry_in=round(delay, 1))
             return False
         self._retry_at.pop(name, None)
         self.observer.forget(name)
         self.brake.reaped()
-        self._clear_problem()
+        self._problem.clear(self._log.info, "reaping works again")
         try:
             await self._after_reap(obs.vm)
         except ClusterError as exc:
@@ -340,15 +341,10 @@ class Reaper:
         log.warning("reaped a dead VM", silent_for=round(self._clock() - obs.seen_at, 1))
         return True
 
-    def _set_problem(self, message: str) -> None:
-        if message != self.problem:
-            self._log.error(message)
-        self.problem = message
-
-    def _clear_problem(self) -> None:
-        if self.problem:
-            self._log.info("reaping works again", previous_error=self.problem)
-        self.problem = ""
+    @property
+    def problem(self) -> str:
+        """Why reaping is off ("" while it works)."""
+        return self._problem.text
 
 
 async def reap_pass(kube: KubeClient, namespace: str, own_lease: str,

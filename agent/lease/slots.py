@@ -47,6 +47,7 @@ from agent.cluster.objects import (
 from agent.cluster.resources import LEASES
 from agent.config import MAX_LEASE_DURATION
 from agent.lease import election
+from agent.logs import Problem
 
 Body = dict[str, Any]
 LABEL_SLOT = "vmesh.dev/reaper-slot"
@@ -117,7 +118,7 @@ class ReaperSlots:
         self._clock = clock
         self._wall_clock = wall_clock
         self._lease: Body | None = None  # the slot this agent holds, as last written
-        self.problem = ""  # why slots cannot be looked at or taken, e.g. a missing RBAC grant
+        self._problem = Problem()  # why slots cannot be looked at or taken, e.g. a missing RBAC grant
 
     @property
     def held(self) -> str | None:
@@ -164,7 +165,7 @@ class ReaperSlots:
         try:
             items = await self._kube.list(LEASES, self.namespace, LABEL_SLOT)
         except ClusterError as exc:
-            self._problem(exc, "cannot look at the reaper slots")
+            self._report(exc, "cannot look at the reaper slots")
             return False
         by_name = {str(i["metadata"]["name"]): i for i in items}
         self.published_fleet = max((n for n in map(published_fleet, items) if n is not None),
@@ -181,12 +182,12 @@ class ReaperSlots:
             except (Conflict, NotFound):
                 continue  # another agent was first
             except ClusterError as exc:
-                self._problem(exc, f"cannot take reaper slot {name}")
+                self._report(exc, f"cannot take reaper slot {name}")
                 return False
-            self.problem = ""
+            self._problem.clear()
             self._log.info("reaper slot taken", slot=name)
             return True
-        self.problem = ""
+        self._problem.clear()
         return False
 
     async def _create(self, index: int) -> Body:
@@ -259,12 +260,15 @@ class ReaperSlots:
         except ClusterError as exc:
             self._log.info("reaper slot not let go; another agent takes it once it expires", error=str(exc))
 
-    def _problem(self, exc: ClusterError, what: str) -> None:
+    def _report(self, exc: ClusterError, what: str) -> None:
         """One line per distinct problem: a missing grant is an error for the admin, an outage a warning."""
         message = f"reaping is off: {what}: {exc}" if isinstance(exc, Forbidden) else f"{what}: {exc}"
-        if message != self.problem:
-            (self._log.error if isinstance(exc, Forbidden) else self._log.warning)(message)
-        self.problem = message
+        self._problem.set(self._log.error if isinstance(exc, Forbidden) else self._log.warning, message)
+
+    @property
+    def problem(self) -> str:
+        """Why slots cannot be looked at or taken ("" while they can)."""
+        return self._problem.text
 
 
 def published_fleet(slot: Body) -> int | None:

@@ -3,7 +3,7 @@ import json
 
 import structlog
 
-from agent.logs import configure, get_logger
+from agent.logs import Problem, configure, get_logger
 
 JWT = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2lnbmF0dXJl"
 
@@ -23,3 +23,22 @@ def test_secrets_never_reach_a_line() -> None:
     assert line["token_file"] == "/etc/vmesh-agent/token"  # paths are fine to show
     assert line["error"] == "401 for Authorization: Bearer [redacted] and token [redacted]"
     assert line["vm"] == "a"
+
+
+def test_a_problem_is_said_once_while_it_lasts_again_when_it_changes_and_once_when_it_clears() -> None:
+    said: list[tuple[str, dict[str, object]]] = []
+
+    def say(message: str, **context: object) -> None:
+        said.append((message, context))
+
+    problem = Problem()
+    problem.clear(say, "works again")  # nothing to clear: nothing said
+    for _attempt in range(3):
+        problem.set(say, "cannot reach the apiserver", retry_in=1)
+    problem.set(say, "forbidden")
+    assert problem and problem.text == "forbidden"
+    problem.clear(say, "works again")
+    problem.clear(say, "works again")
+    assert not problem and problem.text == ""
+    assert said == [("cannot reach the apiserver", {"retry_in": 1}), ("forbidden", {}),
+                    ("works again", {"previous_error": "forbidden"})]
