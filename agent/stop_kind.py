@@ -17,6 +17,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.files import write_atomically
+
 SWITCHES = ("auto", "always", "never")  # [sync] deregister_on_stop
 SYSTEMCTL_TIMEOUT = 5.0  # seconds per question to PID 1; past it the kind is unknown (deregister)
 
@@ -108,15 +110,7 @@ def ask_systemd(unit: str, run: Run = _systemctl) -> tuple[StopKind, str, str]:
 def write_kind(path: str, kind: StopKind) -> None:
     """Write the kind where the agent reads it: replaced atomically, readable by the agent's user (the file is
     root's; the runtime directory is the agent's, mode 0750)."""
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # whatever the unit's UMask
-        os.write(fd, f"{kind.value}\n".encode())
-    finally:
-        os.close(fd)
-    os.replace(partial, target)
+    write_atomically(path, f"{kind.value}\n".encode(), 0o644)  # 0644 whatever the unit's UMask
 
 
 def read_kind(path: str) -> StopKind:

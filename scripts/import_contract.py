@@ -19,9 +19,8 @@ from pathlib import Path
 # Lowest first. A module may import its own layer and those below it; the groups of one layer (tuples) are
 # siblings and may not import each other. A prefix names a module and everything under it.
 LAYERS: list[tuple[str, list[tuple[str, ...]]]] = [
-    ("base", [("agent.__init__", "agent.durations", "agent.health.credentials", "agent.logs", "agent.protocols",
-               "agent.stop_kind",
-               "agent.interpreter")]),
+    ("base", [("agent.__init__", "agent.durations", "agent.files", "agent.health.credentials", "agent.logs",
+               "agent.protocols", "agent.stop_kind", "agent.interpreter")]),
     ("config", [("agent.config",)]),
     ("discovery", [("agent.discovery", "agent.state")]),
     ("health | cluster", [("agent.health",), ("agent.cluster",)]),

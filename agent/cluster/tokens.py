@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.files import write_atomically
+
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 RENEWED_TOKEN = "token"  # the file name in state_dir
 
@@ -197,23 +199,5 @@ def agent_token_files(token_file: str, state_dir: str, warn: Callable[[str], Non
 def write_token(path: str, token: str) -> None:
     """Write atomically, mode 0600: a temporary file in the same directory, flushed, renamed over the old one. A
     crash leaves the old token or the new one, never half of one."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, token.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(temporary, path)
-    except OSError:
-        os.unlink(temporary)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    write_atomically(path, token.encode() + b"\n", 0o600)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from agent.files import write_atomically
 
 
 class MaintenanceStore:
@@ -49,9 +49,4 @@ class MaintenanceStore:
     def _save(self) -> None:
         """Write-then-rename, so a crash never leaves half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".maintenance-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.reasons, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(str(self.path), json.dumps(self.reasons, indent=2, sort_keys=True).encode(), 0o600)
