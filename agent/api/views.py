@@ -25,6 +25,47 @@ def _wall(monotonic: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def blockers(agent: AgentView) -> list[tuple[str, bool]]:
+    """Why nothing is registered when the cause is outside this VM's services, in order, each with whether
+    it is critical: the cluster refuses the token (expired or revoked) or it is another VM's; another live agent
+    holds this VM's Lease (critical once its renewals were seen). STATUS= says the first, /v1/health all."""
+    found: list[tuple[str, bool]] = []
+    guard, account = agent.credentials.guard, agent.credentials.account
+    if guard is not None and guard.problem:
+        found.append((guard.problem, True))
+    elif account is not None and not account.registers:
+        found.append((account.message, True))
+    beat = agent.heartbeat
+    if beat is not None and beat.conflict:
+        found.append((beat.conflict, beat.conflict_confirmed))
+    return found
+
+
+def status_line(agent: AgentView) -> str:
+    """The state in words, for systemd's STATUS= and `vmesh-agent status` (at most 200 characters)."""
+    rec = agent.reconciler
+    if agent.stopping:
+        return agent.stopping
+    blocked = blockers(agent)
+    if blocked:
+        return blocked[0][0][:200]
+    if rec is not None and rec.last_error and not rec.service_errors:
+        return f"waiting for cluster: {rec.last_error}"[:200]
+    report = agent.report
+    if report is not None and report.addresses.address is None:
+        return f"no VM address: {report.addresses.reason}"
+    failed = rec.service_errors if rec is not None else {}
+    ready = sorted({r.service for r in agent.registrations if r.ready} - failed.keys())
+    waiting = sorted({r.service for r in agent.registrations if not r.ready} - set(ready) - failed.keys())
+    if not ready and not waiting and not failed:
+        return "running; nothing to register"
+    address = report.addresses.address if report else ""
+    parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
+    parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
+    parts += [f"{name} not registered: {error}" for name, error in sorted(failed.items())]
+    return "; ".join(parts)[:200]
+
+
 def health(agent: AgentView) -> dict[str, Any]:
     """Consul's convention: passing / warning / critical, with the reasons."""
     critical: list[str] = []
@@ -33,14 +74,9 @@ def health(agent: AgentView) -> dict[str, Any]:
         critical.append(f"agent loops not running: {agent.failure or 'stopping'}")
     if agent.report is not None and agent.report.addresses.address is None:
         critical.append(f"no VM address: {agent.report.addresses.reason}")
-    guard, account = agent.credentials.guard, agent.credentials.account
-    if guard is not None and guard.problem:  # the cluster refuses the token: expired or revoked
-        critical.append(guard.problem)
-    elif account is not None and not account.registers:  # another VM's token: nothing is registered
-        critical.append(account.message)
+    for problem, is_critical in blockers(agent):
+        (critical if is_critical else warning).append(problem)
     beat = agent.heartbeat
-    if beat is not None and beat.conflict:  # another live agent holds this VM's Lease: nothing is registered
-        (critical if beat.conflict_confirmed else warning).append(beat.conflict)
     if beat is not None and beat.consecutive_failures:
         (critical if beat.consecutive_failures >= HEARTBEAT_CRITICAL_FAILURES else warning).append(
             f"heartbeat failing ({beat.consecutive_failures} in a row)")

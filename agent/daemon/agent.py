@@ -20,6 +20,7 @@ import structlog
 from agent import __version__, interpreter
 from agent.api.metrics import AgentCollector, AgentMetrics
 from agent.api.server import ApiServer
+from agent.api.views import status_line
 from agent.cluster.backoff import retry_transient
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
@@ -393,31 +394,8 @@ class Agent:
     # -- reporting -------------------------------------------------------------------------------------
 
     def status_line(self) -> str:
-        """The state in words, for systemd's STATUS= and `vmesh-agent status`."""
-        rec = self.reconciler
-        if self.stopping:
-            return self.stopping
-        guard, account = self.credentials.guard, self.credentials.account
-        if guard is not None and guard.problem:
-            return guard.problem[:200]
-        if account is not None and not account.registers:
-            return account.message[:200]
-        if self.heartbeat is not None and self.heartbeat.conflict:
-            return self.heartbeat.conflict[:200]
-        if rec is not None and rec.last_error and not rec.service_errors:
-            return f"waiting for cluster: {rec.last_error}"[:200]
-        if self.report is not None and self.report.addresses.address is None:
-            return f"no VM address: {self.report.addresses.reason}"
-        failed = rec.service_errors if rec is not None else {}
-        ready = sorted({r.service for r in self.state.registrations if r.ready} - failed.keys())
-        waiting = sorted({r.service for r in self.state.registrations if not r.ready} - set(ready) - failed.keys())
-        if not ready and not waiting and not failed:
-            return "running; nothing to register"
-        address = self.report.addresses.address if self.report else ""
-        parts = [f"registered {', '.join(ready)} at {address}"] if ready else []
-        parts += [f"not ready: {', '.join(waiting)}"] if waiting else []
-        parts += [f"{name} not registered: {error}" for name, error in sorted(failed.items())]
-        return "; ".join(parts)[:200]
+        """The state in words, for systemd's STATUS= (agent/api/views.py, beside /v1/health's problems)."""
+        return status_line(self)
 
     def _report_status(self) -> None:
         line = self.status_line()
