@@ -94,7 +94,7 @@ class TokenRenewal:
             try:
                 await self.renew_once(token)
             except ClusterError as exc:
-                delay = self._backoff.next()
+                delay = self._backoff.next(after=exc)
                 retry_at = self._monotonic() + delay
                 if str(exc) != self.last_error and not isinstance(exc, Unauthorized):  # the guard said that one
                     self._log.error("token renewal failed", error=str(exc), retry_in=round(delay, 1),

@@ -257,7 +257,7 @@ class Heartbeat:
             except ClusterError as exc:
                 self.consecutive_failures += 1
                 self.failures += 1
-                delay = backoff.next()
+                delay = backoff.next(after=exc)
                 if str(exc) != self._last_error:
                     self._log.warning("lease renewal failed", error=str(exc), failures=self.consecutive_failures,
                                       retry_in=round(delay, 2))

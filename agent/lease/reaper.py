@@ -214,7 +214,7 @@ class Reaper:
                 elif not isinstance(exc, Gone):
                     self._log.debug("lease watch interrupted; listing again", error=str(exc))
                 if not isinstance(exc, Gone):
-                    await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None))
+                    await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None, after=exc))
 
     async def _watch(self, version: str) -> str:
         """Follow one watch; returns the version to resume from when the server ends it."""
@@ -320,7 +320,7 @@ class Reaper:
             return False
         except ClusterError as exc:
             backoff, _ = self._retry_at.get(name) or (Backoff(base=1.0, cap=30.0), 0.0)
-            delay = backoff.next()
+            delay = backoff.next(after=exc)
             self._retry_at[name] = (backoff, self._clock() + delay)
             if isinstance(exc, Forbidden):
                 self._problem.set(self._log.error, f"reaping is off: {exc}")

@@ -228,7 +228,7 @@ class ReaperSlots:
                 if self._clock() - last_renewal >= self.renew_deadline:
                     self._log.warning("reaper slot lost: not renewed in time", slot=name, error=str(exc))
                     return
-                delay = backoff.next()
+                delay = backoff.next(after=exc)
                 continue
             last_renewal = self._clock()
             backoff.reset()

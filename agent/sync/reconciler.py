@@ -84,7 +84,7 @@ class Reconciler:
                 self._backoff.reset()
                 self._last_error_type = type(exc)
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
-            delay = self._backoff.next(cap=2.0 if exc.transient else None)
+            delay = self._backoff.next(cap=2.0 if exc.transient else None, after=exc)
             if message != self.last_error and not isinstance(exc, ServiceFailures):
                 # An unreachable or busy apiserver (timeouts, 429, 503) is retried and usually passes: a warning.
                 # Anything else (403, 422, …) needs someone to act: an error.

@@ -90,4 +90,4 @@ class OwnObjectsWatcher:
                     self._log.warning("watch of own objects interrupted; the periodic resync still repairs",
                                       watch=target.what, error=str(exc))
                 last_error = str(exc)
-                await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None))
+                await asyncio.sleep(backoff.next(cap=2.0 if exc.transient else None, after=exc))
