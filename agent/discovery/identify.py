@@ -39,11 +39,14 @@ CLIENT_FIRST: dict[str, tuple[bytes, int, Callable[[bytes], object | None]]] = {
 NOT_PROBED = Identity("unknown", probed=False)
 
 
-async def identify(listener: Listener, allow: Mapping[str, str], timeout: float) -> Identity:
+async def identify(listener: Listener, allow: Mapping[str, str], timeout: float, *,
+                   ports: Mapping[int, str] = WELL_KNOWN_PORTS) -> Identity:
+    """`ports`: which protocol each port is expected to speak (the table's well-known ports; a test serving real
+    servers on free ports names them)."""
     host = listener.address
     if listener.is_wildcard:
         host = "127.0.0.1" if ":" not in host else "::1"
-    well_known = WELL_KNOWN_PORTS.get(listener.port)
+    well_known = ports.get(listener.port)
     if well_known is not None and KNOWN[well_known].client_first:
         if well_known not in allow:
             return NOT_PROBED  # the policy names the likely protocol and how to allow it

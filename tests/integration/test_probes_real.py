@@ -1,4 +1,5 @@
-"""The PostgreSQL, Redis and HTTP probes against the real servers, each on a free loopback port."""
+"""The PostgreSQL, Redis and HTTP probes against the real servers, each on a free loopback port, through the path
+the daemon runs (discovery.identify)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.discovery.probes import http, postgres, redis
-from agent.discovery.probes.postgres import PostgresAnswer
-from agent.discovery.probes.redis import RedisReply
+from agent.discovery.identify import Identity, identify
+from agent.discovery.listeners import Listener
 from tests.testbed.ports import LOOPBACK, free_port, serving
 from tests.testbed.waiting import wait_until
 
@@ -134,46 +134,53 @@ def closed_port() -> int:
     return free_port()
 
 
-async def test_postgres_probe_identifies_postgres(postgres_port: int) -> None:
-    assert await postgres.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) == PostgresAnswer(ssl=False)
+# The daemon's own path (discovery.identify, as the scanner calls it), each server on a free loopback port named
+# as that protocol's well-known one: what it finds there, and that it tells the protocols apart.
+ALLOW = {"mysql": "db", "postgres": "pg", "redis": "cache", "http": "web"}
 
 
-async def test_redis_probe_identifies_redis(redis_port: int) -> None:
-    assert await redis.probe(LOOPBACK, redis_port, PROBE_TIMEOUT) == RedisReply()
+async def speaks(port: int, expected: str, timeout: float = PROBE_TIMEOUT) -> Identity:
+    return await identify(Listener(LOOPBACK, port), ALLOW, timeout, ports={port: expected})
 
 
-async def test_redis_probe_identifies_redis_behind_a_password(redis_with_password_port: int) -> None:
-    reply = await redis.probe(LOOPBACK, redis_with_password_port, PROBE_TIMEOUT)
-    assert reply == RedisReply(error="NOAUTH Authentication required.")
+async def test_postgres_is_identified(postgres_port: int) -> None:
+    assert await speaks(postgres_port, "postgres") == Identity("postgres")
 
 
-async def test_http_probe_identifies_aiohttp(http_port: int) -> None:
-    reply = await http.probe(LOOPBACK, http_port, PROBE_TIMEOUT)
-    assert reply is not None
-    assert reply.status == 200
-    assert "aiohttp/" in reply.server
+async def test_redis_is_identified(redis_port: int) -> None:
+    assert await speaks(redis_port, "redis") == Identity("redis")
 
 
-async def test_postgres_probe_rejects_redis_http_and_a_closed_port(
+async def test_redis_is_identified_behind_a_password(redis_with_password_port: int) -> None:
+    assert await speaks(redis_with_password_port, "redis") == Identity("redis")  # -NOAUTH is Redis's answer
+
+
+async def test_http_is_identified(http_port: int) -> None:
+    assert await speaks(http_port, "http") == Identity("http")
+
+
+async def test_a_postgres_port_holding_redis_http_or_nothing_is_not_postgres(
     redis_port: int, http_port: int, closed_port: int
 ) -> None:
-    assert await postgres.probe(LOOPBACK, redis_port, FOREIGN_TIMEOUT) is None  # Redis waits for a newline
-    assert await postgres.probe(LOOPBACK, http_port, PROBE_TIMEOUT) is None  # 400 Bad Request
-    assert await postgres.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
+    waiting = await speaks(redis_port, "postgres", FOREIGN_TIMEOUT)  # Redis waits for a newline
+    assert waiting.protocol == "unknown" and "no answer to the postgres probe within" in waiting.unsettled
+    assert await speaks(http_port, "postgres") == Identity("unknown")  # 400 Bad Request: an answer, final
+    refused = await speaks(closed_port, "postgres")
+    assert refused.protocol == "unknown" and refused.unsettled == "connection refused; will retry"
 
 
-async def test_redis_probe_rejects_postgres_http_and_a_closed_port(
+async def test_a_redis_port_holding_postgres_http_or_nothing_is_not_redis(
     postgres_port: int, http_port: int, closed_port: int
 ) -> None:
-    assert await redis.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) is None  # invalid startup packet: hangs up
-    assert await redis.probe(LOOPBACK, http_port, PROBE_TIMEOUT) is None  # 400 Bad Request
-    assert await redis.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
+    hung_up = await speaks(postgres_port, "redis")  # an invalid startup packet: PostgreSQL hangs up
+    assert hung_up.protocol == "unknown" and hung_up.unsettled
+    assert await speaks(http_port, "redis") == Identity("unknown")  # 400 Bad Request
+    assert (await speaks(closed_port, "redis")).unsettled == "connection refused; will retry"
 
 
-async def test_http_probe_rejects_postgres_redis_and_a_closed_port(
+async def test_an_http_port_holding_postgres_redis_or_nothing_is_not_http(
     postgres_port: int, redis_port: int, closed_port: int
 ) -> None:
-    assert await http.probe(LOOPBACK, postgres_port, PROBE_TIMEOUT) is None
-    assert await http.probe(LOOPBACK, redis_port, PROBE_TIMEOUT) is None  # Redis hangs up on "Host:"
-    assert await http.probe(LOOPBACK, closed_port, PROBE_TIMEOUT) is None
-
+    assert (await speaks(postgres_port, "http")).protocol == "unknown"
+    assert (await speaks(redis_port, "http")).protocol == "unknown"  # Redis hangs up on "Host:"
+    assert (await speaks(closed_port, "http")).unsettled == "connection refused; will retry"

@@ -37,10 +37,5 @@ async def converse(host: str, port: int, timeout: float, request: bytes = b"", l
         return Answer(b"", "closed")
 
 
-async def exchange(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> bytes:
-    """What `converse` got: b"" on timeout, refusal or silence."""
-    return (await converse(host, port, timeout, request, limit)).data
-
-
 def is_ssh(data: bytes) -> bool:
     return data.startswith(b"SSH-")

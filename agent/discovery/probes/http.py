@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.discovery.probes import banner
-
 MAX_RESPONSE = 512
 REQUEST = b"GET / HTTP/1.0\r\nHost: localhost\r\nUser-Agent: vmesh-agent-probe\r\n\r\n"
 # "HTTP/1.1 200 OK": the reason phrase may be empty or missing altogether ("HTTP/1.1 200").
@@ -34,8 +32,3 @@ def parse_response(data: bytes) -> HttpReply | None:
             break
         pos = header.end()
     return HttpReply(status=int(status.group(1)), server=server)
-
-
-async def probe(host: str, port: int, timeout: float) -> HttpReply | None:
-    """Connect, send GET /, read the start of the response (at most MAX_RESPONSE bytes), and hang up."""
-    return parse_response(await banner.exchange(host, port, timeout, REQUEST, MAX_RESPONSE))

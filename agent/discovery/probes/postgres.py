@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.discovery.probes import banner
-
 MAX_ANSWER = 512
 # int32 length 8, int32 code 80877103 (1234.5679), big-endian: asks the server whether it speaks TLS.
 SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
@@ -76,8 +74,3 @@ def _error_v2(data: bytes) -> PostgresAnswer | None:
     if not all(0x20 <= b < 0x7F or b >= 0x80 for b in text):
         return None
     return PostgresAnswer(ssl=False, error=text.decode("utf-8", "replace"))
-
-
-async def probe(host: str, port: int, timeout: float) -> PostgresAnswer | None:
-    """Connect, send an SSLRequest, read the answer (at most MAX_ANSWER bytes), and hang up."""
-    return parse_ssl_response(await banner.exchange(host, port, timeout, SSL_REQUEST, MAX_ANSWER))

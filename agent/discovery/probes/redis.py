@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.discovery.probes import banner
-
 MAX_REPLY = 256
 PING = b"PING\r\n"
 # Error prefixes a Redis server can answer PING with before any command of ours has run: ERR (e.g. max
@@ -35,8 +33,3 @@ def parse_ping_reply(data: bytes) -> RedisReply | None:
     if match.group(3) is None and len(data) < MAX_REPLY:
         return None  # an unterminated line is only believable when it filled our read
     return RedisReply(error=data[1:].rstrip(b"\r\n").decode("ascii"))
-
-
-async def probe(host: str, port: int, timeout: float) -> RedisReply | None:
-    """Connect, send PING, read the reply (at most MAX_REPLY bytes), and hang up."""
-    return parse_ping_reply(await banner.exchange(host, port, timeout, PING, MAX_REPLY))
