@@ -24,7 +24,7 @@ from agent.health.credentials import load_credentials
 from agent.stop_kind import SWITCHES
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # RFC 1035 label, what the apiserver demands of a Service name: it must start with a letter ("3db" is refused).
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
@@ -385,12 +385,12 @@ def _validate_heartbeat(h: HeartbeatSettings) -> None:
 
 def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Settings:
     vm_name = s.vm_name or socket.gethostname().split(".")[0].lower()
-    if not _DNS_LABEL.match(vm_name):
+    if not DNS_LABEL.match(vm_name):
         raise ConfigError(
             "vm_name",
             f"{vm_name!r} cannot be part of a Kubernetes object name; use lowercase letters, digits and '-'",
         )
-    if not _DNS_LABEL.match(s.namespace):
+    if not DNS_LABEL.match(s.namespace):
         raise ConfigError("namespace", f"{s.namespace!r} is not a valid namespace name")
     if s.backend not in BACKENDS:
         raise ConfigError("backend", f"{s.backend!r} is not one of {', '.join(BACKENDS)}")

@@ -27,7 +27,7 @@ from agent.cli.local_api import EXIT_NOPERM, ClientError, call
 from agent.cli.stop_command import add_arguments as add_stop_kind_arguments
 from agent.cli.stop_command import run as stop_kind
 from agent.cluster.errors import ClusterError
-from agent.config import ConfigError, Settings, load_settings, parse_listen, parse_settings
+from agent.config import ApiSettings, ConfigError, Settings, load_settings, parse_listen, parse_settings
 from agent.daemon.agent import Agent
 from agent.daemon.sdnotify import Notifier
 from agent.discovery.listeners import scan_listeners
@@ -36,7 +36,7 @@ from agent.discovery.scanner import Scanner
 from agent.logs import configure
 
 DEFAULT_CONFIG = "/etc/vmesh-agent/config.toml"
-DEFAULT_SOCKET = "/run/vmesh-agent/agent.sock"
+DEFAULT_SOCKET = ApiSettings().socket  # the packaged default, written once in agent/config.py
 EXIT_FAILED = 1
 EXIT_NO_ADDRESS = 3
 EXIT_CONFIG = 78  # EX_CONFIG; the unit's RestartPreventExitStatus

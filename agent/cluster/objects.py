@@ -161,10 +161,6 @@ def build_endpoint_slice(
     }
 
 
-def slice_differs(current: Body, desired: Body) -> bool:
-    return owned_differs(current, desired, SLICE_CONTENT)
-
-
 def owned_differs(current: Body, desired: Body, content: Collection[str]) -> bool:
     """True when what the agent owns of its object differs: its labels and annotations, its Lease owner
     reference, and the `content` fields. Server fields and what others added are not compared."""
@@ -425,10 +421,6 @@ def build_external_workload(service: Body, vm: str, namespace: str, registration
             "workloadIPs": [{"ip": address}],
         },
     }
-
-
-def workload_differs(current: Body, desired: Body) -> bool:
-    return owned_differs(current, desired, WORKLOAD_CONTENT)
 
 
 def health_of(registrations: Collection[Registration], vm: str, *, terminating: bool = False) -> tuple[bool, str, str]:

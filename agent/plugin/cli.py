@@ -43,7 +43,7 @@ from agent.cluster.resources import (
     WORKLOAD_ENTRIES,
     Resource,
 )
-from agent.config import _DNS_LABEL, BACKENDS, ClusterSettings, ConfigError, Settings, parse_settings
+from agent.config import BACKENDS, DNS_LABEL, ClusterSettings, ConfigError, Settings, parse_settings
 from agent.durations import parse_duration
 from agent.lease.heartbeat import Heartbeat
 from agent.lease.reaper import VM_LEASES, reap_pass
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "install" and args.dry_run:
             print(manifests.dump(manifests.load(namespace)), end="")
             return 0
-        if args.command in ("enroll", "revoke") and not _DNS_LABEL.match(args.vm):
+        if args.command in ("enroll", "revoke") and not DNS_LABEL.match(args.vm):
             raise ValueError(f"VM name {args.vm!r}: lower-case letters, digits and '-' (a DNS label), as vm_name")
         commands: dict[str, Callable[[KubeClient, argparse.Namespace, str], Awaitable[None]]] = {
             "install": install, "enroll": enroll, "get": get_vms, "revoke": revoke, "reap": reap}

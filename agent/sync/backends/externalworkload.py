@@ -23,13 +23,14 @@ import structlog
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import CONDITION_READY, build_external_workload
 from agent.cluster.resources import EXTERNAL_WORKLOADS
+from agent.config import ExternalWorkloadSettings
 from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
 from agent.sync.backends.owned import Preferred
 from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
 
-DEFAULT_IDENTITY = "spiffe://root.linkerd.cluster.local/{vm}"
-DEFAULT_SERVER_NAME = "{vm}.cluster.local"
+DEFAULT_IDENTITY = ExternalWorkloadSettings().identity  # the defaults, written once in agent/config.py
+DEFAULT_SERVER_NAME = ExternalWorkloadSettings().server_name
 
 
 class ExternalWorkloadBackend(WorkloadBackend):

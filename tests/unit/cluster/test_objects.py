@@ -13,7 +13,7 @@ from agent.cluster.objects import (
     missing_service_ports,
     object_name,
     one_address,
-    slice_differs,
+    owned_differs,
 )
 from agent.state import DesiredState, Registration, VanishTracker
 
@@ -82,9 +82,9 @@ def test_slice_differs_ignores_server_fields_but_sees_edits() -> None:
     regs = [Registration("mysqldb", 3306, "mysql", ip_address("10.0.0.5"))]
     want = build_endpoint_slice(svc, "vm-a", "vm", regs, LEASE)
     current = {**want, "metadata": {**want["metadata"], "resourceVersion": "7", "uid": "x"}}
-    assert not slice_differs(current, want)
+    assert not owned_differs(current, want, SLICE_CONTENT)
     edited = {**current, "endpoints": [{"addresses": ["10.9.9.9"], "conditions": {"ready": True}}]}
-    assert slice_differs(edited, want)
+    assert owned_differs(edited, want, SLICE_CONTENT)
 
 
 def test_micro_time_has_six_fraction_digits() -> None:
@@ -165,7 +165,7 @@ def test_a_write_keeps_what_others_added_and_sets_what_the_agent_owns() -> None:
         "ownerReferences": [foreign_owner, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                                             "name": "vmesh-vm-a", "uid": "u-0"}]},
         "endpoints": [{"addresses": ["10.9.9.9"], "conditions": {"ready": True}}]}
-    assert slice_differs(current, want)
+    assert owned_differs(current, want, SLICE_CONTENT)
     merged = merge_owned(current, want, SLICE_CONTENT)
     assert merged["metadata"]["finalizers"] == ["example.com/keep"]
     assert merged["metadata"]["labels"]["team"] == "db"
@@ -173,7 +173,7 @@ def test_a_write_keeps_what_others_added_and_sets_what_the_agent_owns() -> None:
     assert merged["metadata"]["ownerReferences"] == [foreign_owner, *want["metadata"]["ownerReferences"]]
     assert merged["metadata"]["resourceVersion"] == "7"
     assert merged["endpoints"] == want["endpoints"]
-    assert not slice_differs(merged, want), "others' additions are no difference"
+    assert not owned_differs(merged, want, SLICE_CONTENT), "others' additions are no difference"
 
 
 def test_one_address_per_family_is_the_advertised_one_not_the_lowest() -> None:

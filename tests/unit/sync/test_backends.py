@@ -13,6 +13,7 @@ from agent.cluster.errors import Conflict
 from agent.cluster.objects import (
     ANNOTATION_ISTIO_HEALTH_CHECKS,
     ANNOTATION_ISTIO_SERVICE_ACCOUNTS,
+    WORKLOAD_CONTENT,
     build_external_workload,
     build_service,
     build_service_with,
@@ -21,8 +22,8 @@ from agent.cluster.objects import (
     health_of,
     named_ports,
     object_name,
+    owned_differs,
     set_condition,
-    workload_differs,
 )
 from agent.logs import get_logger
 from agent.state import Registration
@@ -259,9 +260,9 @@ def test_workload_differs_ignores_server_fields_and_foreign_labels_but_sees_edit
     current = {**want, "metadata": {**want["metadata"], "resourceVersion": "9", "uid": "x",
                                     "labels": {**want["metadata"]["labels"], "team": "db"}},
                "status": {"conditions": []}}
-    assert not workload_differs(current, want)
-    assert workload_differs({**current, "spec": {**want["spec"], "address": "10.0.0.1"}}, want)
-    assert workload_differs(current, build_workload_entry(svc, "a", "vm", [reg()], lease("a", "new")))
+    assert not owned_differs(current, want, WORKLOAD_CONTENT)
+    assert owned_differs({**current, "spec": {**want["spec"], "address": "10.0.0.1"}}, want, WORKLOAD_CONTENT)
+    assert owned_differs(current, build_workload_entry(svc, "a", "vm", [reg()], lease("a", "new")), WORKLOAD_CONTENT)
 
 
 # --- health as a status condition --------------------------------------------------------------------------------
