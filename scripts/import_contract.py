@@ -36,7 +36,7 @@ ONLY_IN = {"kubernetes_asyncio": ("agent.cluster.kube",)}
 # What the config layer may import: the standard library and the base layer (never the checks: pymysql, aiohttp).
 STDLIB_ONLY = ("agent.config",)
 # Said explicitly, with its own message, though the layers already forbid it.
-FORBIDDEN = [("agent.api", "agent.daemon", "the API sees the agent through agent.api.view.AgentView only")]
+FORBIDDEN = [("agent.api", "agent.daemon", "the API sees the agent through agent.api.agent_view.AgentView only")]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent import __version__
-from agent.api.view import AgentView
-from agent.api.views import reaper_status
+from agent.api.agent_view import AgentView
+from agent.api.documents import reaper_status
 
 Family = GaugeMetricFamily | CounterMetricFamily
 Families = dict[str, Family]  # by the name served (a counter's family name has no _total)

@@ -24,14 +24,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agent.api import views
+from agent.api import documents
+from agent.api.agent_view import AgentView
 from agent.api.metrics import AgentMetrics
 from agent.api.openapi import OPENAPI, REASON_PATTERN
-from agent.api.view import AgentView
 
 SOCKET_GROUP = "vmesh-agent"
 SOCKET_MODE = 0o660
-HEALTH_STATUS = {views.PASSING: 200, views.WARNING: 429, views.CRITICAL: 503}
+HEALTH_STATUS = {documents.PASSING: 200, documents.WARNING: 429, documents.CRITICAL: 503}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -166,11 +166,11 @@ class ApiServer:
         return response
 
     def health(self) -> dict[str, Any]:
-        """views.health, reused for HEALTH_MAX_AGE: a bounded staleness in exchange for cheap polling."""
+        """documents.health, reused for HEALTH_MAX_AGE: a bounded staleness in exchange for cheap polling."""
         computed_at, body = self._health
         now = time.monotonic()
         if now - computed_at > HEALTH_MAX_AGE:
-            body = views.health(self.agent)
+            body = documents.health(self.agent)
             self._health = (now, body)
         return body
 
@@ -185,14 +185,14 @@ class ApiServer:
         return json_response(body, code)
 
     async def get_status(self, _: web.Request) -> web.Response:
-        return json_response(views.status(self.agent))
+        return json_response(documents.status(self.agent))
 
     async def get_services(self, _: web.Request) -> web.Response:
-        return json_response(views.services(self.agent))
+        return json_response(documents.services(self.agent))
 
     async def get_service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        found = next((s for s in views.services(self.agent) if s["name"] == name), None)
+        found = next((s for s in documents.services(self.agent) if s["name"] == name), None)
         if found is None:
             raise ApiError(404, f"no service {name!r} on this VM")
         return json_response(found)

@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 
 from agent import __version__, interpreter
+from agent.api.documents import status_line
 from agent.api.metrics import AgentCollector, AgentMetrics
 from agent.api.server import ApiServer
-from agent.api.views import status_line
 from agent.cluster.backoff import retry_transient
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
@@ -30,7 +30,7 @@ from agent.config import ConfigError, Settings, load_settings, parse_listen
 from agent.daemon.account_watch import AccountWatch
 from agent.daemon.local_state import LocalState
 from agent.daemon.sdnotify import Notifier
-from agent.daemon.tasks import TaskGroup
+from agent.daemon.tasks import RootTasks
 from agent.discovery.scanner import DiscoveryReport
 from agent.health.monitor import HealthMonitor
 from agent.lease.heartbeat import Heartbeat
@@ -91,7 +91,7 @@ class Agent:
                                 on_changed=lambda: self.reconciler.poke() if self.reconciler else None,
                                 on_addresses_lost=self._reconnect)
         self.state, self.health = self.local.state, self.local.health
-        self.tasks = TaskGroup(self.log, self._fail)
+        self.tasks = RootTasks(self.log, self._fail)
         self.api = ApiServer(self, settings.api.socket, metrics=self.metrics, log=self.log,
                              listen=parse_listen(settings.metrics.listen) if settings.metrics.listen else None)
         self.server = settings.cluster.server or settings.cluster.kubeconfig
@@ -357,7 +357,7 @@ class Agent:
         for client in self._clients:
             await client.reconnect()
 
-    # -- what the API reads (agent.api.view.AgentView) -------------------------------------------------
+    # -- what the API reads (agent.api.agent_view.AgentView) -------------------------------------------------
 
     @property
     def report(self) -> DiscoveryReport | None:
@@ -394,7 +394,7 @@ class Agent:
     # -- reporting -------------------------------------------------------------------------------------
 
     def status_line(self) -> str:
-        """The state in words, for systemd's STATUS= (agent/api/views.py, beside /v1/health's problems)."""
+        """The state in words, for systemd's STATUS= (agent/api/documents.py, beside /v1/health's problems)."""
         return status_line(self)
 
     def _report_status(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 
-class TaskGroup:
+class RootTasks:
     """Named long-running tasks. If one ends while it should still run, `on_failure` is told why."""
 
     def __init__(self, log: structlog.typing.FilteringBoundLogger, on_failure: Callable[[str], None]) -> None:

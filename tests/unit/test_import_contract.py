@@ -27,8 +27,8 @@ def test_this_tree_keeps_the_contract() -> None:
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:
     base = {"agent/__init__.py": '__version__ = "0"\n', "agent/config.py": "import tomllib\n",
-            "agent/daemon/agent.py": "from agent.api.views import x\n", "agent/api/__init__.py": "",
-            "agent/api/views.py": "x = 1\n", "agent/health/__init__.py": "import pymysql\n",
+            "agent/daemon/agent.py": "from agent.api.documents import x\n", "agent/api/__init__.py": "",
+            "agent/api/documents.py": "x = 1\n", "agent/health/__init__.py": "import pymysql\n",
             "agent/cluster/__init__.py": "", "agent/cluster/kube.py": "import kubernetes_asyncio\n",
             "agent/sync/__init__.py": "", "agent/sync/watcher.py": "from agent.cluster import kube\n"}
     for name, text in {**base, **files}.items():
@@ -42,9 +42,10 @@ def test_a_tree_that_keeps_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("files", "words"), [
-    ({"agent/api/views.py":
+    ({"agent/api/documents.py":
       "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent.daemon.agent import Agent\n"},
-     "agent.api.views (line 3) imports agent.daemon.agent: the API sees the agent through agent.api.view.AgentView"),
+     "agent.api.documents (line 3) imports agent.daemon.agent: the API sees the agent through "
+     "agent.api.agent_view.AgentView"),
     ({"agent/config.py": "from agent.health.checks import load\n"},  # health.credentials is base: allowed
      "agent.config may import only the standard library and the base layer"),
     ({"agent/config.py": "import aiohttp\n"}, "agent.config may import only the standard library"),
@@ -54,8 +55,9 @@ def test_a_tree_that_keeps_it(tmp_path: Path) -> None:
      "layer 'health | cluster' may not import the higher layer 'sync'"),
     ({"agent/health/__init__.py": "from agent.cluster import kube\n"}, "siblings in layer 'health | cluster'"),
     ({"agent/gadget.py": "import os\n"}, "agent.gadget is in no layer"),
-    ({"agent/api/views.py": "from agent.api import other\n", "agent/api/other.py": "from agent.api.views import x\n"},
-     "import cycle among agent.api.other, agent.api.views"),
+    ({"agent/api/documents.py": "from agent.api import other\n",
+      "agent/api/other.py": "from agent.api.documents import x\n"},
+     "import cycle among agent.api.documents, agent.api.other"),
 ])
 def test_each_rule_bites(tmp_path: Path, files: dict[str, str], words: str) -> None:
     problems = contract().check(tree(tmp_path, files))

@@ -9,9 +9,9 @@ from typing import cast
 
 import structlog
 
+from agent.api.agent_view import AgentView
 from agent.api.metrics import AgentMetrics
 from agent.api.server import ApiServer
-from agent.api.view import AgentView
 
 
 def server_at(path: Path) -> ApiServer:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from agent import __version__
-from agent.api.view import AgentView
+from agent.api.agent_view import AgentView
 from agent.cluster.tokens import utc
 
 PASSING, WARNING, CRITICAL = "passing", "warning", "critical"
