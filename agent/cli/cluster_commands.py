@@ -10,11 +10,10 @@ from agent.cluster.objects import lease_name
 from agent.cluster.resources import LEASES
 from agent.cluster.tokens import TokenFiles, agent_token_files
 from agent.config import Settings
-from agent.lease.heartbeat import Heartbeat
 from agent.lease.identity import HolderIdentity, read_identity
 from agent.lease.reaper import reap_pass
 from agent.logs import get_logger
-from agent.sync.backends.backend import remove_shared_entries
+from agent.sync.backends.backend import no_lease, remove_shared_entries
 from agent.sync.backends.registry import make_backend
 
 
@@ -63,9 +62,7 @@ async def deregister(settings: Settings) -> list[str]:
                                "clone with the same vm_name, whose objects are labelled as this VM's too. Nothing "
                                "removed; give one of them another vm_name")
         log = get_logger(vm=settings.vm_name)
-        heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
-                              lease_duration=settings.heartbeat.lease_duration, log=log)
-        removed = await make_backend(settings, kube, settings.vm_name, heartbeat, log).remove_all()
+        removed = await make_backend(settings, kube, settings.vm_name, no_lease, log).remove_all()
         if current is not None:
             meta = current["metadata"]
             assert isinstance(meta, dict)
@@ -87,16 +84,14 @@ async def reap_once(settings: Settings) -> list[str]:
     """Watch the Leases for the longest lease period + grace, then remove the VMs that did not renew."""
     kube = await KubeClient.connect(settings.cluster, _tokens(settings))
     log = get_logger(vm=settings.vm_name)
-    heartbeat = Heartbeat(kube, settings.namespace, settings.vm_name, interval=settings.heartbeat.interval,
-                          lease_duration=settings.heartbeat.lease_duration, log=log)
     reaped: list[str] = []
 
     async def after_reap(vm: str) -> None:
         reaped.append(vm)
-        await remove_shared_entries(make_backend(settings, kube, vm, heartbeat, log))
+        await remove_shared_entries(make_backend(settings, kube, vm, no_lease, log))
 
     try:
-        await reap_pass(kube, settings.namespace, heartbeat.name, after_reap, grace=settings.reaper.grace,
+        await reap_pass(kube, settings.namespace, lease_name(settings.vm_name), after_reap, grace=settings.reaper.grace,
                         brake_fraction=settings.reaper.brake_fraction, timeout=settings.cluster.request_timeout,
                         log=log)
     finally:

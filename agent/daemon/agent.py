@@ -41,7 +41,7 @@ from agent.lease.slots import ReaperSlots
 from agent.logs import get_logger
 from agent.state import Registration
 from agent.stop_kind import StopKind, forget_kind, read_kind, should_deregister
-from agent.sync.backends.backend import Backend, remove_shared_entries
+from agent.sync.backends.backend import Backend, no_lease, remove_shared_entries
 from agent.sync.backends.registry import make_backend
 from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
@@ -225,11 +225,11 @@ class Agent:
                                pinned=lambda: self.slots is not None and self.slots.held is not None),
         )
 
-        self.backend = make_backend(s, sync_client, s.vm_name, heartbeat, self.log,
+        self.backend = make_backend(s, sync_client, s.vm_name, heartbeat.ensure, self.log,
                                     preferred=lambda: self.state.preferred)
 
         async def after_reap(vm: str) -> None:
-            await remove_shared_entries(make_backend(s, sync_client, vm, heartbeat, self.log))
+            await remove_shared_entries(make_backend(s, sync_client, vm, no_lease, self.log))
 
         self.reaper = Reaper(sync_client, s.namespace, heartbeat.name, grace=s.reaper.grace,
                              brake_fraction=s.reaper.brake_fraction, brake_limit=s.reaper.brake_limit,

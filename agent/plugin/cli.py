@@ -45,13 +45,12 @@ from agent.cluster.resources import (
 )
 from agent.config import BACKENDS, DNS_LABEL, ClusterSettings, ConfigError, Settings, parse_settings
 from agent.durations import parse_duration
-from agent.lease.heartbeat import Heartbeat
 from agent.lease.reaper import VM_LEASES, reap_pass
 from agent.lease.slots import LABEL_SLOT
 from agent.logs import configure, get_logger
 from agent.plugin import enforce, enrollment, fleet, manifests
 from agent.plugin.bundle import Bundle, DeclaredService
-from agent.sync.backends.backend import remove_shared_entries
+from agent.sync.backends.backend import no_lease, remove_shared_entries
 from agent.sync.backends.registry import make_backend
 
 FIELD_MANAGER = "kubectl-vmesh"
@@ -277,10 +276,9 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
 
     async def after_reap(vm: str) -> None:
         reaped.append(vm)
-        heartbeat = Heartbeat(kube, namespace, vm, interval=5, lease_duration=15, log=log)
         backend = backends.get(vm, "endpointslice")
         settings = Settings(vm_name=vm, namespace=namespace, backend=backend)
-        await remove_shared_entries(make_backend(settings, kube, vm, heartbeat, log))
+        await remove_shared_entries(make_backend(settings, kube, vm, no_lease, log))
 
     for lease in await kube.list(LEASES, namespace, VM_LEASES):
         meta = lease["metadata"]
@@ -312,13 +310,12 @@ async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
     # The VM's objects, removed as `vmesh-agent deregister` and the reaper remove them (each backend its own way),
     # then its Lease.
     log = get_logger(vm=vm)
-    heartbeat = Heartbeat(kube, namespace, vm, interval=5, lease_duration=15, log=log)
     mesh = {"workloadentry": WORKLOAD_ENTRIES, "externalworkload": EXTERNAL_WORKLOADS}
     for backend in BACKENDS:
         if backend in mesh and not await _served(kube, mesh[backend], namespace):
             continue
         settings = Settings(vm_name=vm, namespace=namespace, backend=backend)
-        for name in await make_backend(settings, kube, vm, heartbeat, log).remove_all():
+        for name in await make_backend(settings, kube, vm, no_lease, log).remove_all():
             print(f"{name} deleted")
     try:
         await kube.delete(LEASES, namespace, lease_name(vm))

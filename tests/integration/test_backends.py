@@ -127,7 +127,7 @@ async def test_endpoints_fifty_vms_on_one_loop_share_one_endpoints_object(
                               f"vmesh-{vm}") for vm in vms}
 
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return EndpointsBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
+        return EndpointsBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm), service_account="vm-sa")
 
     timings: dict[str, float] = {}
     async with fleet(settings, namespace, names, make) as vms:
@@ -209,7 +209,7 @@ subsets:
 """)
 
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return EndpointsBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
+        return EndpointsBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm), service_account="vm-sa")
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         await vm.backend.sync([reg("198.18.9.10")])
@@ -232,7 +232,7 @@ async def test_endpoints_drop_the_addresses_of_a_vm_whose_lease_is_gone(
     cluster: Cluster, namespace: str, settings: ClusterSettings
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return EndpointsBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
+        return EndpointsBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm))
 
     async with fleet(settings, namespace, ["vm-a", "vm-b"], make) as [a, b]:
         await asyncio.gather(a.backend.sync([reg("198.18.9.1")]), b.backend.sync([reg("198.18.9.2")]))
@@ -255,7 +255,7 @@ async def test_workloadentry_spec_health_and_removal(
     cluster: Cluster, namespace: str, settings: ClusterSettings, istio_crds: None
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), service_account="vm-sa")
+        return WorkloadEntryBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm), service_account="vm-sa")
 
     def entry() -> Body | None:
         return cluster.get(WLE, object_name("mysqldb", "vm-a", 4), namespace)
@@ -309,7 +309,7 @@ async def test_externalworkload_spec_readiness_and_removal(
     cluster: Cluster, namespace: str, settings: ClusterSettings, linkerd_crds: None
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
+        return ExternalWorkloadBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm))
 
     def workload(family: int = 4) -> Body | None:
         return cluster.get(EW, object_name("mysqldb", "vm-a", family), namespace)
@@ -361,9 +361,8 @@ async def test_mesh_backends_register_the_advertised_address_not_the_lowest(
     advertised = [ip_address("198.18.9.5"), ip_address("198.18.9.1")]
 
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        if kind == WLE:
-            return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
-        return ExternalWorkloadBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm), preferred=lambda: advertised)
+        cls = WorkloadEntryBackend if kind == WLE else ExternalWorkloadBackend
+        return cls(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm), preferred=lambda: advertised)
 
     async with fleet(settings, namespace, ["vm-a"], make) as [vm]:
         await vm.backend.sync([reg("198.18.9.1"), reg("198.18.9.5")])
@@ -377,7 +376,7 @@ async def test_deregister_removes_a_mesh_vms_objects_through_its_backend_and_nam
     cluster: Cluster, namespace: str, settings: ClusterSettings, istio_crds: None
 ) -> None:
     def make(kube: KubeClient, vm: str, heartbeat: Heartbeat) -> Backend:
-        return WorkloadEntryBackend(kube, namespace, vm, heartbeat, get_logger(vm=vm))
+        return WorkloadEntryBackend(kube, namespace, vm, heartbeat.ensure, get_logger(vm=vm))
 
     async with fleet(settings, namespace, ["vm-a", "vm-b"], make) as [a, b]:
         await a.backend.sync([reg("198.18.9.1"), reg("fd00:198:18::1")])

@@ -25,8 +25,8 @@ from tests.testbed.cluster import Cluster
 Body = dict[str, Any]
 
 BACKENDS: dict[str, Callable[[KubeClient, str, str, Heartbeat], Backend]] = {
-    "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat, get_logger(vm=vm)),
-    WLE: lambda kube, ns, vm, beat: WorkloadEntryBackend(kube, ns, vm, beat, get_logger(vm=vm)),
+    "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat.ensure, get_logger(vm=vm)),
+    WLE: lambda kube, ns, vm, beat: WorkloadEntryBackend(kube, ns, vm, beat.ensure, get_logger(vm=vm)),
 }
 # An edit of what the agent owns, so that the next sync has to write the object.
 EDIT = {"endpointslice": {"op": "replace", "path": "/endpoints/0/addresses/0", "value": "198.18.77.77"},

@@ -31,11 +31,11 @@ MakeBackend = Callable[[KubeClient, str, Heartbeat], Backend]
 
 
 def slices(namespace: str) -> MakeBackend:
-    return lambda kube, vm, beat: EndpointSliceBackend(kube, namespace, vm, beat, get_logger(vm=vm))
+    return lambda kube, vm, beat: EndpointSliceBackend(kube, namespace, vm, beat.ensure, get_logger(vm=vm))
 
 
 def entries(namespace: str) -> MakeBackend:
-    return lambda kube, vm, beat: WorkloadEntryBackend(kube, namespace, vm, beat, get_logger(vm=vm))
+    return lambda kube, vm, beat: WorkloadEntryBackend(kube, namespace, vm, beat.ensure, get_logger(vm=vm))
 
 
 def addresses_of(obj: Body) -> list[str]:

@@ -29,9 +29,9 @@ from tests.testbed.vm import VM
 from tests.testbed.waiting import wait_until
 
 BACKENDS: dict[str, Callable[[KubeClient, str, str, Heartbeat], Backend]] = {
-    "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat, get_logger(vm=vm)),
-    "endpoints": lambda kube, ns, vm, beat: EndpointsBackend(kube, ns, vm, beat, get_logger(vm=vm)),
-    "workloadentry": lambda kube, ns, vm, beat: WorkloadEntryBackend(kube, ns, vm, beat, get_logger(vm=vm)),
+    "endpointslice": lambda kube, ns, vm, beat: EndpointSliceBackend(kube, ns, vm, beat.ensure, get_logger(vm=vm)),
+    "endpoints": lambda kube, ns, vm, beat: EndpointsBackend(kube, ns, vm, beat.ensure, get_logger(vm=vm)),
+    "workloadentry": lambda kube, ns, vm, beat: WorkloadEntryBackend(kube, ns, vm, beat.ensure, get_logger(vm=vm)),
 }
 WHERE = {"endpointslice": "endpointslice", "endpoints": "endpoints", "workloadentry": WLE}
 

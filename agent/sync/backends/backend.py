@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
 from agent.cluster.resources import Resource
 from agent.state import Registration
+
+# How a backend gets the VM's Lease, the owner its objects name (created on first use): the heartbeat's ensure().
+LeaseGetter = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def no_lease() -> dict[str, Any]:
+    """For a backend that only removes objects (a one-shot deregister, a reaper's clean-up after a dead VM): it
+    writes nothing, so it never needs a Lease; asking for one is a bug."""
+    raise RuntimeError("this backend only removes objects: it has no Lease to write under")
 
 
 class Backend(Protocol):

@@ -43,8 +43,8 @@ from agent.cluster.objects import (
     shared_metadata,
 )
 from agent.cluster.resources import ENDPOINTS, LEASES, Resource
-from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
+from agent.sync.backends.backend import LeaseGetter
 from agent.sync.failures import raise_failures
 from agent.sync.services import SharedServices
 from agent.sync.update import UPDATE_ATTEMPTS, Change, Delete, Put, update
@@ -169,13 +169,13 @@ def build_endpoints(name: str, namespace: str, vm: str, subsets: list[Body]) -> 
 
 class EndpointsBackend:
     owned_by_lease = False  # addresses in a shared Endpoints: only a reaper's remove_all takes them out
-    def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
+    def __init__(self, kube: KubeClient, namespace: str, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, service_account: str = "", reap: bool = True,
                  attempts: int = UPDATE_ATTEMPTS) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
-        self._heartbeat = heartbeat
+        self._lease = lease  # the VM's Lease, the owner its objects name
         self._log = log
         self.service_account = service_account
         self.reap = reap
@@ -195,7 +195,7 @@ class EndpointsBackend:
         return have != self._mine.get(name, {})
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
-        lease = await self._heartbeat.ensure()  # the marker names it, and it must exist before any entry does
+        lease = await self._lease()  # the marker names it, and it must exist before any entry does
         wanted: dict[str, list[WantedAddress]] = {}
         failures: dict[str, ClusterError] = {}
         for service, group in group_by_service(registrations).items():

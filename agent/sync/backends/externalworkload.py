@@ -24,8 +24,8 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import CONDITION_READY, build_external_workload
 from agent.cluster.resources import EXTERNAL_WORKLOADS
 from agent.config import ExternalWorkloadSettings
-from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
+from agent.sync.backends.backend import LeaseGetter
 from agent.sync.backends.owned import Preferred
 from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
 
@@ -41,11 +41,11 @@ class ExternalWorkloadBackend(WorkloadBackend):
     HEALTH_EVENT = "readiness set"
     HEALTH_FIELD = "ready"
 
-    def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
+    def __init__(self, kube: KubeClient, namespace: str, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, identity: str = DEFAULT_IDENTITY,
                  server_name: str = DEFAULT_SERVER_NAME, wall_clock: WallClock = time.time,
                  preferred: Preferred = tuple) -> None:
-        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock, preferred=preferred)
+        super().__init__(kube, namespace, vm, lease, log, wall_clock=wall_clock, preferred=preferred)
         self.identity = identity
         self.server_name = server_name
         self.mesh_tls("service")  # a broken template fails here, at start-up, not in every sync

@@ -25,8 +25,8 @@ from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, merge_owned, object_name, owned_differs
 from agent.cluster.resources import Resource
 from agent.discovery.addresses import IPAddress
-from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration, group_by_service
+from agent.sync.backends.backend import LeaseGetter
 from agent.sync.failures import raise_failures
 from agent.sync.services import SharedServices
 from agent.sync.update import Change, Delete, Put, update
@@ -43,12 +43,12 @@ class OwnedObjectsBackend(ABC):
     SERVICE_LABEL: ClassVar[str]  # the label that names the object's service
     MESH: ClassVar[str] = ""  # whose CRDs serve RESOURCE ("Istio"); "" for a built-in resource
 
-    def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
+    def __init__(self, kube: KubeClient, namespace: str, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, preferred: Preferred = tuple) -> None:
         self._kube = kube
         self.namespace = namespace
         self.vm = vm
-        self._heartbeat = heartbeat
+        self._lease = lease  # the VM's Lease, the owner its objects name
         self._log = log
         self._preferred = preferred  # the advertised address first, then the other candidates
         self._services = SharedServices(kube, namespace, vm, log)
@@ -87,7 +87,7 @@ class OwnedObjectsBackend(ABC):
         return True  # the VM's objects are its own alone: any change by someone else is to be undone
 
     async def sync(self, registrations: Collection[Registration], *, terminating: bool = False) -> None:
-        lease = await self._heartbeat.ensure()  # the VM's heartbeat exists even with nothing to register
+        lease = await self._lease()  # the VM's heartbeat exists even with nothing to register
         current = {o["metadata"]["name"]: o for o in await self._own()}
         self._known = dict(current)
         groups = group_by_service(registrations)

@@ -18,8 +18,8 @@ import structlog
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import CONDITION_HEALTHY, build_workload_entry
 from agent.cluster.resources import WORKLOAD_ENTRIES
-from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
+from agent.sync.backends.backend import LeaseGetter
 from agent.sync.backends.owned import Preferred
 from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
 
@@ -30,10 +30,10 @@ class WorkloadEntryBackend(WorkloadBackend):
     CONDITION = CONDITION_HEALTHY
     MESH = "Istio"
 
-    def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
+    def __init__(self, kube: KubeClient, namespace: str, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, service_account: str = "", network: str = "",
                  wall_clock: WallClock = time.time, preferred: Preferred = tuple) -> None:
-        super().__init__(kube, namespace, vm, heartbeat, log, wall_clock=wall_clock, preferred=preferred)
+        super().__init__(kube, namespace, vm, lease, log, wall_clock=wall_clock, preferred=preferred)
         self.service_account = service_account
         self.network = network
 

@@ -15,8 +15,8 @@ import structlog
 
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import LABEL_APP, WORKLOAD_CONTENT, health_of, own_objects_selector, set_condition
-from agent.lease.heartbeat import Heartbeat
 from agent.state import Registration
+from agent.sync.backends.backend import LeaseGetter
 from agent.sync.backends.owned import OwnedObjectsBackend, Preferred
 from agent.sync.update import Change, PatchStatus, update
 
@@ -31,10 +31,10 @@ class WorkloadBackend(OwnedObjectsBackend):
     HEALTH_EVENT: ClassVar[str] = "health set"  # logged as f"{KIND} {HEALTH_EVENT}"
     HEALTH_FIELD: ClassVar[str] = "healthy"  # the log field of the condition's value
 
-    def __init__(self, kube: KubeClient, namespace: str, vm: str, heartbeat: Heartbeat,
+    def __init__(self, kube: KubeClient, namespace: str, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, wall_clock: WallClock = time.time,
                  preferred: Preferred = tuple) -> None:
-        super().__init__(kube, namespace, vm, heartbeat, log, preferred=preferred)
+        super().__init__(kube, namespace, vm, lease, log, preferred=preferred)
         self._wall_clock = wall_clock
 
     @property

@@ -56,7 +56,7 @@ class OneServiceRefused:
 
 async def test_an_old_object_goes_only_once_its_successor_exists() -> None:
     kube = OneServiceRefused("api", held=["api-a", "mysqldb-a"])
-    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat().ensure, get_logger())  # type: ignore[arg-type]
     registrations = [Registration(s, 3306, "mysql", ip_address("198.18.1.1")) for s in ("api", "mysqldb")]
     with pytest.raises(ServiceFailures) as failed:
         await backend.sync(registrations)
@@ -75,7 +75,7 @@ async def test_removal_goes_on_past_an_object_that_cannot_be_deleted() -> None:
         await refused(resource, namespace, name, resource_version=resource_version)
 
     kube.delete = delete  # type: ignore[method-assign]
-    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat().ensure, get_logger())  # type: ignore[arg-type]
     with pytest.raises(ServiceFailures) as failed:
         await backend.remove_all()
     assert list(failed.value.errors) == ["mysqldb"]
@@ -88,7 +88,7 @@ async def test_removal_after_the_lease_takes_only_what_that_lease_owned() -> Non
     kube = OneServiceRefused("", held=["api-a", "mysqldb-a", "web-a"])
     for name, uid in (("api-a", "uid-a"), ("mysqldb-a", "uid-clone")):
         kube.held[name]["metadata"]["ownerReferences"] = [{"kind": "Lease", "name": "vmesh-a", "uid": uid}]
-    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat().ensure, get_logger())  # type: ignore[arg-type]
     assert await backend.remove_all("uid-a") == ["endpointslice/api-a"]
     assert kube.deleted == ["api-a"]
 
@@ -96,7 +96,7 @@ async def test_removal_after_the_lease_takes_only_what_that_lease_owned() -> Non
 async def test_removal_after_the_lease_needs_no_list_after_a_sync() -> None:
     """A fleet stopping at once is short of requests: what the last sync (the marking) wrote is what there is."""
     kube = OneServiceRefused("", held=[])
-    backend = EndpointSliceBackend(kube, "vm", "a", Beat(), get_logger())  # type: ignore[arg-type]
+    backend = EndpointSliceBackend(kube, "vm", "a", Beat().ensure, get_logger())  # type: ignore[arg-type]
     await backend.mark_terminating([Registration("mysqldb", 3306, "mysql", ip_address("198.18.1.1"))])
     listed = []
 
