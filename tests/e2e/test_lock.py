@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _locked() -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     text = (ROOT / "packaging" / "requirements.lock").read_text().replace("\\\n", " ")  # pip's continuations
     for line in text.splitlines():
         match = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)(\s+--hash=sha256:[0-9a-f]{64})+$", line)

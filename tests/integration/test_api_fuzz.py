@@ -46,6 +46,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis.errors import Unsatisfiable
 from requests.adapters import HTTPAdapter
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 from schemathesis.errors import FailureGroup
 from schemathesis.generation.drivers import CoverageGenerator
 from schemathesis.generation.feedback import FeedbackSources
@@ -285,7 +286,7 @@ class Fuzzer:
         self.schema: BaseSchema = schemathesis.openapi.from_dict(doc)
         self.findings = Findings()
 
-    def exchange(self, case: schemathesis.Case) -> None:
+    def exchange(self, case: schemathesis.Case[Any]) -> None:
         response = case.call(base_url=BASE_URL, session=self.session)
         self.findings.sent += 1
         label = case.operation.label
@@ -309,6 +310,7 @@ class Fuzzer:
         CoverageGenerator is how schemathesis' own runners make them; it is not a documented entry point."""
         sent = 0
         for result in self.schema.get_all_operations():
+            assert isinstance(result, Ok), result.err()
             operation = result.ok()
             generator = CoverageGenerator(
                 operation=operation, generation_modes=list(GenerationMode),
@@ -328,7 +330,7 @@ class Fuzzer:
         @hypothesis.settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate],
                              suppress_health_check=list(HealthCheck), verbosity=hypothesis.Verbosity.quiet)
         @given(case=strategy)
-        def run(case: schemathesis.Case) -> None:
+        def run(case: schemathesis.Case[Any]) -> None:
             self.exchange(case)
             self.findings.fuzzed[batch.label] += 1
 

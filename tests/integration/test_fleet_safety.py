@@ -10,6 +10,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def fleet(count: int, cluster: Cluster, namespace: str, make_vm: Callable[[str],
         vm.start_mariadb(template)
         vm.start_agent(vm.write_config(namespace, reaper={**REAPER, **reaper}))
     for vm in vms:
-        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
+        wait_until(partial(ready_slice, cluster, namespace, vm), 30, f"{vm.name} registered")
     slots = int(str(reaper.get("slots", 2)))
     wait_until(lambda: len([h for h in slot_holders(cluster, namespace).values() if h]) == slots, 15,
                "every reaper slot held")
@@ -95,7 +96,7 @@ def test_an_outage_longer_than_a_lease_reaps_no_live_vm(
                30, "the apiserver serving again")
     back = time.monotonic()
     for vm in vms:
-        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 5, f"{vm.name} correct after the outage")
+        wait_until(partial(ready_slice, cluster, namespace, vm), 5, f"{vm.name} correct after the outage")
     print(f"{component} down {OUTAGE:g}s: every endpoint correct {time.monotonic() - back:.2f}s after its return")
     assert_nothing_deleted_for(LEASE + GRACE + 3, cluster, namespace, before)
     assert reaped(vms) == []
@@ -116,7 +117,9 @@ def test_when_every_slot_holder_dies_another_agent_takes_a_slot_and_reaps_them(
                and all(slot_holders(cluster, namespace).values()), LEASE + 3 * SLOT_CHECK + 2, "the slots taken over")
     took_over = time.monotonic() - killed_at
     for vm in dying:
-        wait_until(lambda vm=vm: own_objects(cluster, namespace, vm) == [], 30, f"{vm.name} reaped")
+        def objects_gone(vm: VM = vm) -> bool:
+            return own_objects(cluster, namespace, vm) == []
+        wait_until(objects_gone, 30, f"{vm.name} reaped")
     gone = time.monotonic() - killed_at
     # Takeover after a Lease of observed silence; then the new holder's own full period (the gap rule).
     bound = LEASE + 2 * SLOT_CHECK + LEASE + GRACE + 5
@@ -179,7 +182,9 @@ def test_in_a_small_fleet_the_brake_gives_way_after_its_limit(
     assert status["reaper"]["state"].startswith("brake engaged: 2 of 3")
     assert status["reaper"]["state"].endswith(f"or for {limit:g} s at most in a fleet this small")
     for vm in dying:
-        wait_until(lambda vm=vm: own_objects(cluster, namespace, vm) == [], limit + 10, f"{vm.name} reaped")
+        def objects_gone(vm: VM = vm) -> bool:
+            return own_objects(cluster, namespace, vm) == []
+        wait_until(objects_gone, limit + 10, f"{vm.name} reaped")
     held = time.monotonic() - engaged
     print(f"two of three VMs killed: the brake held {held:.1f}s (limit {limit:g}s), then both reaped")
     assert held >= limit - 1, "reaped before the limit: the brake did not hold"

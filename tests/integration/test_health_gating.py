@@ -98,8 +98,10 @@ def test_reload_keeps_an_unchanged_checks_state_and_a_changed_check_starts_not_r
         before = checks_run(vm)
         for reloads in (1, 2):
             agent.send_signal(signal.SIGHUP)
-            wait_until(lambda n=reloads: sum(line.get("event") == "config reloaded" for line in vm.log_lines()) == n,
-                       10, f"reload {reloads}")
+            def reloaded(n: int = reloads) -> bool:
+                seen: int = sum(line.get("event") == "config reloaded" for line in vm.log_lines())
+                return seen == n
+            wait_until(reloaded, 10, f"reload {reloads}")
         # The same monitor goes on counting (a restarted one would start again at 0) and nothing flapped.
         wait_until(lambda: checks_run(vm) >= before + 2, 5, "two more checks by the same monitor")
         assert set(history.of("mysqldb")) == {"true"}, history.of("mysqldb")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from agent.cluster.objects import ANNOTATION_HEARTBEAT
@@ -58,7 +59,7 @@ def test_the_interval_grows_to_the_budget_while_a_reaper_watches_and_nobody_is_r
         vm.start_mariadb(mariadb_template)
         vm.start_agent(vm.write_config(namespace, heartbeat={**HEARTBEAT, "write_budget": 100}, reaper=reaper))
     for vm in vms:
-        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
+        wait_until(partial(ready_slice, cluster, namespace, vm), 30, f"{vm.name} registered")
     wait_until(lambda: any(slot_holders(cluster, namespace).values()), 15, "the reaper slot held")
     holder_name = next(h for h in slot_holders(cluster, namespace).values() if h)
     holder = next(vm for vm in vms if vm.name == holder_name)

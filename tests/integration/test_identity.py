@@ -86,7 +86,7 @@ def test_a_refused_clone_takes_no_reaper_slot_and_the_original_holds_its_own_by_
     it must not keep a slot from the fleet: before, the clone took a slot as "itself" (the bare vm name)."""
     first, second = make_vm("a"), make_vm("b")
     token = cluster.token(namespace, vm=first.name)  # one vm_name, one identity
-    overrides = {"reaper": {"slot_check": "1s"}}
+    overrides: dict[str, Any] = {"reaper": {"slot_check": "1s"}}
     first.start_agent(first.write_config(namespace, token, **overrides))
     wait_until(lambda: cluster.get("lease", f"vmesh-{first.name}", namespace), 20, "the original's Lease")
     second.start_agent(second.write_config(namespace, token, vm_name=first.name, **overrides),

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ class AsVM:
         by = f"ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request"
         assert by in result.stderr and message in result.stderr, result.stderr
 
-    def create(self, obj: dict[str, object]) -> dict[str, object]:
+    def create(self, obj: Mapping[str, object]) -> dict[str, object]:
         created: dict[str, object] = json.loads(self.ok("create", "-o", "json", "-f", "-", input=json.dumps(obj)))
         return created
 
@@ -122,7 +123,7 @@ def test_a_vm_token_touches_only_its_own_objects(cluster: Cluster, namespace: st
     owned_by_b = [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": f"vmesh-{b.vm}",
                    "uid": json.loads(json.dumps(b_lease))["metadata"]["uid"]}]
 
-    def service_with(part: str, fields: dict[str, object]) -> str:
+    def service_with(part: str, fields: Mapping[str, object]) -> str:
         svc = json.loads(json.dumps(SERVICE))
         svc[part].update(fields)
         return json.dumps(svc)
@@ -324,7 +325,7 @@ def test_a_vm_is_held_to_the_addresses_services_and_token_lifetime_it_was_enroll
         vm.start_mariadb(mariadb_template)
         vm.start_agent(install_bundle(vm, bundles / vm.name))
     for vm in (vm_a, vm_b):
-        wait_until(lambda vm=vm: ready_at(cluster, vm, namespace), 30, f"{vm.name} registered, ready")
+        wait_until(partial(ready_at, cluster, vm, namespace), 30, f"{vm.name} registered, ready")
 
     attacks_outside_the_enrollment(a, vm_a.address, b)
     inside_the_enrollment(a, vm_a.address, b)
@@ -336,7 +337,7 @@ def test_a_vm_is_held_to_the_addresses_services_and_token_lifetime_it_was_enroll
     inside_the_enrollment(a, vm_a.address, b)
     # Both agents stayed registered throughout (and make_vm fails the test if a write of theirs was refused).
     for vm in (vm_a, vm_b):
-        wait_until(lambda vm=vm: ready_at(cluster, vm, namespace), 30, f"{vm.name} still registered, ready")
+        wait_until(partial(ready_at, cluster, vm, namespace), 30, f"{vm.name} still registered, ready")
 
 
 def ready_at(cluster: Cluster, vm: VM, namespace: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -48,14 +49,16 @@ def test_old_and_new_agents_reap_each_other_and_leave_the_slots_alone(
         vm.start_mariadb(mariadb_template)
         vm.start_agent(vm.write_config(namespace, legacy, reaper={"grace": f"{GRACE:g}s"}), tree=previous_release)
     for vm in new + old:
-        wait_until(lambda vm=vm: ready_slice(cluster, namespace, vm), 30, f"{vm.name} registered")
+        wait_until(partial(ready_slice, cluster, namespace, vm), 30, f"{vm.name} registered")
     wait_until(lambda: len(cluster.list("lease", namespace, "vmesh.dev/reaper-slot")) == 2, 15, "slots taken")
 
     dying = [new[0], old[0]]
     for vm in dying:
         vm.stop_agent(signal.SIGKILL)
     for vm in dying:
-        wait_until(lambda vm=vm: own_objects(cluster, namespace, vm) == [], 3 * (LEASE + GRACE), f"{vm.name} reaped")
+        def objects_gone(vm: VM = vm) -> bool:
+            return own_objects(cluster, namespace, vm) == []
+        wait_until(objects_gone, 3 * (LEASE + GRACE), f"{vm.name} reaped")
     live = [vm for vm in new + old if vm not in dying]
     for vm in live:
         assert ready_slice(cluster, namespace, vm), f"{vm.name} must stay registered"

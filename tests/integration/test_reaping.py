@@ -35,7 +35,9 @@ def test_a_killed_vm_is_reaped_by_its_peer_and_skewed_clocks_never_are(
         vm.start_agent(vm.write_config(namespace, heartbeat=DEFAULT_TIMING["heartbeat"],
                                        reaper=DEFAULT_TIMING["reaper"]), wrap=clocks[label])
     for vm in vms.values():
-        wait_until(lambda vm=vm: len(own_objects(cluster, namespace, vm)) == 2, 20, f"{vm.name} registered")
+        def registered(vm: VM = vm) -> bool:
+            return len(own_objects(cluster, namespace, vm)) == 2
+        wait_until(registered, 20, f"{vm.name} registered")
     # Steady state: both reaper slots held, and A renewed once after that (taking a slot restarts the holder's
     # observations, so a VM killed before its first renewal in the holder's view counts from the takeover).
     wait_until(lambda: len([o for o in cluster.list("lease", namespace, "vmesh.dev/reaper-slot")

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,7 +93,7 @@ endpoints: [{{addresses: [198.18.7.9]}}]
 
     wait_until(mysqldb_ready, 20, "mysqldb registered although api fails")
 
-    def services() -> dict[str, dict[str, object]]:
+    def services() -> dict[str, dict[str, Any]]:
         return {s["name"]: s for s in json.loads(vm.cli("services", "--json").stdout)}
 
     listed = wait_until(lambda: (found := services()) and found["mysqldb"]["registered"] and found, 10,

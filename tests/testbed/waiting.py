@@ -5,15 +5,15 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(check: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Return check()'s first truthy result; fail after `timeout` seconds naming `what` and the last value."""
     deadline = time.monotonic() + timeout
-    last: T = check()
+    last = check()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import prometheus_client
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from agent.config import parse_settings
 from agent.daemon.agent import Agent
+
+# prometheus_client's OpenMetrics parser is not annotated; it yields Metric families, as the text one does.
+parse_openmetrics = cast(Callable[[str], Iterable[Metric]], openmetrics_parser.text_string_to_metric_families)
 
 # name -> (type, label names) of every vmesh_* family the agent serves (docs: the metrics contract).
 CONTRACT = {

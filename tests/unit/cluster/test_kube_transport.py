@@ -201,7 +201,7 @@ async def test_a_replace_leaves_the_managed_fields_it_read_to_the_server(apiserv
     server, seen = apiserver
     token = tmp_path / "token"
     token.write_text("t\n")
-    read = {"metadata": {"name": "l", "resourceVersion": "7", "labels": {"a": "b"},
+    read: dict[str, Any] = {"metadata": {"name": "l", "resourceVersion": "7", "labels": {"a": "b"},
                          "managedFields": [{"manager": "vmesh-agent", "operation": "Update", "fieldsV1": {}}]},
             "spec": {"holderIdentity": "a"}}
     kube = await KubeClient.connect(ClusterSettings(server=server, token_file=str(token)))

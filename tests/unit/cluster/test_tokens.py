@@ -148,7 +148,8 @@ def test_a_token_file_that_turns_unreadable_keeps_the_token_read_before_and_says
     """Issue 20: a bundle unpacked as root over the enrolled token left it unreadable to the agent, and
     current() raised: the credentials and renewal loops died and the agent exited. (The test runs as root, for
     which no mode is unreadable: a directory in the file's place fails the read the same way.)"""
-    clock, said = FakeClock(T0 + DAY), []
+    clock = FakeClock(T0 + DAY)
+    said: list[str] = []
     (tmp_path / "etc").mkdir()
     token_file = tmp_path / "etc" / "token"
     token_file.write_text(jwt())
@@ -166,7 +167,8 @@ def test_a_token_file_that_turns_unreadable_keeps_the_token_read_before_and_says
 
 
 def test_an_unreadable_enrolled_file_at_start_gives_way_to_a_renewed_token(tmp_path: Path) -> None:
-    clock, said = FakeClock(T0 + DAY), []
+    clock = FakeClock(T0 + DAY)
+    said: list[str] = []
     (tmp_path / "etc" / "token").mkdir(parents=True)
     tokens = TokenFiles([str(tmp_path / "etc" / "token"), str(tmp_path / "state" / "token")], clock=clock,
                         warn=said.append)
@@ -182,7 +184,8 @@ def test_an_unreadable_enrolled_file_at_start_gives_way_to_a_renewed_token(tmp_p
 def test_a_renewal_of_another_account_is_not_used_and_a_refused_token_gives_way(tmp_path: Path) -> None:
     """Issue 20: the newest token by iat won even when it was another VM's (a golden image captured after its
     template VM renewed its token) or refused by the cluster."""
-    clock, said = FakeClock(T0 + DAY), []
+    clock = FakeClock(T0 + DAY)
+    said: list[str] = []
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "token").write_text(enrolled := jwt())
     tokens = TokenFiles([str(tmp_path / "etc" / "token"), str(tmp_path / "state" / "token")], clock=clock,
@@ -202,7 +205,8 @@ def test_a_renewal_of_another_account_is_not_used_and_a_refused_token_gives_way(
 # -- the renewal schedule --------------------------------------------------------------------------------
 
 async def test_renewed_at_the_fraction_of_its_life_with_its_audience_and_lifetime(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0), []
+    clock = FakeClock(T0)
+    sleeps: list[float] = []
     r, api, tokens = renewal(tmp_path, clock, jwt(aud=("aud-1", "aud-2")), sleeps=sleeps, max_sleeps=10**6,
                              renewals=1)
     with pytest.raises(Stop):
@@ -218,7 +222,8 @@ async def test_renewed_at_the_fraction_of_its_life_with_its_audience_and_lifetim
 
 
 async def test_each_renewal_schedules_the_next_from_the_new_token(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0), []
+    clock = FakeClock(T0)
+    sleeps: list[float] = []
     r, api, _ = renewal(tmp_path, clock, jwt(exp=T0 + 600), sleeps=sleeps, max_sleeps=30, fraction=0.05)
     with pytest.raises(Stop):
         await r.run()
@@ -231,7 +236,8 @@ async def test_each_renewal_schedules_the_next_from_the_new_token(tmp_path: Path
 async def test_a_skewed_vm_clock_renews_on_schedule_not_in_a_storm_nor_too_late(tmp_path: Path, skew: float) -> None:
     """Issue 20: with a 1 h token and the VM's clock 50 min ahead, every new token was already due: 1,014
     TokenRequests in 2 s. Behind by more than 12 min, the token expired before its renewal."""
-    clock, sleeps = FakeClock(T0), []
+    clock = FakeClock(T0)
+    sleeps: list[float] = []
     r, api, _ = renewal(tmp_path, clock, jwt(exp=T0 + 3600), sleeps=sleeps, max_sleeps=10**6, renewals=6,
                         skew=skew)
     with pytest.raises(Stop):
@@ -245,7 +251,8 @@ async def test_a_skewed_vm_clock_renews_on_schedule_not_in_a_storm_nor_too_late(
 
 
 async def test_renewals_are_never_closer_than_the_minimum_interval(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0), []
+    clock = FakeClock(T0)
+    sleeps: list[float] = []
     r, _, _ = renewal(tmp_path, clock, jwt(exp=T0 + 600), sleeps=sleeps, max_sleeps=10**4, fraction=0.001,
                         renewals=5)
     with pytest.raises(Stop):
@@ -254,7 +261,8 @@ async def test_renewals_are_never_closer_than_the_minimum_interval(tmp_path: Pat
 
 
 async def test_a_vm_that_was_off_past_the_renewal_point_renews_at_once(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0 + 29 * DAY), []  # off for 29 of the token's 30 days
+    clock = FakeClock(T0 + 29 * DAY)  # off for 29 of the token's 30 days
+    sleeps: list[float] = []
     r, api, _ = renewal(tmp_path, clock, jwt(), sleeps=sleeps, max_sleeps=1)
     with pytest.raises(Stop):
         await r.run()
@@ -262,7 +270,8 @@ async def test_a_vm_that_was_off_past_the_renewal_point_renews_at_once(tmp_path:
 
 
 async def test_a_refused_renewal_backs_off_and_is_said_once(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0 + 25 * DAY), []
+    clock = FakeClock(T0 + 25 * DAY)
+    sleeps: list[float] = []
     r, api, tokens = renewal(tmp_path, clock, jwt(), sleeps=sleeps, max_sleeps=12)
     api.fail_with = Forbidden("cannot create serviceaccounts/token in namespace vm: grant it …")
     with pytest.raises(Stop):
@@ -274,7 +283,8 @@ async def test_a_refused_renewal_backs_off_and_is_said_once(tmp_path: Path) -> N
 
 
 async def test_a_token_without_expiry_is_not_renewed(tmp_path: Path) -> None:
-    clock, sleeps = FakeClock(T0), []
+    clock = FakeClock(T0)
+    sleeps: list[float] = []
     r, api, _ = renewal(tmp_path, clock, jwt(exp=None), sleeps=sleeps, max_sleeps=3)
     assert renewal_due(files(tmp_path, jwt(exp=None), clock).current(), 0.8) is None
     with pytest.raises(Stop):

@@ -347,7 +347,7 @@ def slots_for(api: FakeLeases, identity: str, clock: FakeClock, slots: int = 2) 
 def test_a_slot_is_taken_only_when_free_own_or_observed_unchanged_for_its_duration() -> None:
     clock = FakeClock()
     obs = SlotObserver("me", clock)
-    held = {"metadata": {"name": "vmesh-reaper-0", "resourceVersion": "7"},
+    held: dict[str, Any] = {"metadata": {"name": "vmesh-reaper-0", "resourceVersion": "7"},
             "spec": {"holderIdentity": "other", "leaseDurationSeconds": DURATION}}
     assert not obs.takeable(held), "a first sight counts as a renewal"
     clock.advance(DURATION)

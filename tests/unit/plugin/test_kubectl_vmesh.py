@@ -155,7 +155,7 @@ def test_shipped_manifests_load_in_name_order_and_move_to_a_namespace() -> None:
 
 
 def test_namespace_rewrite_reaches_user_names_selectors_and_cluster_scoped_names() -> None:
-    docs = [
+    docs: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "vm"}},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
          "metadata": {"name": "vmesh-isolation"},

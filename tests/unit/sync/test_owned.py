@@ -30,7 +30,7 @@ class OneServiceRefused:
 
     def __init__(self, refused: str, held: list[str]) -> None:
         self.refused = refused
-        self.held = {name: {"metadata": {"name": name, "resourceVersion": "1", "labels": {
+        self.held: dict[str, Body] = {name: {"metadata": {"name": name, "resourceVersion": "1", "labels": {
             "vmesh.dev/vm": "a", "kubernetes.io/service-name": name.rsplit("-", 1)[0]}}} for name in held}
         self.deleted: list[str] = []
         self.created: list[str] = []

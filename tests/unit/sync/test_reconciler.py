@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from agent.cluster.backoff import Backoff
 from agent.cluster.errors import ClusterError, Forbidden, Invalid, Unavailable
 from agent.state import DesiredState, Registration
+from agent.sync.backends.backend import Backend
 from agent.sync.failures import ServiceFailures
 from agent.sync.reconciler import Reconciler
 
@@ -105,9 +106,9 @@ class FakeTime:
 async def test_the_loop_resyncs_on_its_interval_runs_at_once_when_poked_and_backs_off_on_failures() -> None:
     busy = Unavailable("cannot reach https://198.18.0.1:6443: timed out")
     time_ = FakeTime(pokes=[100.0], stop_after=6)
-    loop = Reconciler(ScriptedBackend(busy, busy), DesiredState(), resync_interval=300.0, log=structlog.get_logger(),
-                      backoff=Backoff(base=1.0, cap=10.0, jitter=0.0), clock=time_.clock, wait=time_.wait,
-                      rand=lambda: 0.5)
+    loop = Reconciler(cast(Backend, ScriptedBackend(busy, busy)), DesiredState(), resync_interval=300.0,
+                      log=structlog.get_logger(), backoff=Backoff(base=1.0, cap=10.0, jitter=0.0), clock=time_.clock,
+                      wait=time_.wait, rand=lambda: 0.5)
     with pytest.raises(asyncio.CancelledError):
         await loop.run()
     assert time_.waits == [
@@ -124,8 +125,8 @@ async def test_the_loop_resyncs_on_its_interval_runs_at_once_when_poked_and_back
 
 async def test_each_sync_run_reports_its_duration_failed_or_not() -> None:
     durations: list[float] = []
-    loop = Reconciler(ScriptedBackend(Unavailable("connection refused")), DesiredState(), resync_interval=300.0,
-                      log=structlog.get_logger(), on_duration=durations.append)
+    loop = Reconciler(cast(Backend, ScriptedBackend(Unavailable("connection refused"))), DesiredState(),
+                      resync_interval=300.0, log=structlog.get_logger(), on_duration=durations.append)
     await loop.sync_once()
     await loop.sync_once()
     assert len(durations) == 2 and all(d >= 0 for d in durations)
