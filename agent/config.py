@@ -25,15 +25,16 @@ from agent.stop_kind import SWITCHES
 
 # RFC 1123 label: the VM name becomes part of object names such as mysqldb-<vm>.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# RFC 1035 label, what the apiserver demands of a Service name: it must start with a letter ("3db" is refused).
+# RFC 1035 label, what the apiserver demands of a Service name: it must start with a letter
+# ("3db" is refused).
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 BACKENDS = ("endpointslice", "endpoints", "workloadentry", "externalworkload")
 MAX_REAPER_SLOTS = 16
 MAX_LEASE_DURATION = 300.0  # packaging/kubernetes/policy.yaml's bound on a reaper slot's leaseDurationSeconds
 PROTOCOLS = protocols.NAMES
-# Keys that are no longer settings but that a config may still hold: the conffile shipped since 0.1.0 names them
-# with their old default, which is accepted and ignored (changing a conffile makes dpkg ask on every upgrade);
-# any other value is refused, saying why.
+# Keys that are no longer settings but that a config may still hold: the conffile shipped since 0.1.0 names
+# them with their old default, which is accepted and ignored (changing a conffile makes dpkg ask on every
+# upgrade); any other value is refused, saying why.
 RETIRED: dict[str, tuple[float, str]] = {
     "heartbeat.wall_clock_offset": (0, "it was a test hook; to try a VM whose clock is off, run the agent "
                                        "under Debian's faketime with FAKETIME_DONT_FAKE_MONOTONIC=1"),
@@ -82,8 +83,8 @@ class CheckSettings:
     path: str = "/"  # http
     command: tuple[str, ...] = ()  # exec: program and arguments, no shell
     credentials_file: str = ""  # mysql: TOML with user and password, not readable by others
-    # mysql without credentials, tcp, http with type "auto": how often the server itself is asked (a login probe,
-    # a connect, a GET: each one a line in its log); the socket table is read every `interval`
+    # mysql without credentials, tcp, http with type "auto": how often the server itself is asked (a login
+    # probe, a connect, a GET: each one a line in its log); the socket table is read every `interval`
     # (agent/health/guard.py).
     active_interval: float = _duration("90s")
 
@@ -97,9 +98,10 @@ class CheckSettings:
         return self.path if kind == "http" else "/"
 
     def active_interval_for(self, kind: str) -> float:
-        """How often the server is asked; 0: at every check. An http check typed by hand (type = "http") GETs at
-        every check: its answer (a 503 from a listening server) is what it is for, and the admin who chose its
-        path can keep it out of the access log. Discovered http (type "auto") is asked every active_interval."""
+        """How often the server is asked; 0: at every check. An http check typed by hand (type = "http") GETs
+        at every check: its answer (a 503 from a listening server) is what it is for, and the admin who chose
+        its path can keep it out of the access log. Discovered http (type "auto") is asked every
+        active_interval."""
         return 0.0 if kind == "http" and self.type == "http" else self.active_interval
 
     def credentials_for(self, kind: str) -> str:
@@ -131,9 +133,10 @@ class HeartbeatSettings:
     interval: float = _duration("5s")
     lease_duration: float = _duration("15s")
     # The fleet's Lease writes per second at most: each VM renews every max(interval, fleet / write_budget), a
-    # little slower, its Lease lasting lease_duration / interval times that (300 s at most), so the apiserver's
-    # heartbeat load stays bounded however many VMs there are (agent/lease/pace.py). 250: 1,000 VMs renew
-    # every 5 s; 10,000 every 45 s. 0: never scaled. (Not in config.example.toml: that file is a conffile.)
+    # little slower, its Lease lasting lease_duration / interval times that (300 s at most), so the
+    # apiserver's heartbeat load stays bounded however many VMs there are (agent/lease/pace.py). 250: 1,000
+    # VMs renew every 5 s; 10,000 every 45 s. 0: never scaled. (Not in config.example.toml:
+    # that file is a conffile.)
     write_budget: float = 250.0
 
 
@@ -146,9 +149,9 @@ class SyncSettings:
     # On shutdown the endpoints are marked terminating and held so this long before they are removed, so that
     # consumers that propagate slowly (istiod) move traffic away first. Inside stop_deadline.
     drain: float = _duration("1s")
-    # Whether a stop removes the VM's objects (agent.stop_kind): "auto" keeps them over a restart under systemd
-    # and removes them on a stop for good, at shutdown and outside systemd; "always" removes on every stop;
-    # "never" on none (the Lease expiry and the reapers do it).
+    # Whether a stop removes the VM's objects (agent.stop_kind): "auto" keeps them over a restart under
+    # systemd and removes them on a stop for good, at shutdown and outside systemd; "always" removes on every
+    # stop; "never" on none (the Lease expiry and the reapers do it).
     deregister_on_stop: str = "auto"
 
 
@@ -156,15 +159,17 @@ class SyncSettings:
 class ReaperSettings:
     enabled: bool = True
     grace: float = _duration("5s")
-    # Reaper slots: Leases vmesh-reaper-0..slots-1, each held by one agent; only holders watch the VMs' Leases.
+    # Reaper slots: Leases vmesh-reaper-0..slots-1, each held by one agent;
+    # only holders watch the VMs' Leases.
     slots: int = 2
     # How often an agent that holds no slot looks at the slots (one LIST), to take one that was let go.
     slot_check: float = _duration("30s")
     # Reap nothing while more than this fraction of the VMs' Leases expire within one lease duration.
     brake_fraction: float = 0.5
-    # In a small fleet (SMALL_FLEET VMs or fewer, agent/lease/reaper.py) the brake holds at most this long while this
-    # reaper keeps renewing its own Lease: two of three VMs dying together are reaped, not kept ready for ever.
-    # "0s": no limit. (Not in config.example.toml: that file is a conffile, shipped unchanged since 0.1.0.)
+    # In a small fleet (SMALL_FLEET VMs or fewer, agent/lease/reaper.py) the brake holds at most this long
+    # while this reaper keeps renewing its own Lease: two of three VMs dying together are reaped, not kept
+    # ready for ever. "0s": no limit. (Not in config.example.toml: that file is a conffile,
+    # shipped unchanged since 0.1.0.)
     brake_limit: float = _duration("5m")
 
 
@@ -192,7 +197,8 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    listen: str = ""  # "HOST:PORT" ("[::]:9464" for IPv6): a TCP listener for /metrics and /v1/health; off when ""
+    # "HOST:PORT" ("[::]:9464" for IPv6): a TCP listener for /metrics and /v1/health; off when ""
+    listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -320,8 +326,8 @@ def _build(cls: type[Any], raw: Any, path: str) -> Any:
 
 
 def _retired(key: str, value: Any) -> bool:
-    """Whether `key` is a retired setting holding its old default (accepted, and ignored); ConfigError if it holds
-    anything else."""
+    """Whether `key` is a retired setting holding its old default (accepted, and ignored); ConfigError if it
+    holds anything else."""
     if key not in RETIRED:
         return False
     default, why = RETIRED[key]
@@ -374,13 +380,13 @@ def _convert(hint: Any, value: Any, path: str, is_duration: bool) -> Any:
 
 def _validate_heartbeat(h: HeartbeatSettings) -> None:
     if not (h.write_budget >= 0 and math.isfinite(h.write_budget)):
-        raise ConfigError("heartbeat.write_budget", f"must be a number of Lease writes per second >= 0 (0: the "
-                          f"interval is never scaled with the fleet), got {h.write_budget:g}")
+        raise ConfigError("heartbeat.write_budget", f"must be a number of Lease writes per second >= 0 "
+                          f"(0: the interval is never scaled with the fleet), got {h.write_budget:g}")
     if h.lease_duration <= h.interval:
         raise ConfigError("heartbeat.lease_duration", "must be longer than heartbeat.interval")
     if h.lease_duration > MAX_LEASE_DURATION:  # the reaper slots carry it, and the policy caps them
-        raise ConfigError("heartbeat.lease_duration", f"at most {MAX_LEASE_DURATION:g}s (5m): the isolation policy "
-                          "refuses longer reaper slots, and peers wait out no longer one")
+        raise ConfigError("heartbeat.lease_duration", f"at most {MAX_LEASE_DURATION:g}s (5m): the isolation "
+                          "policy refuses longer reaper slots, and peers wait out no longer one")
 
 
 def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Settings:
@@ -404,20 +410,24 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
         try:
             ipaddress.ip_network(s.address.cidr, strict=False)
         except ValueError:
-            raise ConfigError("address.cidr", f"{s.address.cidr!r} is not a CIDR such as 10.0.0.0/24") from None
+            raise ConfigError("address.cidr",
+                              f"{s.address.cidr!r} is not a CIDR such as 10.0.0.0/24") from None
     for protocol, name in s.discovery.allow.items():
         if protocol not in PROTOCOLS:
-            raise ConfigError(f"discovery.allow.{protocol}", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
+            raise ConfigError(f"discovery.allow.{protocol}",
+                              f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
         _validate_service_name(f"discovery.allow.{protocol}", name)
     for i, svc in enumerate(s.service):
         _validate_service_name(f"service[{i}].name", svc.name)
         if not 1 <= svc.port <= 65535:
             raise ConfigError(f"service[{i}].port", f"{svc.port} is not a TCP port (1-65535)")
         if svc.protocol not in PROTOCOLS:
-            raise ConfigError(f"service[{i}].protocol", f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
-    discovery = dataclasses.replace(s.discovery, check=_validate_check("discovery.check", s.discovery.check, base_dir))
-    services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check, base_dir,
-                                                                    protocol=svc.protocol))
+            raise ConfigError(f"service[{i}].protocol",
+                              f"unknown protocol; use one of {', '.join(PROTOCOLS)}")
+    discovery = dataclasses.replace(s.discovery,
+                                    check=_validate_check("discovery.check", s.discovery.check, base_dir))
+    services = tuple(dataclasses.replace(svc, check=_validate_check(f"service[{i}].check", svc.check,
+                                                                    base_dir, protocol=svc.protocol))
                      for i, svc in enumerate(s.service))
     _validate_heartbeat(s.heartbeat)
     for key in ("identity", "server_name"):
@@ -431,13 +441,13 @@ def _validate(s: Settings, base_dir: Path, require_cluster: bool = True) -> Sett
         raise ConfigError("sync.deregister_on_stop",
                           f"{s.sync.deregister_on_stop!r} is not one of {', '.join(SWITCHES)}")
     if s.sync.drain >= s.sync.stop_deadline:
-        raise ConfigError("sync.drain", f"must be shorter than sync.stop_deadline ({s.sync.stop_deadline:g}s): the "
-                          "drain is part of the stop")
+        raise ConfigError("sync.drain", f"must be shorter than sync.stop_deadline "
+                          f"({s.sync.stop_deadline:g}s): the drain is part of the stop")
     if not 1 <= s.reaper.slots <= MAX_REAPER_SLOTS:
         raise ConfigError("reaper.slots", f"{s.reaper.slots} is not between 1 and {MAX_REAPER_SLOTS}")
     if not 0 < s.reaper.brake_fraction <= 1:
-        raise ConfigError("reaper.brake_fraction", f"{s.reaper.brake_fraction} is not a fraction above 0 and at most 1"
-                          " (1 turns the brake off)")
+        raise ConfigError("reaper.brake_fraction", f"{s.reaper.brake_fraction} is not a fraction above 0 and "
+                          "at most 1 (1 turns the brake off)")
     if s.metrics.listen:
         parse_listen(s.metrics.listen)
     if s.log.format not in ("auto", "console", "json"):
@@ -451,7 +461,8 @@ CHECK_KINDS = ("auto", "tcp", "mysql", "http", "exec")
 
 
 def parse_listen(value: str, key: str = "metrics.listen") -> tuple[str, int]:
-    """"HOST:PORT" with an IP address as HOST ("0.0.0.0:9464", "127.0.0.1:9464", "[::]:9464") -> (host, port)."""
+    """"HOST:PORT" with an IP address as HOST ("0.0.0.0:9464", "127.0.0.1:9464", "[::]:9464")
+    -> (host, port)."""
     example = 'use an IP address and a port, such as "127.0.0.1:9464", "0.0.0.0:9464" or "[::]:9464"'
     host, colon, port_text = value.rpartition(":")
     if not colon or not host:
@@ -472,7 +483,8 @@ def parse_listen(value: str, key: str = "metrics.listen") -> tuple[str, int]:
 
 
 def _validate_service_name(key: str, name: str) -> None:
-    """As the apiserver validates a Service's name (DNS-1035 label), so that no name is refused there forever."""
+    """As the apiserver validates a Service's name (DNS-1035 label),
+    so that no name is refused there forever."""
     if _DNS_1035_LABEL.match(name):
         return
     if name and len(name) > 63:
@@ -504,7 +516,8 @@ def _validate_check(key: str, c: CheckSettings, base_dir: Path, protocol: str = 
     if not c.path.startswith("/"):
         raise ConfigError(f"{key}.path", f"{c.path!r} must start with '/'")
     if c.credentials_file:
-        path = c.credentials_file if Path(c.credentials_file).is_absolute() else str(base_dir / c.credentials_file)
+        path = (c.credentials_file if Path(c.credentials_file).is_absolute()
+                else str(base_dir / c.credentials_file))
         try:
             load_credentials(path)
         except (OSError, ValueError) as exc:
@@ -523,13 +536,14 @@ def _validate_cluster(c: ClusterSettings, base_dir: Path) -> ClusterSettings:
         return str(p)
 
     if not 0 < c.token_renew_fraction < 1:
-        raise ConfigError("cluster.token_renew_fraction", f"{c.token_renew_fraction} is not a fraction between 0 and 1 "
-                          "(0.8: renew when 80 % of the token's lifetime has passed)")
+        raise ConfigError("cluster.token_renew_fraction", f"{c.token_renew_fraction} is not a fraction "
+                          "between 0 and 1 (0.8: renew when 80 % of the token's lifetime has passed)")
     if c.kubeconfig and (c.server or c.token_file):
         raise ConfigError("cluster.kubeconfig", "set either kubeconfig, or server with token_file, not both")
     if not c.kubeconfig:
         if not c.server:
-            raise ConfigError("cluster.server", "set cluster.server (https://host:port) or cluster.kubeconfig")
+            raise ConfigError("cluster.server",
+                              "set cluster.server (https://host:port) or cluster.kubeconfig")
         if not c.server.startswith("https://"):
             raise ConfigError("cluster.server", f"{c.server!r} must be an https:// URL")
         if not c.token_file:

@@ -35,15 +35,17 @@ class Interpreter:
 
     @property
     def problem(self) -> str:
-        """Empty when every bundled compiled module loads (or outside the deb); else what to tell the admin."""
+        """Empty when every bundled compiled module loads (or outside the deb);
+        else what to tell the admin."""
         if not self.failed:
             return ""
         minor = ".".join(self.version.split(".")[:2])
         if minor not in self.built_for:
             return (f"Python {minor} is newer than this deb was built for ({', '.join(self.built_for)}): "
-                    f"{len(self.failed)} compiled modules run as pure Python (slower); install a newer vmesh-agent")
-        return f"{len(self.failed)} of {len(self.failed) + len(self.loaded)} compiled modules did not load: " + \
-            "; ".join(f"{module}: {why}" for module, why in sorted(self.failed.items()))
+                    f"{len(self.failed)} compiled modules run as pure Python (slower); "
+                    "install a newer vmesh-agent")
+        return f"{len(self.failed)} of {len(self.failed) + len(self.loaded)} compiled modules " \
+            "did not load: " + "; ".join(f"{module}: {why}" for module, why in sorted(self.failed.items()))
 
     def as_dict(self) -> dict[str, object]:
         return {"version": self.version, "executable": self.executable, "abi": self.abi,

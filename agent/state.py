@@ -46,9 +46,9 @@ def group_by_service(registrations: Iterable[Registration]) -> dict[str, list[Re
 
 
 class DesiredState:
-    """The current set of registrations, and the VM's addresses in the order it advertises them (the advertised
-    one, then the other candidates as `hostname -I` lists them: a backend that takes one address per family
-    takes the first it can). Replacing them tells whether anything changed."""
+    """The current set of registrations, and the VM's addresses in the order it advertises them (the
+    advertised one, then the other candidates as `hostname -I` lists them: a backend that takes one address
+    per family takes the first it can). Replacing them tells whether anything changed."""
 
     def __init__(self) -> None:
         self._registrations: frozenset[Registration] = frozenset()
@@ -58,7 +58,8 @@ class DesiredState:
     def registrations(self) -> frozenset[Registration]:
         return self._registrations
 
-    def replace(self, registrations: Iterable[Registration], *, preferred: Sequence[IPAddress] | None = None) -> bool:
+    def replace(self, registrations: Iterable[Registration], *,
+                preferred: Sequence[IPAddress] | None = None) -> bool:
         new = frozenset(registrations)
         order = self.preferred if preferred is None else tuple(dict.fromkeys(preferred))
         changed = new != self._registrations or order != self.preferred
@@ -84,7 +85,8 @@ class VanishTracker:
         for gone in self._previous - current:
             self._vanished.setdefault(gone, now)
         for key in list(self._vanished):
-            if key in current or now - self._vanished[key] >= self.grace or key.address not in local_addresses:
+            if (key in current or now - self._vanished[key] >= self.grace
+                    or key.address not in local_addresses):
                 del self._vanished[key]
         self._previous = current | self._vanished.keys()
         return [*current, *(dataclasses.replace(r, ready=False) for r in self._vanished)]

@@ -1,11 +1,11 @@
 """Which kind of stop this is: a restart (keep the registrations), a stop for good, or a machine shutdown.
 
 The agent runs unprivileged and sandboxed and cannot ask systemd itself. The unit's `ExecStop=+vmesh-agent
-stop-kind ...` runs as root, outside the sandbox, before systemd sends SIGTERM: it asks PID 1 (over its private
-socket, no dbus-daemon needed) what job stops the unit and whether the machine is shutting down, and writes the
-answer into a file of the runtime directory that the agent reads when the signal comes. Reading (systemctl) is
-kept apart from parsing (pure functions, tested on literal strings). Anything unclear counts as a stop for good:
-deregistering is what every earlier release did, and it is never wrong, only slower.
+stop-kind ...` runs as root, outside the sandbox, before systemd sends SIGTERM: it asks PID 1 (over its
+private socket, no dbus-daemon needed) what job stops the unit and whether the machine is shutting down, and
+writes the answer into a file of the runtime directory that the agent reads when the signal comes. Reading
+(systemctl) is kept apart from parsing (pure functions, tested on literal strings). Anything unclear counts as
+a stop for good: deregistering is what every earlier release did, and it is never wrong, only slower.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def _systemctl(args: list[str]) -> str:
     """systemctl's stdout ("" when it cannot be run or does not answer in time). is-system-running exits
     non-zero for every state but running, so the exit status is not looked at."""
     try:
-        result = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
-                                check=False)
+        result = subprocess.run(["systemctl", *args], capture_output=True, text=True,
+                                timeout=SYSTEMCTL_TIMEOUT, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""
     return result.stdout

@@ -1,9 +1,9 @@
 """What the local API may see of an agent: a read-only view, and one narrow write (maintenance).
 
-The API (views, metrics, server) is typed against this Protocol, never against agent.daemon.agent.Agent, so the
-arrows point one way (agent → api; scripts/import_contract.py keeps it so). Agent satisfies it structurally;
-a test double needs only these members. The components named here are the lower layers' own objects, read
-through their public attributes.
+The API (views, metrics, server) is typed against this Protocol, never against agent.daemon.agent.Agent, so
+the arrows point one way (agent → api; scripts/import_contract.py keeps it so). Agent satisfies it
+structurally; a test double needs only these members. The components named here are the lower layers' own
+objects, read through their public attributes.
 """
 
 from __future__ import annotations

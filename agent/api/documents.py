@@ -27,8 +27,9 @@ def _wall(monotonic: float | None) -> str | None:
 
 def blockers(agent: AgentView) -> list[tuple[str, bool]]:
     """Why nothing is registered when the cause is outside this VM's services, in order, each with whether
-    it is critical: the cluster refuses the token (expired or revoked) or it is another VM's; another live agent
-    holds this VM's Lease (critical once its renewals were seen). STATUS= says the first, /v1/health all."""
+    it is critical: the cluster refuses the token (expired or revoked) or it is another VM's; another live
+    agent holds this VM's Lease (critical once its renewals were seen). STATUS= says the first,
+    /v1/health all."""
     found: list[tuple[str, bool]] = []
     guard, account = agent.credentials.guard, agent.credentials.account
     if guard is not None and guard.problem:
@@ -112,7 +113,8 @@ def status(agent: AgentView) -> dict[str, Any]:
         },
         "cluster": {
             "server": agent.server,
-            # The cluster answered the last sync: it succeeded, or was refused (403, 422, ...), not lost on the way.
+            # The cluster answered the last sync: it succeeded, or was refused (403, 422, ...),
+            # not lost on the way.
             "reachable": bool(rec and rec.reached),
             "last_error": rec.last_error if rec and rec.last_error else None,
         },
@@ -123,7 +125,8 @@ def status(agent: AgentView) -> dict[str, Any]:
                            "lease": beat.name if beat else None,
                            "holder": str(beat.identity) if beat else None,
                            "conflict": (beat.conflict or None) if beat else None,
-                           # The renewal interval in force and why: scaled with the fleet (heartbeat.write_budget).
+                           # The renewal interval in force and why: scaled with the fleet
+                           # (heartbeat.write_budget).
                            "interval_seconds": beat.interval if beat else None,
                            "lease_duration_seconds": beat.duration_seconds if beat else None,
                            "fleet": beat.pace.fleet if beat else None,

@@ -65,7 +65,8 @@ class AgentMetrics:
         self.sync_duration.observe(seconds)
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
-        """The body and its Content-Type: OpenMetrics when `accept` asks for it, the text format 0.0.4 otherwise."""
+        """The body and its Content-Type: OpenMetrics when `accept` asks for it,
+        the text format 0.0.4 otherwise."""
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
 
@@ -154,7 +155,8 @@ class AgentCollector:
         families["vmesh_heartbeats_total"].add_metric(["failure"], beat.failures if beat else 0)
         if beat is not None and beat.last_renewal is not None:
             families["vmesh_heartbeat_age_seconds"].add_metric([], time.monotonic() - beat.last_renewal)
-        families["vmesh_heartbeat_consecutive_failures"].add_metric([], beat.consecutive_failures if beat else 0)
+        families["vmesh_heartbeat_consecutive_failures"].add_metric([],
+                                                                    beat.consecutive_failures if beat else 0)
         if beat is not None:
             families["vmesh_heartbeat_interval_seconds"].add_metric([], beat.interval)
             families["vmesh_heartbeat_lease_duration_seconds"].add_metric([], beat.duration_seconds)
@@ -186,10 +188,11 @@ def _families() -> Families:
                  ("service", "port", "result")),
         _counter("vmesh_heartbeats_total", "Lease renewals by result.", ("result",)),
         _gauge("vmesh_heartbeat_age_seconds", "Seconds since the Lease was last renewed."),
-        _gauge("vmesh_heartbeat_consecutive_failures", "Lease renewals that failed in a row (0 after a success)."),
+        _gauge("vmesh_heartbeat_consecutive_failures",
+               "Lease renewals that failed in a row (0 after a success)."),
         _gauge("vmesh_heartbeat_interval_seconds",
-               "The Lease renewal interval in force: heartbeat.interval, or longer in a fleet whose Lease writes"
-               " would exceed heartbeat.write_budget (status says why)."),
+               "The Lease renewal interval in force: heartbeat.interval, or longer in a fleet whose Lease"
+               " writes would exceed heartbeat.write_budget (status says why)."),
         _gauge("vmesh_heartbeat_lease_duration_seconds", "The leaseDurationSeconds written with it."),
         _gauge("vmesh_fleet_vms", "VMs' Leases in the fleet, as the reaper slots count them."),
         _counter("vmesh_sync_runs_total", "Sync runs against the cluster."),
@@ -202,10 +205,11 @@ def _families() -> Families:
                  "Changes to this VM's own objects made by others, seen by its watch."),
         _gauge("vmesh_token_expiry_timestamp_seconds",
                "When the agent's token expires (unix seconds of its exp claim)."),
-        _gauge("vmesh_service_registered", "1 while the reconciler has this service registered in the cluster.",
-               ("service",)),
+        _gauge("vmesh_service_registered",
+               "1 while the reconciler has this service registered in the cluster.", ("service",)),
         _gauge("vmesh_service_sync_failing", "1 while the last sync of this service failed.", ("service",)),
         _gauge("vmesh_service_maintenance", "1 while this service is in maintenance.", ("service",)),
-        _gauge("vmesh_build_info", "Version and settings of this agent.", ("version", "vm", "namespace", "backend")),
+        _gauge("vmesh_build_info", "Version and settings of this agent.",
+               ("version", "vm", "namespace", "backend")),
     ]
     return {m.name + ("_total" if m.type == "counter" else ""): m for m in made}

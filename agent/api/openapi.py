@@ -69,15 +69,17 @@ OPENAPI: dict[str, Any] = {
             }}}},
             "responses": {
                 "200": _json({"type": "object", "required": ["service", "maintenance"], "properties": {
-                    "service": {"type": "string"}, "maintenance": {"type": "string", "nullable": True}}}, "done"),
+                    "service": {"type": "string"},
+                    "maintenance": {"type": "string", "nullable": True}}}, "done"),
                 "400": _json(_ERROR, "malformed request"),
                 "403": _json(_ERROR, "not root or the agent's user"),
                 "404": _json(_ERROR, "no such service"),
             },
         }},
         "/metrics": {"get": {
-            "summary": "Prometheus metrics: OpenMetrics 1.0 when Accept asks for application/openmetrics-text, the"
-                       " text format 0.0.4 otherwise. Also served by the [metrics] listen TCP listener.",
+            "summary": "Prometheus metrics: OpenMetrics 1.0 when Accept asks for"
+                       " application/openmetrics-text, the text format 0.0.4 otherwise."
+                       " Also served by the [metrics] listen TCP listener.",
             "responses": {"200": {"description": "metrics", "content": {
                 "text/plain": {"schema": {"type": "string"}},
                 "application/openmetrics-text": {"schema": {"type": "string"}}}}},
@@ -92,9 +94,11 @@ OPENAPI: dict[str, Any] = {
         "Health": {"type": "object", "required": ["status", "reasons"], "properties": {
             "status": {"type": "string", "enum": ["passing", "warning", "critical"]},
             "reasons": {"type": "array", "items": {"type": "string"}}}},
-        "Status": {"type": "object", "required": ["vm", "namespace", "backend", "version", "address", "cluster"],
+        "Status": {"type": "object",
+                   "required": ["vm", "namespace", "backend", "version", "address", "cluster"],
                    "properties": {
-                       "vm": {"type": "string"}, "namespace": {"type": "string"}, "backend": {"type": "string"},
+                       "vm": {"type": "string"}, "namespace": {"type": "string"},
+                       "backend": {"type": "string"},
                        "version": {"type": "string"}, "health": {"type": "string"},
                        "address": {"type": "object", "properties": {
                            "advertised": {"type": "string", "nullable": True}, "reason": {"type": "string"},
@@ -104,7 +108,8 @@ OPENAPI: dict[str, Any] = {
                            "last_error": {"type": "string", "nullable": True}}},
                        "stopping": {"type": "string", "nullable": True},
                        "python": {"type": "object", "properties": {
-                           "version": {"type": "string"}, "executable": {"type": "string"}, "abi": {"type": "string"},
+                           "version": {"type": "string"}, "executable": {"type": "string"},
+                           "abi": {"type": "string"},
                            "built_for": {"type": "array", "items": {"type": "string"}},
                            "compiled_loaded": {"type": "array", "items": {"type": "string"}},
                            "compiled_failed": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -68,11 +68,13 @@ class ApiServer:
         self.log = log
         self.listen = listen
         self.tcp_address: tuple[str, int] | None = None  # where the TCP listener is bound, once it is
-        self.tcp_inode: int | None = None  # its socket's inode: discovery leaves the agent's own listener alone
+        # its socket's inode: discovery leaves the agent's own listener alone
+        self.tcp_inode: int | None = None
         self._health: tuple[float, dict[str, Any]] = (-1.0, {})
         self._runner: web.AppRunner | None = None
         self._tcp_runner: web.AppRunner | None = None
-        self._socket_file: tuple[int, int] | None = None  # (device, inode) of the socket file this server made
+        # (device, inode) of the socket file this server made
+        self._socket_file: tuple[int, int] | None = None
         # Read-only, for the network: /metrics and /v1/health, never the write API, status or services.
         self.public = web.Application(middlewares=[self._errors_and_timing], client_max_size=1024)
         self.public.router.add_get("/v1/health", self.get_health)
@@ -109,10 +111,12 @@ class ApiServer:
     async def _start_tcp(self, host: str, port: int) -> None:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock = socket.create_server((host, port),
+                                        family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         except OSError as exc:
             raise OSError(f"metrics.listen: cannot listen on {where}: {exc.strerror or exc}") from None
-        runner = web.AppRunner(self.public, handle_signals=False, access_log=None, shutdown_timeout=STOP_GRACE)
+        runner = web.AppRunner(self.public, handle_signals=False, access_log=None,
+                               shutdown_timeout=STOP_GRACE)
         await runner.setup()
         try:
             await web.SockSite(runner, sock).start()
@@ -141,7 +145,8 @@ class ApiServer:
             found = os.stat(self.path)
         except FileNotFoundError:
             return
-        # Someone may have removed ours and another agent bound the path since: that file is not ours to remove.
+        # Someone may have removed ours and another agent bound the path since:
+        # that file is not ours to remove.
         if made == (found.st_dev, found.st_ino):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
@@ -160,7 +165,8 @@ class ApiServer:
         except Exception as exc:  # a bug: still JSON, and logged
             self.log.error("api handler failed", path=request.path, error=repr(exc))
             response = json_response({"error": "internal error; see the agent's log"}, 500)
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        route = (request.match_info.route.resource.canonical if request.match_info.route.resource
+                 else "unmatched")
         self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
             time.perf_counter() - started)
         return response
@@ -204,7 +210,8 @@ class ApiServer:
         name = request.match_info["name"]
         try:
             body = json.loads((await request.read()).decode("utf-8"))  # JSON on the wire is UTF-8 (RFC 8259)
-        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+        # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+        except (ValueError, RecursionError):
             raise ApiError(400, "body must be JSON: {\"enable\": true, \"reason\": \"...\"}") from None
         if not isinstance(body, dict) or not isinstance(body.get("enable"), bool):
             raise ApiError(400, "body must be a JSON object with a boolean \"enable\"")
@@ -221,9 +228,11 @@ class ApiServer:
         return json_response({"service": name, "maintenance": now})
 
     async def get_metrics(self, request: web.Request) -> web.Response:
-        """OpenMetrics when the scraper's Accept asks for it (Prometheus does), the text format 0.0.4 otherwise."""
+        """OpenMetrics when the scraper's Accept asks for it (Prometheus does),
+        the text format 0.0.4 otherwise."""
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
-        return web.Response(body=body, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
+        return web.Response(body=body, headers={"Content-Type": content_type,
+                                                "X-Content-Type-Options": "nosniff"})
 
     async def get_openapi(self, _: web.Request) -> web.Response:
         return json_response(OPENAPI)

@@ -18,7 +18,8 @@ from agent.sync.backends.registry import make_backend
 
 
 def _tokens(settings: Settings) -> TokenFiles | None:
-    """As the running agent does: its renewed token counts too (the enrolled one may have expired long ago)."""
+    """As the running agent does: its renewed token counts too
+    (the enrolled one may have expired long ago)."""
     cluster = settings.cluster
     return agent_token_files(cluster.token_file, settings.state_dir) if cluster.token_file else None
 
@@ -39,14 +40,14 @@ def agent_answers(path: str) -> bool:
 
 
 async def deregister(settings: Settings) -> list[str]:
-    """Delete this VM's objects (its own, or its entries in shared ones), through the backend's own removal, and
-    its Lease; the shared Service stays. Refused while the agent runs (it re-registered within ~0.1 s, issue
-    20); the Lease is deleted only if this machine holds it, and only the version read (a clone with the same
-    vm_name keeps its own)."""
+    """Delete this VM's objects (its own, or its entries in shared ones), through the backend's own removal,
+    and its Lease; the shared Service stays. Refused while the agent runs (it re-registered within ~0.1 s,
+    issue 20); the Lease is deleted only if this machine holds it, and only the version read (a clone with the
+    same vm_name keeps its own)."""
     if agent_answers(settings.api.socket):
-        raise AgentRunning(f"the agent is running (its API answers on {settings.api.socket}) and would register "
-                           "this VM again at once: stop it for good first (`systemctl stop vmesh-agent` "
-                           "deregisters by itself), then run deregister for what is left")
+        raise AgentRunning(f"the agent is running (its API answers on {settings.api.socket}) and would "
+                           "register this VM again at once: stop it for good first (`systemctl stop "
+                           "vmesh-agent` deregisters by itself), then run deregister for what is left")
     kube = await KubeClient.connect(settings.cluster, _tokens(settings))
     lease = lease_name(settings.vm_name)
     try:
@@ -55,26 +56,27 @@ async def deregister(settings: Settings) -> list[str]:
         except NotFound:
             current = None
         spec = current.get("spec") if current else None
-        holder = HolderIdentity.parse(str((spec if isinstance(spec, dict) else {}).get("holderIdentity") or ""))
+        holder = HolderIdentity.parse(
+            str((spec if isinstance(spec, dict) else {}).get("holderIdentity") or ""))
         machine = read_identity(settings.vm_name).machine
         if holder is not None and holder.machine != machine:
-            raise ClusterError(f"lease/{lease} is held by another machine ({holder}; this one is {machine}): a "
-                               "clone with the same vm_name, whose objects are labelled as this VM's too. Nothing "
-                               "removed; give one of them another vm_name")
+            raise ClusterError(f"lease/{lease} is held by another machine ({holder}; this one is {machine}): "
+                               "a clone with the same vm_name, whose objects are labelled as this VM's too. "
+                               "Nothing removed; give one of them another vm_name")
         log = get_logger(vm=settings.vm_name)
         removed = await make_backend(settings, kube, settings.vm_name, no_lease, log).remove_all()
         if current is not None:
             meta = current["metadata"]
             assert isinstance(meta, dict)
             try:
-                await kube.delete(LEASES, settings.namespace, lease, resource_version=str(meta["resourceVersion"]),
-                                  uid=str(meta["uid"]))
+                await kube.delete(LEASES, settings.namespace, lease,
+                                  resource_version=str(meta["resourceVersion"]), uid=str(meta["uid"]))
                 removed.append(f"lease/{lease}")
             except NotFound:
                 pass
             except Conflict as exc:
-                raise ClusterError(f"lease/{lease} was renewed while being deleted (an agent of this VM is running "
-                                   f"somewhere): not deleted ({exc})") from exc
+                raise ClusterError(f"lease/{lease} was renewed while being deleted (an agent of this VM is "
+                                   f"running somewhere): not deleted ({exc})") from exc
     finally:
         await kube.close()
     return removed
@@ -91,9 +93,9 @@ async def reap_once(settings: Settings) -> list[str]:
         await remove_shared_entries(make_backend(settings, kube, vm, no_lease, log))
 
     try:
-        await reap_pass(kube, settings.namespace, lease_name(settings.vm_name), after_reap, grace=settings.reaper.grace,
-                        brake_fraction=settings.reaper.brake_fraction, timeout=settings.cluster.request_timeout,
-                        log=log)
+        await reap_pass(kube, settings.namespace, lease_name(settings.vm_name), after_reap,
+                        grace=settings.reaper.grace, brake_fraction=settings.reaper.brake_fraction,
+                        timeout=settings.cluster.request_timeout, log=log)
     finally:
         await kube.close()
     return reaped

@@ -43,8 +43,10 @@ EXIT_CONFIG = 78  # EX_CONFIG; the unit's RestartPreventExitStatus
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmesh-agent", description="Registers this VM's services into Kubernetes.",
-                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog="vmesh-agent",
+                                     description="Registers this VM's services into Kubernetes.",
+                                     epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vmesh-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,14 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         if config:
             p.add_argument("--config", default=None, help=f"config file (default {DEFAULT_CONFIG})")
         if socket:
-            p.add_argument("--socket", help=f"the agent's socket (default: the config's api.socket, {DEFAULT_SOCKET})")
+            p.add_argument("--socket",
+                           help=f"the agent's socket (default: the config's api.socket, {DEFAULT_SOCKET})")
         if as_json:
             p.add_argument("--json", action="store_true", help="JSON output, for scripts")
         return p
 
     run = command("run", "run the agent (what the systemd unit starts)", as_json=False)
     run.add_argument("--stop-kind-file", default="", metavar="PATH",
-                     help="where the unit's ExecStop writes the kind of stop (restart keeps the registrations)")
+                     help="where the unit's ExecStop writes the kind of stop "
+                          "(restart keeps the registrations)")
     check = command("check-config", "validate a config file and exit", config=False, as_json=False)
     check.add_argument("path", nargs="?", default=DEFAULT_CONFIG)
     command("discover", "show what this VM would register, and why (no cluster needed)")
@@ -72,12 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     maint.add_argument("service")
     maint.add_argument("state", choices=["on", "off"])
     maint.add_argument("--reason", default="", help="shown in status and logs")
-    command("deregister", "remove this VM's objects from the cluster now (decommissioning; stop the agent first)")
+    command("deregister",
+            "remove this VM's objects from the cluster now (decommissioning; stop the agent first)")
     command("reap", "one pass of peer reaping: watch the Leases for a lease period, remove the dead VMs'")
     command("version", "print the version", config=False)
     # Normally reached through agent/__main__.py's fast path; listed here for --help.
-    add_stop_kind_arguments(command("stop-kind", "what the unit's ExecStop runs (as root): tell the agent whether "
-                                    "systemd restarts or stops it", config=False, as_json=False))
+    add_stop_kind_arguments(command("stop-kind", "what the unit's ExecStop runs (as root): tell the agent "
+                                    "whether systemd restarts or stops it", config=False, as_json=False))
     return parser
 
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             configure(settings.log.format, settings.log.level)  # logs to stderr; stdout is the answer
             return asyncio.run(_cluster_command(args.command, settings, args.json))
     except ConfigError as exc:
-        print(f"vmesh-agent: config {exc.path}: {exc}" if exc.path else f"vmesh-agent: config: {exc}", file=sys.stderr)
+        print(f"vmesh-agent: config {exc.path}: {exc}" if exc.path else f"vmesh-agent: config: {exc}",
+              file=sys.stderr)
         return EXIT_CONFIG
     except ClientError as exc:
         print(f"vmesh-agent: {exc}", file=sys.stderr)
@@ -163,7 +169,8 @@ def own_listeners(settings: Settings) -> list[int]:
         return []
     host, port = parse_listen(settings.metrics.listen)
     bound = ipaddress.ip_address(host)
-    return [lst.inode for lst in scan_listeners() if lst.port == port and ipaddress.ip_address(lst.address) == bound]
+    return [lst.inode for lst in scan_listeners()
+            if lst.port == port and ipaddress.ip_address(lst.address) == bound]
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -186,7 +193,8 @@ def _local_api(args: argparse.Namespace) -> int:
         if status == 403:
             raise ClientError(f"{body.get('error')}; run it with sudo", EXIT_NOPERM)
         if status != 200:
-            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}", file=sys.stderr)
+            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}",
+                  file=sys.stderr)
             return EXIT_FAILED
         print(json.dumps(body) if args.json else
               f"{args.service}: maintenance {args.state}" + (f" ({args.reason})" if args.reason else ""))
@@ -195,7 +203,8 @@ def _local_api(args: argparse.Namespace) -> int:
         path = f"/v1/services/{args.name}" if args.name else "/v1/services"
         status, body = call(sock, "GET", path)
         if status != 200:
-            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}", file=sys.stderr)
+            print(f"vmesh-agent: {body.get('error', body) if isinstance(body, dict) else body}",
+                  file=sys.stderr)
             return EXIT_FAILED
         services = [body] if args.name else body
         print(json.dumps(body, indent=2) if args.json else _services_text(services))
@@ -220,20 +229,22 @@ def _cluster_state(cluster: dict[str, Any]) -> str:
 def _status_text(s: dict[str, Any]) -> str:
     addr, cluster = s["address"], s["cluster"]
     lines = [
-        f"vmesh-agent {s['version']} on {s['vm']} (namespace {s['namespace']}, backend {s['backend']}): {s['health']}",
+        f"vmesh-agent {s['version']} on {s['vm']} (namespace {s['namespace']}, backend {s['backend']}): "
+        f"{s['health']}",
         f"address    {addr['advertised'] or 'none'} ({addr['reason']})",
         f"cluster    {cluster['server']} " + _cluster_state(cluster),
-        f"last sync  {_ago(s['last_sync']['seconds_ago'])}; heartbeat {_ago(s['last_heartbeat']['seconds_ago'])}"
-        f" (lease {s['last_heartbeat']['lease']})",
+        f"last sync  {_ago(s['last_sync']['seconds_ago'])}; "
+        f"heartbeat {_ago(s['last_heartbeat']['seconds_ago'])} (lease {s['last_heartbeat']['lease']})",
         f"reaper     {s['reaper']['state']}, {s['reaper']['reaped']} dead VM(s) reaped",
     ]
     if (beat := s["last_heartbeat"]) and beat.get("interval_seconds"):
-        lines.insert(4, f"pace       every {beat['interval_seconds']:.3g}s, lease {beat['lease_duration_seconds']}s:"
-                        f" {beat['pace']}")
+        lines.insert(4, f"pace       every {beat['interval_seconds']:.3g}s, "
+                        f"lease {beat['lease_duration_seconds']}s: {beat['pace']}")
     if python := s.get("python"):
         lines.append(f"python     {python['version']} ({python['executable']})" + (
             f", compiled modules {len(python['compiled_loaded'])} of "
-            f"{len(python['compiled_loaded']) + len(python['compiled_failed'])} loaded" if python["built_for"] else ""))
+            f"{len(python['compiled_loaded']) + len(python['compiled_failed'])} loaded"
+            if python["built_for"] else ""))
         if python["problem"]:
             lines.append(f"  ! {python['problem']}")
     if s.get("stopping"):  # "restarting: registrations kept" (a restart) or "deregistering"
@@ -257,8 +268,8 @@ def _services_text(services: list[dict[str, Any]]) -> str:
         for reg in svc["registrations"]:
             check = reg.get("check") or {}
             state = "ready" if reg["ready"] else "NOT READY"
-            detail = f"{check.get('type')} check {check.get('status') or 'pending'}: {check.get('output') or '-'}" \
-                if check else "not listening"
+            detail = f"{check.get('type')} check {check.get('status') or 'pending'}: " \
+                     f"{check.get('output') or '-'}" if check else "not listening"
             lines.append(f"  {reg['address']}:{reg['port']} {reg['protocol']:<8} {state:<9} {detail}")
     return "\n".join(lines)
 

@@ -24,12 +24,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--unit", default=DEFAULT_UNIT, help=f"the unit being stopped (default {DEFAULT_UNIT}; %%n)")
+    p.add_argument("--unit", default=DEFAULT_UNIT,
+                   help=f"the unit being stopped (default {DEFAULT_UNIT}; %%n)")
     p.add_argument("--write", default="", metavar="PATH",
                    help="write the kind there for the agent (the path given to `run --stop-kind-file`)")
     p.add_argument("--config", default="", metavar="PATH",
-                   help="on a restart, check this config first: one the next start would refuse (exit 78) makes "
-                        "it a stop for good")
+                   help="on a restart, check this config first: one the next start would refuse (exit 78) "
+                        "makes it a stop for good")
 
 
 def main(argv: list[str] | None = None) -> int:

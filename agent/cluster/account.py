@@ -23,8 +23,8 @@ from agent.cluster.tokens import TokenFiles, service_account_of
 
 VM_ACCOUNT_PREFIX = "vmesh-vm-"
 LEGACY_ACCOUNT = "vmesh-agent"
-# An unreachable (blackholed) apiserver must not hold the start up for a whole request timeout before the first
-# sync waits one more: past this, the token's claim decides.
+# An unreachable (blackholed) apiserver must not hold the start up for a whole request timeout before the
+# first sync waits one more: past this, the token's claim decides.
 ASK_TIMEOUT = 3.0
 
 
@@ -67,8 +67,9 @@ def judge(username: str, vm: str, namespace: str) -> Verdict:
             return Verdict(Kind.OWN, username)
         whose = f"VM {other}'s" if ns == namespace else f"VM {other}'s in namespace {ns}"
         return Verdict(Kind.OTHER_VM, username,
-                       f"the token is {whose} ({username}), but this agent is VM {vm} in namespace {namespace}; "
-                       f"not registering: install {vm}'s own token (`kubectl vmesh enroll {vm}`)")
+                       f"the token is {whose} ({username}), but this agent is VM {vm} in namespace "
+                       f"{namespace}; not registering: install {vm}'s own token "
+                       f"(`kubectl vmesh enroll {vm}`)")
     return Verdict(Kind.OTHER, username)
 
 

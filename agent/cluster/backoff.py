@@ -50,9 +50,9 @@ def jittered(interval: float, fraction: float = 0.2, rand: Callable[[], float] =
 
 
 async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff | None = None) -> T:
-    """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after the
-    server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline (the
-    clean-up at shutdown: when a whole fleet stops at once, no peer is left to finish it)."""
+    """Call until it succeeds or fails for good: transient errors (unreachable, 5xx, 429) are retried, after
+    the server's Retry-After when it gave one. For work that must finish, bounded by the caller's deadline
+    (the clean-up at shutdown: when a whole fleet stops at once, no peer is left to finish it)."""
     backoff = backoff or Backoff(base=0.1, cap=1.0, longest_wait=2.0)
     while True:
         try:

@@ -45,7 +45,8 @@ class CredentialGuard:
         self._monotonic = monotonic
         self._backoff = backoff or Backoff(base=PROBE_FIRST, cap=PROBE_CAP, jitter=0.1)
         self._problem = Problem()
-        self.rejections = 0  # requests the apiserver refused (401): the slow probes, for the tests and metrics
+        # requests the apiserver refused (401): the slow probes, for the tests and metrics
+        self.rejections = 0
         self._rejected = ""  # the token value that was refused
         self._next_probe = 0.0
 
@@ -68,8 +69,8 @@ class CredentialGuard:
         if token is None:
             return exc
         claims = token.claims
-        problem = rejection_message(self._vm, claims.expires_at if claims else 0.0, claims.subject if claims else "",
-                                    self._clock())
+        problem = rejection_message(self._vm, claims.expires_at if claims else 0.0,
+                                    claims.subject if claims else "", self._clock())
         self.rejections += 1
         self._tokens.refuse(token.value)  # the other file's token, if any, is tried next
         if token.value != self._rejected:

@@ -78,7 +78,8 @@ def from_status(status: int, payload: Mapping[str, Any], verb: str, *, resource:
     details = payload.get("details")
     details = details if isinstance(details, Mapping) else {}
     if status == 404 and where and details.get("kind") == "namespaces" and details.get("name") == namespace:
-        # The namespace lifecycle admission answers a write into a missing namespace so (a read just finds nothing).
+        # The namespace lifecycle admission answers a write into a missing namespace so
+        # (a read just finds nothing).
         return NamespaceMissing(f"namespace {namespace} does not exist: apply the manifests ({MANIFESTS}); "
                                 f"cannot {verb} {what}", status=status, reason=reason)
     if status == 404:
@@ -86,18 +87,20 @@ def from_status(status: int, payload: Mapping[str, Any], verb: str, *, resource:
     if status == 409:
         return Conflict(f"{verb} {what}: {message}", status=status, reason=reason)
     if status == 403:
-        # An admission policy's refusal is no missing grant: the Role would not help, the message says what would.
+        # An admission policy's refusal is no missing grant: the Role would not help,
+        # the message says what would.
         hint = POLICY_HINT if "ValidatingAdmissionPolicy" in message else RBAC_HINT
         return Forbidden(f"cannot {verb} {resource.qualified}{where}: {hint} ({message})", status=status,
                          reason=reason)
     if status == 401:
-        return Unauthorized(f"cannot {verb} {what}: the cluster rejected the agent's credentials ({message}); "
-                            "check cluster.token_file or the kubeconfig", status=status, reason=reason)
+        return Unauthorized(f"cannot {verb} {what}: the cluster rejected the agent's credentials "
+                            f"({message}); check cluster.token_file or the kubeconfig",
+                            status=status, reason=reason)
     if status in (400, 422):
         return Invalid(f"{verb} {what} rejected: {message}", status=status, reason=reason)
     if status == 429 or status >= 500:
         seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
         why = "the apiserver is overloaded" if status == 429 else f"the apiserver failed (HTTP {status})"
-        return Unavailable(f"{verb} {what}: {why}" + (f": {detail}" if detail else ""), status=status, reason=reason,
-                           retry_after=seconds)
+        return Unavailable(f"{verb} {what}: {why}" + (f": {detail}" if detail else ""), status=status,
+                           reason=reason, retry_after=seconds)
     return ClusterError(f"{verb} {what}: HTTP {status}: {message}", status=status, reason=reason)

@@ -1,13 +1,13 @@
 """The one module that imports kubernetes_asyncio, and only to read a kubeconfig.
 
-It speaks JSON dicts in and out over aiohttp, raises only agent.cluster.errors, and never retries: retry policy
-lives with the callers that know what a retry means (the sync loop and the heartbeat).
+It speaks JSON dicts in and out over aiohttp, raises only agent.cluster.errors, and never retries: retry
+policy lives with the callers that know what a retry means (the sync loop and the heartbeat).
 
 Requests go straight through aiohttp (what kubernetes_asyncio's own REST layer does underneath: the same
 session settings, TLS context and headers). kubernetes_asyncio is imported lazily, inside `_from_kubeconfig`,
-only when cluster.kubeconfig is set: its loader (contexts, inline or file credentials, exec plugins) is what it is
-good at, and importing it imports every API model class (37 MB and about 0.17 s), which the deb's default config
-(server + ca_file + token_file) never pays. docs/decisions.md says why and what it measured.
+only when cluster.kubeconfig is set: its loader (contexts, inline or file credentials, exec plugins) is what
+it is good at, and importing it imports every API model class (37 MB and about 0.17 s), which the deb's
+default config (server + ca_file + token_file) never pays. docs/decisions.md says why and what it measured.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ MAX_EVENT_BYTES = 16 << 20  # an object is at most ~1.5 MiB in etcd; more is not
 KNOWN_VERSIONS = 512
 USER_AGENT = f"vmesh-agent/{__version__}"
 CONNECTIONS = 100  # per client, at most (kubernetes_asyncio's connection_pool_maxsize)
-READ_BUFFER = 2 << 20  # a watch event carrying a large object exceeds aiohttp's default buffer (etcd: 1.5 MiB)
+# a watch event carrying a large object exceeds aiohttp's default buffer (etcd: 1.5 MiB)
+READ_BUFFER = 2 << 20
 # A kubeconfig's credentials (an exec plugin's ~15 min tokens, OIDC, a tokenFile) and a CA file are read again
 # when the apiserver refuses them (401) or the server's certificate no longer verifies, at most this often.
 REFRESH_EVERY = 5.0
@@ -74,9 +75,10 @@ class Endpoint:
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        # The cluster's CA is checked as kubectl checks it (Go's crypto/x509), on every Python alike: CPython 3.13
-        # turned on OpenSSL's X509_STRICT by default, which refuses a CA certificate without the keyUsage extension
-        # (`openssl req -x509` makes such CAs), so the same cluster worked from Debian 12 VMs and not from Debian 13.
+        # The cluster's CA is checked as kubectl checks it (Go's crypto/x509), on every Python alike: CPython
+        # 3.13 turned on OpenSSL's X509_STRICT by default, which refuses a CA certificate without the keyUsage
+        # extension (`openssl req -x509` makes such CAs), so the same cluster worked from Debian 12 VMs and
+        # not from Debian 13.
         context.verify_flags &= ~ssl.VERIFY_X509_STRICT
         return context
 
@@ -92,7 +94,8 @@ def _from_token_files(settings: ClusterSettings, tokens: TokenFiles | None) -> E
 
 
 async def _from_kubeconfig(settings: ClusterSettings) -> Endpoint:
-    """The endpoint a kubeconfig's context describes, read by kubernetes_asyncio's loader (imported here only)."""
+    """The endpoint a kubeconfig's context describes, read by kubernetes_asyncio's loader
+    (imported here only)."""
     try:
         from kubernetes_asyncio.client import Configuration  # noqa: PLC0415  (37 MB, 0.17 s: see above)
         from kubernetes_asyncio.config import load_kube_config  # noqa: PLC0415
@@ -147,14 +150,16 @@ class KubeClient:
         self.server = endpoint.server
         self._timeout = timeout
         self._known: dict[tuple[str, str], str] = {}  # (plural, name) -> resourceVersion last written or read
-        self.list_version = ""  # of the last list(): a point in the cluster's history that a watch can start at
+        # of the last list(): a point in the cluster's history that a watch can start at
+        self.list_version = ""
 
     @classmethod
     async def connect(cls, settings: ClusterSettings, tokens: TokenFiles | None = None,
                       guard: CredentialGuard | None = None) -> KubeClient:
-        """`tokens`: where the token is read (default: cluster.token_file alone); `guard`: holds calls back while
-        the cluster refuses the token (agent.cluster.credentials)."""
-        endpoint = await _from_kubeconfig(settings) if settings.kubeconfig else _from_token_files(settings, tokens)
+        """`tokens`: where the token is read (default: cluster.token_file alone); `guard`: holds calls back
+        while the cluster refuses the token (agent.cluster.credentials)."""
+        endpoint = (await _from_kubeconfig(settings) if settings.kubeconfig
+                    else _from_token_files(settings, tokens))
         reload = (lambda: _from_kubeconfig(settings)) if settings.kubeconfig else None
         try:
             return cls(endpoint, settings.request_timeout, guard, reload=reload)
@@ -278,7 +283,8 @@ class KubeClient:
                     kind, obj = str(event.get("type", "")), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
-                            raise Gone(f"watch of {resource.qualified} expired: {obj.get('message', '')}", status=410)
+                            raise Gone(f"watch of {resource.qualified} expired: {obj.get('message', '')}",
+                                       status=410)
                         raise ClusterError(f"watch of {resource.qualified}: {obj.get('message', '')}")
                     if not kind or not isinstance(obj, dict):
                         raise ClusterError(f"watch of {resource.qualified}: not an event: {line[:100]!r}")
@@ -321,25 +327,30 @@ class KubeClient:
 
     async def patch(self, resource: Resource, namespace: str, name: str, patch: Any,
                     kind: PatchKind = "merge") -> Body:
-        return await self._call("PATCH", resource, namespace, name, body=patch, content_type=_PATCH_TYPES[kind])
+        return await self._call("PATCH", resource, namespace, name, body=patch,
+                                content_type=_PATCH_TYPES[kind])
 
     async def apply(self, resource: Resource, namespace: str, body: Body, *, field_manager: str) -> Body:
         """Server-side apply of `body` as `field_manager`, taking over fields others set (kubectl apply
-        --server-side --force-conflicts). An apply that changes nothing leaves the resourceVersion as it was."""
+        --server-side --force-conflicts).
+        An apply that changes nothing leaves the resourceVersion as it was."""
         name = str(body["metadata"]["name"])
-        return await self._call("PATCH", resource, namespace, name, body=body, content_type=_PATCH_TYPES["apply"],
+        return await self._call("PATCH", resource, namespace, name, body=body,
+                                content_type=_PATCH_TYPES["apply"],
                                 query={"fieldManager": field_manager, "force": "true"})
 
     async def create_subresource(self, resource: Resource, namespace: str, name: str, subresource: str,
                                  body: Body) -> Body:
         """POST to a subresource, e.g. a TokenRequest to serviceaccounts/NAME/token."""
-        return await self._call("POST", resource, namespace, f"{name}/{subresource}", body=body, remember=False)
+        return await self._call("POST", resource, namespace, f"{name}/{subresource}", body=body,
+                                remember=False)
 
     async def delete(self, resource: Resource, namespace: str, name: str, *,
                      resource_version: str = "", uid: str = "") -> None:
         """Delete; with resource_version/uid set, only that exact version of the object."""
         preconditions = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions} if preconditions else None
+        body = ({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions}
+                if preconditions else None)
         await self._call("DELETE", resource, namespace, name, body=body)
 
     async def _call(self, method: str, resource: Resource, namespace: str, name: str, *, verb: str = "",
@@ -366,7 +377,8 @@ class KubeClient:
         try:
             request = self._request(method, resource.path(namespace, name), query=query,
                                     data=None if body is None else json.dumps(body).encode(),
-                                    content_type=content_type, timeout=aiohttp.ClientTimeout(total=self._timeout))
+                                    content_type=content_type,
+                                    timeout=aiohttp.ClientTimeout(total=self._timeout))
             async with request as response:
                 status = response.status
                 raw = await response.read()
@@ -381,21 +393,22 @@ class KubeClient:
                 if isinstance(obj, dict) and obj.get("kind") != "Status":
                     self._remember(resource, obj)
             return payload
-        raise self._judged(from_status(status, payload, verb, resource=resource, namespace=namespace, name=name,
-                                       retry_after=retry_after))
+        raise self._judged(from_status(status, payload, verb, resource=resource, namespace=namespace,
+                                       name=name, retry_after=retry_after))
 
     def _unreachable(self, exc: BaseException) -> Unavailable:
         return Unavailable(f"cannot reach {self.server}: {_describe_connection_error(exc)}")
 
     def _judged(self, error: ClusterError) -> ClusterError:
-        """A 401 goes through the guard, which rephrases it (expired or revoked) and holds further calls back."""
+        """A 401 goes through the guard, which rephrases it (expired or revoked)
+        and holds further calls back."""
         if isinstance(error, Unauthorized) and self._guard is not None:
             return self._guard.rejected(error)
         return error
 
     async def who_am_i(self) -> str:
-        """The username the apiserver authenticates this client as (SelfSubjectReview, authentication.k8s.io/v1,
-        GA since 1.28). NotFound from an older apiserver."""
+        """The username the apiserver authenticates this client as (SelfSubjectReview,
+        authentication.k8s.io/v1, GA since 1.28). NotFound from an older apiserver."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         result = await self._call("POST", SELF_SUBJECT_REVIEWS, "", "", body=body, remember=False)
         return str(((result.get("status") or {}).get("userInfo") or {}).get("username") or "")
@@ -406,8 +419,8 @@ class KubeClient:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"audiences": audiences, "expirationSeconds": expiration_seconds}}
         try:
-            result = await self._call("POST", SERVICE_ACCOUNTS, namespace, f"{service_account}/token", body=body,
-                                      verb="create", remember=False)
+            result = await self._call("POST", SERVICE_ACCOUNTS, namespace, f"{service_account}/token",
+                                      body=body, verb="create", remember=False)
         except Forbidden as exc:  # RBAC names the subresource: say it, so the fix is plain
             message = str(exc).replace(" serviceaccounts ", " serviceaccounts/token ", 1)
             raise Forbidden(message, status=exc.status, reason=exc.reason) from exc
@@ -442,7 +455,8 @@ async def _lines(content: aiohttp.StreamReader, resource: Resource) -> AsyncIter
             parts.append(chunk)
             size += len(chunk)
             if size > MAX_EVENT_BYTES:
-                raise ClusterError(f"watch of {resource.qualified}: an event longer than {MAX_EVENT_BYTES} bytes")
+                raise ClusterError(f"watch of {resource.qualified}: an event longer than "
+                                   f"{MAX_EVENT_BYTES} bytes")
             continue
         first, *lines, rest = chunk.split(b"\n")
         for line in (b"".join([*parts, first]), *lines):
@@ -466,8 +480,8 @@ def _decode(raw: bytes) -> Body:
 def _describe_connection_error(exc: BaseException) -> str:
     """Why the request got no answer, and what to look at; the callers retry (it is an Unavailable)."""
     if isinstance(exc, asyncio.TimeoutError):
-        return ("timed out (an overloaded apiserver, or packets dropped on the way: check the route and firewall "
-                "to cluster.server)")
+        return ("timed out (an overloaded apiserver, or packets dropped on the way: check the route and "
+                "firewall to cluster.server)")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"TLS certificate not trusted ({exc.certificate_error}); check cluster.ca_file"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

@@ -43,11 +43,12 @@ def lease_name(vm: str) -> str:
 
 
 def object_name(service: str, vm: str, family: int) -> str:
-    """The name of this VM's object (EndpointSlice, WorkloadEntry, ExternalWorkload) of one service and family.
+    """The name of this VM's object (EndpointSlice, WorkloadEntry, ExternalWorkload)
+    of one service and family.
 
     `<service>-<vm>[-v6]-<hash of (service, VM, family)>`, cut to 63 characters (a DNS label). The readable
-    part alone is ambiguous (VM `a` serving `mysqldb-replica` and VM `replica-a` serving `mysqldb`), and whether
-    it is depends on other VMs' names, which no agent knows; the hash makes it unique by construction.
+    part alone is ambiguous (VM `a` serving `mysqldb-replica` and VM `replica-a` serving `mysqldb`), and
+    whether it is depends on other VMs' names, which no agent knows; the hash makes it unique by construction.
     """
     digest = hashlib.sha256(f"{service}/{vm}/{family}".encode()).hexdigest()[:NAME_HASH_CHARS]
     readable = f"{service}-{vm}" if family == 4 else f"{service}-{vm}-v6"
@@ -64,7 +65,8 @@ def port_name(protocol: str, port: int, taken: Collection[str] = ()) -> str:
 
 
 def service_port(protocol: str, port: int, taken: Collection[str] = ()) -> Body:
-    body: Body = {"name": port_name(protocol, port, taken), "port": port, "targetPort": port, "protocol": "TCP"}
+    body: Body = {"name": port_name(protocol, port, taken), "port": port, "targetPort": port,
+                  "protocol": "TCP"}
     if app_protocol(protocol):
         body["appProtocol"] = app_protocol(protocol)
     return body
@@ -177,8 +179,8 @@ def owned_differs(current: Body, desired: Body, content: Collection[str]) -> boo
 
 def merge_owned(current: Body, desired: Body, content: Collection[str]) -> Body:
     """`current` with what the agent owns set as `desired` has it: its labels and annotations merged over
-    others', its Lease reference in place of the old one (other owners kept), the `content` fields. Finalizers,
-    others' labels and annotations, and the status stay as they are."""
+    others', its Lease reference in place of the old one (other owners kept), the `content` fields.
+    Finalizers, others' labels and annotations, and the status stay as they are."""
     cur, want = current["metadata"], desired["metadata"]
     owners = [o for o in cur.get("ownerReferences") or [] if not _is_lease_reference(o)]
     metadata = {
@@ -191,7 +193,8 @@ def merge_owned(current: Body, desired: Body, content: Collection[str]) -> Body:
 
 
 def _is_lease_reference(owner: Body) -> bool:
-    return owner.get("kind") == "Lease" and str(owner.get("apiVersion", "")).startswith("coordination.k8s.io/")
+    return (owner.get("kind") == "Lease"
+            and str(owner.get("apiVersion", "")).startswith("coordination.k8s.io/"))
 
 
 def _normalise(value: Any) -> Any:
@@ -219,8 +222,8 @@ def build_lease(vm: str, namespace: str, duration_seconds: int, now: datetime.da
 def lease_annotations(machine: str, version: str, backend: str, services: Iterable[str], *,
                       interval: float | None = None, pace: str = "") -> dict[str, str]:
     """The fleet view's facts about a VM, as its Lease carries them."""
-    notes = {ANNOTATION_HOLDER_MACHINE: machine, ANNOTATION_AGENT_VERSION: version, ANNOTATION_BACKEND: backend,
-             ANNOTATION_SERVICES: ",".join(sorted(set(services)))}
+    notes = {ANNOTATION_HOLDER_MACHINE: machine, ANNOTATION_AGENT_VERSION: version,
+             ANNOTATION_BACKEND: backend, ANNOTATION_SERVICES: ",".join(sorted(set(services)))}
     if interval is not None:
         notes |= {ANNOTATION_HEARTBEAT: f"{interval:.3g}s", ANNOTATION_HEARTBEAT_PACE: pace}
     return notes
@@ -252,7 +255,7 @@ def lease_body(name: str, namespace: str, holder: str, duration_seconds: int, no
     }
 
 
-# --- The other backends: legacy Endpoints, Istio WorkloadEntry, Linkerd ExternalWorkload ----------------------
+# --- The other backends: legacy Endpoints, Istio WorkloadEntry, Linkerd ExternalWorkload --------------------
 
 LABEL_APP = "app"
 # Istio reads the Kubernetes service accounts allowed to serve a Service from here (comma-separated).
@@ -294,10 +297,11 @@ def build_service_with(name: str, namespace: str, vm: str, ports: Iterable[tuple
 
 def extend_service(service: Body, ports: Iterable[tuple[str, int]], *, selector: dict[str, str] | None = None,
                    service_account: str = "") -> tuple[Body, list[str]]:
-    """A copy of a shared Service with what this VM needs added, and the names of the additions (none: leave it).
+    """A copy of a shared Service with what this VM needs added,
+    and the names of the additions (none: leave it).
 
-    Only ever adds: missing ports, this VM's service account to Istio's list, and the selector, the latter only
-    to a selector-less Service that vmesh-agent created (someone else's selector is theirs to choose).
+    Only ever adds: missing ports, this VM's service account to Istio's list, and the selector, the latter
+    only to a selector-less Service that vmesh-agent created (someone else's selector is theirs to choose).
     """
     updated: Body = copy.deepcopy(service)
     spec = updated.setdefault("spec", {})
@@ -315,7 +319,8 @@ def extend_service(service: Body, ports: Iterable[tuple[str, int]], *, selector:
             annotations[ANNOTATION_ISTIO_SERVICE_ACCOUNTS] = ",".join([*accounts, service_account])
             metadata["annotations"] = annotations
             changes.append(f"service account {service_account}")
-    if selector and not spec.get("selector") and (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER:
+    if selector and not spec.get("selector") and (
+            metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER:
         spec["selector"] = dict(selector)
         changes.append("selector " + ",".join(f"{k}={v}" for k, v in sorted(selector.items())))
     return updated, changes
@@ -359,9 +364,9 @@ def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
 def one_address(registrations: Collection[Registration],
                 preferred: Sequence[IPAddress] = ()) -> tuple[str, list[Registration]]:
     """WorkloadEntry and ExternalWorkload carry one address per family. When a service listens on several
-    addresses of one family (listeners bound to specific addresses), the one the agent advertises: the first of
-    `preferred` (the advertised address, then the candidates in `hostname -I` order) it listens on; the lowest
-    only when none of them is (no preference known: `deregister`, a reaper)."""
+    addresses of one family (listeners bound to specific addresses), the one the agent advertises: the first
+    of `preferred` (the advertised address, then the candidates in `hostname -I` order) it listens on; the
+    lowest only when none of them is (no preference known: `deregister`, a reaper)."""
     listening = {r.address for r in registrations}
     address = next((a for a in preferred if a in listening), None) or \
         min(listening, key=lambda a: (a.version, int(a)))
@@ -423,14 +428,16 @@ def build_external_workload(service: Body, vm: str, namespace: str, registration
     }
 
 
-def health_of(registrations: Collection[Registration], vm: str, *, terminating: bool = False) -> tuple[bool, str, str]:
+def health_of(registrations: Collection[Registration], vm: str, *,
+              terminating: bool = False) -> tuple[bool, str, str]:
     """(healthy, reason, message) of one VM's workload, for a status condition."""
     if terminating:
         return False, REASON_TERMINATING, f"vmesh-agent on {vm} is deregistering it"
     failing = sorted({(r.port, r.protocol) for r in registrations if not r.ready})
     if not failing:
         return True, REASON_PASSING, f"health checks pass on {vm}"
-    return False, REASON_FAILING, f"health checks fail on {vm}: " + ", ".join(f"{p}/{proto}" for p, proto in failing)
+    return (False, REASON_FAILING,
+            f"health checks fail on {vm}: " + ", ".join(f"{p}/{proto}" for p, proto in failing))
 
 
 def condition_time(moment: datetime.datetime) -> str:
@@ -440,20 +447,23 @@ def condition_time(moment: datetime.datetime) -> str:
 
 def set_condition(conditions: list[Body] | None, kind: str, *, healthy: bool, reason: str, message: str,
                   now: datetime.datetime) -> list[Body] | None:
-    """`conditions` with the one of type `kind` set, or None when it already says exactly this. Other types are
-    kept; lastTransitionTime moves only when the status flips."""
+    """`conditions` with the one of type `kind` set, or None when it already says exactly this. Other types
+    are kept; lastTransitionTime moves only when the status flips."""
     status = "True" if healthy else "False"
     existing = [dict(c) for c in conditions or []]
     current = next((c for c in existing if c.get("type") == kind), None)
-    if current and (current.get("status"), current.get("reason"), current.get("message")) == (status, reason, message):
+    if current and (current.get("status"), current.get("reason"), current.get("message")) == (
+            status, reason, message):
         return None
-    same_status = current is not None and current.get("status") == status and current.get("lastTransitionTime")
+    same_status = (current is not None and current.get("status") == status
+                   and current.get("lastTransitionTime"))
     condition = {
         "type": kind,
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": current["lastTransitionTime"] if current and same_status else condition_time(now),
+        "lastTransitionTime": current["lastTransitionTime"] if current and same_status
+                              else condition_time(now),
     }
     if current is None:
         return [*existing, condition]

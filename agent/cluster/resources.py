@@ -35,12 +35,12 @@ EXTERNAL_WORKLOADS = Resource("workload.linkerd.io", "v1beta1", "externalworkloa
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 SELF_SUBJECT_REVIEWS = Resource("authentication.k8s.io", "v1", "selfsubjectreviews", cluster_scoped=True)
-# The plugin's `install` and `enroll`: the enrollment policy, every namespace's VM accounts, and the cluster's own
-# address ranges no VM may publish (Service CIDRs, the Nodes' Pod CIDRs).
+# The plugin's `install` and `enroll`: the enrollment policy, every namespace's VM accounts, and the cluster's
+# own address ranges no VM may publish (Service CIDRs, the Nodes' Pod CIDRs).
 ADMISSION_POLICIES = Resource("admissionregistration.k8s.io", "v1", "validatingadmissionpolicies",
                               cluster_scoped=True)
-ADMISSION_POLICY_BINDINGS = Resource("admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings",
-                                     cluster_scoped=True)
+ADMISSION_POLICY_BINDINGS = Resource("admissionregistration.k8s.io", "v1",
+                                     "validatingadmissionpolicybindings", cluster_scoped=True)
 ALL_SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", cluster_scoped=True)  # listed across namespaces
 SERVICE_CIDRS = Resource("networking.k8s.io", "v1", "servicecidrs", cluster_scoped=True)
 NODES = Resource("", "v1", "nodes", cluster_scoped=True)

@@ -2,17 +2,18 @@
 token copied by hand again, and a VM that was off for a while renews at once when it comes back.
 
 Schedule: at `fraction` of the current token's life; the new token is asked for the same audiences and the
-same lifetime, written atomically (mode 0600) to state_dir/token, and the agent's connections use it from their
-next request (agent.cluster.tokens picks the newest valid token).
+same lifetime, written atomically (mode 0600) to state_dir/token, and the agent's connections use it from
+their next request (agent.cluster.tokens picks the newest valid token).
 
 Whose clock (issue 20): the token's times are the apiserver's, and a VM's wall clock may be off by any amount.
-A token this agent received is due `fraction * lifetime` after it arrived, on the monotonic clock; only a token
-read from a file (enrolled, or renewed before a restart) is placed by its `iat` on the wall clock, and then never
-further away than `fraction * lifetime` (a clock behind cannot push it past its expiry; a clock ahead renews at
-once, and the renewal it gets is scheduled from its arrival). So a skewed clock costs at most one early renewal,
-never a storm (1,014 TokenRequests in 2 s with the clock 50 min ahead of a 1 h token, before); renewals are also
-never closer than MIN_INTERVAL. A received token whose `iat` is far from the VM's clock is logged once, as skew.
-Waits are cut into pieces of at most MAX_WAIT, so a token an admin put in place meanwhile is noticed.
+A token this agent received is due `fraction * lifetime` after it arrived, on the monotonic clock; only a
+token read from a file (enrolled, or renewed before a restart) is placed by its `iat` on the wall clock, and
+then never further away than `fraction * lifetime` (a clock behind cannot push it past its expiry; a clock
+ahead renews at once, and the renewal it gets is scheduled from its arrival). So a skewed clock costs at most
+one early renewal, never a storm (1,014 TokenRequests in 2 s with the clock 50 min ahead of a 1 h token,
+before); renewals are also never closer than MIN_INTERVAL. A received token whose `iat` is far from the VM's
+clock is logged once, as skew. Waits are cut into pieces of at most MAX_WAIT,
+so a token an admin put in place meanwhile is noticed.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from agent.cluster.tokens import Token, TokenFiles, parse_claims, utc, write_tok
 MAX_WAIT = 60.0
 MIN_LIFETIME = 600  # the apiserver refuses shorter TokenRequests
 MIN_INTERVAL = 10.0  # seconds between two renewals at least, whatever the tokens say
-SKEW_WARNING = 60.0  # seconds between a new token's iat and the VM's clock that are said (transit is far less)
+# seconds between a new token's iat and the VM's clock that are said (transit is far less)
+SKEW_WARNING = 60.0
 
 
 def renewal_due(token: Token, fraction: float) -> float | None:
-    """When (wall clock) to renew `token`; None when it cannot be renewed (no expiry: a legacy Secret token)."""
+    """When (wall clock) to renew `token`; None when it cannot be renewed (no expiry:
+    a legacy Secret token)."""
     claims = token.claims
     if claims is None or not claims.lifetime:
         return None
@@ -78,7 +81,8 @@ class TokenRenewal:
                 await self._sleep(MAX_WAIT)
                 continue
             wait = self.wait_for(token)
-            if wait is None:  # an admin put a token without expiry in place: nothing to renew, unless it changes
+            # an admin put a token without expiry in place: nothing to renew, unless it changes
+            if wait is None:
                 if not said_no_expiry:
                     self._log.info("the token has no expiry; it is not renewed", token_file=token.path)
                 said_no_expiry = True
@@ -96,7 +100,8 @@ class TokenRenewal:
             except ClusterError as exc:
                 delay = self._backoff.next(after=exc)
                 retry_at = self._monotonic() + delay
-                if str(exc) != self.last_error and not isinstance(exc, Unauthorized):  # the guard said that one
+                # the guard said that one
+                if str(exc) != self.last_error and not isinstance(exc, Unauthorized):
                     self._log.error("token renewal failed", error=str(exc), retry_in=round(delay, 1),
                                     expires=utc(token.claims.expires_at) if token.claims else None)
                 self.last_error = str(exc)
@@ -128,8 +133,8 @@ class TokenRenewal:
         try:
             write_token(path, value)
         except OSError as exc:
-            raise ClusterError(f"cannot write the renewed token to {path}: {exc}; the agent must be able to write "
-                               "there (state_dir)") from exc
+            raise ClusterError(f"cannot write the renewed token to {path}: {exc}; the agent must be able to "
+                               "write there (state_dir)") from exc
         self._last_renewal = arrived
         if fresh_claims := parse_claims(value):
             self._due = (value, arrived + self.fraction * fresh_claims.lifetime)
@@ -140,9 +145,9 @@ class TokenRenewal:
         if fresh is not None and fresh.issued_at:
             skew = self._clock() - fresh.issued_at
             if abs(skew) > SKEW_WARNING and abs(skew - self.skew) > SKEW_WARNING:
-                self._log.warning("the VM's clock is off from the apiserver's: renewals follow the time since a "
-                                  "token arrived, but check the VM's time sync (NTP)", seconds=round(skew),
-                                  ahead=skew > 0)
+                self._log.warning("the VM's clock is off from the apiserver's: renewals follow the time "
+                                  "since a token arrived, but check the VM's time sync (NTP)",
+                                  seconds=round(skew), ahead=skew > 0)
             self.skew = skew
         wait = self.wait_for(new)
         self._log.info("token renewed", token_file=path,

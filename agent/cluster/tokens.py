@@ -1,11 +1,11 @@
 """ServiceAccount token files: what a token says about itself, which of the agent's two files to use, and
 writing a renewed one.
 
-The enrolled token sits in `cluster.token_file` (/etc/vmesh-agent/token, read-only under ProtectSystem=strict);
-the agent's renewals go to `<state_dir>/token`. The one in use is the newest (by its `iat` claim) that has not
-expired, so a renewed token takes over from the enrolled one, and a fresh one an admin puts in token_file takes
-over from an old renewal. The claims are read, never verified: only the apiserver decides whether a token is
-good; they give the renewal its schedule and an error its date.
+The enrolled token sits in `cluster.token_file` (/etc/vmesh-agent/token, read-only under
+ProtectSystem=strict); the agent's renewals go to `<state_dir>/token`. The one in use is the newest (by its
+`iat` claim) that has not expired, so a renewed token takes over from the enrolled one, and a fresh one an
+admin puts in token_file takes over from an old renewal. The claims are read, never verified: only the
+apiserver decides whether a token is good; they give the renewal its schedule and an error its date.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ class Token:
 
 
 class TokenFiles:
-    """The token the agent uses now, among the enrolled file and the renewed one. `current()` stats the files on
-    each call (every API request asks) and re-reads only a file that changed.
+    """The token the agent uses now, among the enrolled file and the renewed one. `current()` stats the files
+    on each call (every API request asks) and re-reads only a file that changed.
 
     A file that changed but cannot be read (a bundle unpacked as root over the old token, mode 0600: issue 20)
     does not take the agent's credentials away: the token read from it before stays in use, `problem` says why
@@ -133,8 +133,9 @@ class TokenFiles:
         except OSError as exc:
             if cached is None or cached[1] is None:
                 raise
-            self._say(f"cannot read the new token in {path} ({exc.strerror or exc}); still using the one read from "
-                      f"it before. Make it the agent's: chgrp vmesh-agent {path} && chmod 0640 {path}")
+            self._say(f"cannot read the new token in {path} ({exc.strerror or exc}); still using the one "
+                      f"read from it before. Make it the agent's: chgrp vmesh-agent {path} && "
+                      f"chmod 0640 {path}")
             return cached[1]
         if self.problem and path in self.problem:
             self._say("")
@@ -172,32 +173,34 @@ class TokenFiles:
                 raise unreadable
             raise FileNotFoundError(f"no token in {', '.join(self.paths)}")
         if unreadable is not None:
-            self._say(f"cannot read {unreadable.filename} ({unreadable.strerror or unreadable}); using the token in "
-                      f"{found[0].path}. Make it the agent's: chgrp vmesh-agent {unreadable.filename} && "
-                      f"chmod 0640 {unreadable.filename}")
+            self._say(f"cannot read {unreadable.filename} ({unreadable.strerror or unreadable}); "
+                      f"using the token in {found[0].path}. Make it the agent's: chgrp vmesh-agent "
+                      f"{unreadable.filename} && chmod 0640 {unreadable.filename}")
         enrolled = found[0].claims.subject if found[0].path == self.paths[0] and found[0].claims else ""
         foreign = [t for t in found[1:] if enrolled and t.claims and t.claims.subject not in ("", enrolled)]
         if foreign:
             whose = foreign[0].claims.subject if foreign[0].claims else ""
             self._say(f"not using {foreign[0].path}: a token of {whose}, while {self.paths[0]} holds one of "
-                      f"{enrolled} (left by another VM or an earlier enrollment); the next renewal replaces it")
+                      f"{enrolled} (left by another VM or an earlier enrollment); "
+                      "the next renewal replaces it")
             found = [t for t in found if t not in foreign]
         now = self._clock()
         usable = [t for t in found if t.value not in self._refused] or found
         valid = [t for t in usable if not (t.claims and t.claims.expired(now))] or usable
-        # iat has whole seconds: a renewal made in the second its predecessor was minted ties with it, and the file
-        # written last (the renewal) wins, or the agent would renew again at once.
-        return max(valid, key=lambda t: (t.claims.issued_at if t.claims and t.claims.issued_at else t.modified,
-                                         t.modified))
+        # iat has whole seconds: a renewal made in the second its predecessor was minted ties with it, and the
+        # file written last (the renewal) wins, or the agent would renew again at once.
+        return max(valid, key=lambda t: (
+            t.claims.issued_at if t.claims and t.claims.issued_at else t.modified, t.modified))
 
 
-def agent_token_files(token_file: str, state_dir: str, warn: Callable[[str], None] | None = None) -> TokenFiles:
+def agent_token_files(token_file: str, state_dir: str,
+                      warn: Callable[[str], None] | None = None) -> TokenFiles:
     """The enrolled token, then the agent's own renewals of it."""
     return TokenFiles([token_file, os.path.join(state_dir, RENEWED_TOKEN)], warn=warn)
 
 
 def write_token(path: str, token: str) -> None:
-    """Write atomically, mode 0600: a temporary file in the same directory, flushed, renamed over the old one. A
-    crash leaves the old token or the new one, never half of one."""
+    """Write atomically, mode 0600: a temporary file in the same directory, flushed, renamed over the old one.
+    A crash leaves the old token or the new one, never half of one."""
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     write_atomically(path, token.encode() + b"\n", 0o600)

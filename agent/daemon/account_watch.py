@@ -21,8 +21,8 @@ from agent.cluster.token_renewal import TokenRenewal, renewal_due
 from agent.cluster.tokens import Token, agent_token_files
 from agent.config import Settings
 
-# How often the token files are looked at (a stat) for a new token while the cluster refuses the current one or
-# it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
+# How often the token files are looked at (a stat) for a new token while the cluster refuses the current one
+# or it is another VM's, and for a renewal to check the account of. Refused tokens reach the apiserver only as
 # often as the credential guard's slow probe allows.
 CREDENTIALS_POLL = 1.0
 CREDENTIALS_RECHECK_WITHOUT_FILES = 60.0  # a kubeconfig's credentials: no file to watch, so a slow re-check
@@ -65,9 +65,9 @@ class AccountWatch:
         while True:
             await asyncio.sleep(CREDENTIALS_POLL if self.tokens else CREDENTIALS_RECHECK_WITHOUT_FILES)
             value = self._token_value()
-            # A refused account is asked about again at each tick, also while registering (a single 401 after a
-            # renewal left it REJECTED until the next renewal, issue 20); the guard lets only its slow probes
-            # through to the apiserver, so this costs no request in between.
+            # A refused account is asked about again at each tick, also while registering (a single 401 after
+            # a renewal left it REJECTED until the next renewal, issue 20); the guard lets only its slow
+            # probes through to the apiserver, so this costs no request in between.
             refused = self.account is not None and self.account.kind is Kind.REJECTED
             if value == seen and not refused:
                 continue

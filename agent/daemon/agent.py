@@ -51,16 +51,16 @@ Body = dict[str, Any]
 EXIT_OK = 0
 EXIT_FAILED = 1
 CLOSE_RESERVE = 0.5  # seconds of the stop deadline kept for closing the API and the cluster connections
-# The stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the Lease owns):
-# when a whole site stops at once the marking is slow, and it must not cost the deregistration. At least
-# REMOVAL_RESERVE seconds (REMOVAL_SHARE of a shorter deadline), and as long as the marking took, up to
+# The stop deadline kept for the removal itself (one Lease DELETE for the backends whose objects the Lease
+# owns): when a whole site stops at once the marking is slow, and it must not cost the deregistration. At
+# least REMOVAL_RESERVE seconds (REMOVAL_SHARE of a shorter deadline), and as long as the marking took, up to
 # REMOVAL_SHARE_MAX of the deadline: an apiserver slow to mark is as slow to delete (bench/fleet, 1,000 VMs
 # stopped at once: marking 5.8 s by median, the Lease DELETE after it up to 3.9 s; 4 % gave up with 2 s kept).
 REMOVAL_RESERVE = 2.0
 REMOVAL_SHARE = 0.2
 REMOVAL_SHARE_MAX = 0.4
-# Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that the
-# clean-up still ends in time and is not reported abandoned.
+# Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that
+# the clean-up still ends in time and is not reported abandoned.
 REMOVAL_MARGIN = 0.2
 # Settings that define the agent's identity in the cluster; changing them needs a restart.
 RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "metrics", "state_dir", "reaper", "log",
@@ -93,7 +93,8 @@ class Agent:
         self.state, self.health = self.local.state, self.local.health
         self.tasks = RootTasks(self.log, self._fail)
         self.api = ApiServer(self, settings.api.socket, metrics=self.metrics, log=self.log,
-                             listen=parse_listen(settings.metrics.listen) if settings.metrics.listen else None)
+                             listen=(parse_listen(settings.metrics.listen) if settings.metrics.listen
+                                     else None))
         self.server = settings.cluster.server or settings.cluster.kubeconfig
         self.heartbeat: Heartbeat | None = None
         self.backend: Backend | None = None
@@ -131,7 +132,8 @@ class Agent:
 
     async def run(self) -> int:
         """Start, serve until asked to stop, stop. Returns the process exit code."""
-        forget_kind(self.stop_kind_file)  # an earlier run's: only this run's ExecStop speaks for this run's stop
+        # an earlier run's: only this run's ExecStop speaks for this run's stop
+        forget_kind(self.stop_kind_file)
         try:
             if await self._start_unless_stopped():
                 await self.should_exit.wait()
@@ -179,8 +181,8 @@ class Agent:
         self.tasks.spawn("credentials", self.credentials.watch(beat_client, self._registers_now))
         if self.credentials.account is not None and self.credentials.account.registers:
             await self._start_registering(sync_client, beat_client)
-        # Gone further only with a token the cluster takes as this VM's: otherwise the agent stays up, critical,
-        # saying why, and starts registering by itself once the token is fixed.
+        # Gone further only with a token the cluster takes as this VM's: otherwise the agent stays up,
+        # critical, saying why, and starts registering by itself once the token is fixed.
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def _registers_now(self) -> None:
@@ -197,8 +199,8 @@ class Agent:
                                  interval=pace.interval if pace else None, pace=pace.reason if pace else "")
 
     def _fleet_size(self) -> int | None:
-        """The fleet's size as this agent knows it: its reaper's own count while it holds a slot, else what the
-        slot holders published (agent/lease/slots.py); None while neither is known."""
+        """The fleet's size as this agent knows it: its reaper's own count while it holds a slot, else what
+        the slot holders published (agent/lease/slots.py); None while neither is known."""
         counted = self._counted_fleet()
         if counted is not None:
             return counted
@@ -206,12 +208,14 @@ class Agent:
 
     def _counted_fleet(self) -> int | None:
         """The VMs' Leases this agent's reaper sees, while it holds a slot and has listed them."""
-        if self.slots is None or not self.slots.held or self.reaper is None or not self.reaper.synced.is_set():
+        if (self.slots is None or not self.slots.held
+                or self.reaper is None or not self.reaper.synced.is_set()):
             return None
         return self.reaper.observer.fleet()
 
     async def _start_registering(self, sync_client: KubeClient, beat_client: KubeClient) -> None:
-        """Heartbeat, sync, watches, reaper and the token's renewal: once the token is this VM's (or legacy)."""
+        """Heartbeat, sync, watches, reaper and the token's renewal: once the token is this VM's
+        (or legacy)."""
         s = self.settings
         self._registering = True
         self.heartbeat = heartbeat = Heartbeat(
@@ -242,8 +246,10 @@ class Agent:
                                  until_eligible=heartbeat.until_held, fleet_size=self._counted_fleet,
                                  look_every=lambda: heartbeat.interval)
         self.reconciler = Reconciler(self.backend, self.state, resync_interval=s.sync.resync_interval,
-                                     log=self.log, on_done=self._report_status, on_duration=self.metrics.observe_sync)
-        self.watcher = OwnObjectsWatcher(sync_client, s.namespace, self._watch_targets(self.backend, heartbeat),
+                                     log=self.log, on_done=self._report_status,
+                                     on_duration=self.metrics.observe_sync)
+        self.watcher = OwnObjectsWatcher(sync_client, s.namespace,
+                                         self._watch_targets(self.backend, heartbeat),
                                          log=self.log, start_version=lambda: sync_client.list_version)
         self.log.info("agent starting", namespace=s.namespace, backend=s.backend, server=sync_client.server)
         if self.interpreter.problem:  # a Python newer than the deb: pure-Python fallbacks
@@ -284,7 +290,8 @@ class Agent:
                 self.reconciler.poke()
 
         async def service(kind: str, obj: Body) -> None:
-            if obj.get("metadata", {}).get("name") in {r.service for r in self.state.registrations} and self.reconciler:
+            if (obj.get("metadata", {}).get("name") in {r.service for r in self.state.registrations}
+                    and self.reconciler):
                 self.reconciler.poke()
 
         async def lease(kind: str, obj: Body) -> None:
@@ -300,20 +307,21 @@ class Agent:
                 WatchTarget(LEASES, lease, field_selector=f"metadata.name={heartbeat.name}")]
 
     async def _resuming(self, heartbeat: Heartbeat) -> bool:
-        """Whether an earlier run of this agent on this boot left its registrations in place (a restart): its Lease
-        is there, held by a process of this machine and boot that is gone. A read only; an error means no."""
+        """Whether an earlier run of this agent on this boot left its registrations in place (a restart): its
+        Lease is there, held by a process of this machine and boot that is gone. A read only;
+        an error means no."""
         try:
             previous = await heartbeat.earlier_run_holder()
         except ClusterError:
             return False
         if previous:
-            self.log.info("resuming an earlier run's registrations: nothing is written before the first discovery "
-                          "pass and the first check results", previous_holder=previous)
+            self.log.info("resuming an earlier run's registrations: nothing is written before the first "
+                          "discovery pass and the first check results", previous_holder=previous)
         return bool(previous)
 
     async def _first_registrations(self, *, resuming: bool = False) -> None:
-        """Until the first sync may start: the first listeners are identified (a silent one does not hold up the
-        others) and their first health checks have answered, so a healthy service is written once, ready.
+        """Until the first sync may start: the first listeners are identified (a silent one does not hold up
+        the others) and their first health checks have answered, so a healthy service is written once, ready.
 
         Resuming after a restart, the cluster already holds what the last run published: the first sync waits
         for the whole first discovery pass (a service found later would have its objects deleted, then made
@@ -394,7 +402,8 @@ class Agent:
     # -- reporting -------------------------------------------------------------------------------------
 
     def status_line(self) -> str:
-        """The state in words, for systemd's STATUS= (agent/api/documents.py, beside /v1/health's problems)."""
+        """The state in words, for systemd's STATUS= (agent/api/documents.py,
+        beside /v1/health's problems)."""
         return status_line(self)
 
     def _report_status(self) -> None:
@@ -443,10 +452,10 @@ class Agent:
     async def stop(self) -> None:
         """The shutdown order, in one place, bounded by sync.stop_deadline counted from the stop request:
         decide what kind of stop this is → stop the loops (the watchdog first) → for a stop for good: mark
-        endpoints terminating → hold them for sync.drain → delete own objects → release the Lease; for a restart:
-        leave every object and the Lease to the next process → let the reaper slot go → close the API and the
-        connections. A second signal (force_exit) abandons the cluster clean-up at once; the Lease expiry and
-        peers finish it.
+        endpoints terminating → hold them for sync.drain → delete own objects → release the Lease; for a
+        restart: leave every object and the Lease to the next process → let the reaper slot go → close the API
+        and the connections. A second signal (force_exit) abandons the cluster clean-up at once; the Lease
+        expiry and peers finish it.
         """
         if self._stopped:
             return
@@ -461,8 +470,8 @@ class Agent:
                       switch=self.settings.sync.deregister_on_stop, under_systemd=self.notifier.enabled,
                       failure=self.failure or None)
         # Health checks go on through the drain (serving follows them); they stop once the clean-up is over.
-        await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload", "credentials",
-                                "token-renewal")
+        await self.tasks.cancel("watchdog", "discovery", "reconciler", "watch", "reaper", "reload",
+                                "credentials", "token-renewal")
         cleanup = asyncio.create_task(self._deregister(deadline) if deregister else self._keep(kind),
                                       name="deregister" if deregister else "keep")
         forced = asyncio.create_task(self.force_exit.wait(), name="force-exit")
@@ -470,8 +479,10 @@ class Agent:
             done, _ = await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED,
                                          timeout=max(0.0, deadline - CLOSE_RESERVE - time.monotonic()))
             if cleanup not in done:
-                why = "second signal" if forced in done else f"stop deadline of {self.settings.sync.stop_deadline}s"
-                self.log.warning("clean-up abandoned; the Lease expiry and peers will remove the rest", why=why)
+                why = ("second signal" if forced in done
+                       else f"stop deadline of {self.settings.sync.stop_deadline}s")
+                self.log.warning("clean-up abandoned; the Lease expiry and peers will remove the rest",
+                                 why=why)
         finally:
             for task in (cleanup, forced):
                 task.cancel()
@@ -486,9 +497,9 @@ class Agent:
         self.log.info("agent stopped", failure=self.failure or None)
 
     async def _keep(self, kind: StopKind) -> None:
-        """A restart: nothing is marked or removed, and the Lease stays as last renewed; the next process adopts
-        it at once (same machine and boot, this process gone). If none comes, the Lease expires and a reaper
-        removes the VM as after a crash. The reaper slot is let go so another agent reaps meanwhile."""
+        """A restart: nothing is marked or removed, and the Lease stays as last renewed; the next process
+        adopts it at once (same machine and boot, this process gone). If none comes, the Lease expires and a
+        reaper removes the VM as after a crash. The reaper slot is let go so another agent reaps meanwhile."""
         await self.tasks.cancel("heartbeat")
         if self.heartbeat is not None and self.heartbeat.held:
             self.log.info("registrations kept for the next process", kind=kind.value,
@@ -519,16 +530,18 @@ class Agent:
             if released and backend.owned_by_lease:
                 await self._remove_what_the_lease_owned(backend, lease_uid, deadline)
         except Exception as exc:
-            self.log.error("deregistration failed; the Lease expiry and peers will remove the rest", error=str(exc))
+            self.log.error("deregistration failed; the Lease expiry and peers will remove the rest",
+                           error=str(exc))
 
     async def _remove_what_the_lease_owned(self, backend: Backend, lease_uid: str, deadline: float) -> None:
-        """With the Lease gone, the garbage collector removes what it owned: usually within a second, but not while
-        it resyncs (for tens of seconds after a CRD is installed, or while kube-controller-manager starts or
-        changes leader). Removing the objects here too makes a stop for good prompt whatever the collector does;
-        when the time runs out (a whole fleet stopping at once), the collector finishes: that is why the Lease
-        went first, in one request."""
+        """With the Lease gone, the garbage collector removes what it owned: usually within a second, but not
+        while it resyncs (for tens of seconds after a CRD is installed, or while kube-controller-manager
+        starts or changes leader). Removing the objects here too makes a stop for good prompt whatever the
+        collector does; when the time runs out (a whole fleet stopping at once), the collector finishes: that
+        is why the Lease went first, in one request."""
         try:
-            async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE - REMOVAL_MARGIN - time.monotonic())):
+            async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE - REMOVAL_MARGIN
+                                           - time.monotonic())):
                 removed = await backend.remove_all(lease_uid)
         except (TimeoutError, ClusterError) as exc:
             self.log.info("deregistered: the garbage collector removes the objects the lease owned",
@@ -540,17 +553,17 @@ class Agent:
         """Mark terminating and hold for the drain, with `serving` following the health checks, leaving the
         removal its reserve (REMOVAL_RESERVE, more after a slow marking). Entries in shared objects (legacy
         Endpoints) are taken out here.
-        Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM, and once
-        it is done the garbage collector removes them even if this agent runs out of time, which is what lets a
-        whole fleet stopping at once finish (issue 21)."""
+        Objects the Lease owns go after the Lease (`_deregister`, next): its DELETE is one request per VM, and
+        once it is done the garbage collector removes them even if this agent runs out of time, which is what
+        lets a whole fleet stopping at once finish (issue 21)."""
         registrations = self.state.registrations
         if registrations:
             self.local.changed.clear()
             stop_deadline = self.settings.sync.stop_deadline
             began = time.monotonic()
             try:
-                async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE - REMOVAL_SHARE_MAX * stop_deadline
-                                               - began)):
+                async with asyncio.timeout(max(0.0, deadline - CLOSE_RESERVE
+                                               - REMOVAL_SHARE_MAX * stop_deadline - began)):
                     await self._mark_terminating(backend, registrations)
             except TimeoutError:
                 self.log.warning("endpoints not all marked terminating in time; removing them now",
@@ -574,7 +587,8 @@ class Agent:
     async def _mark_terminating(self, backend: Backend, registrations: frozenset[Registration]) -> None:
         try:
             await retry_transient(functools.partial(backend.mark_terminating, registrations))
-        except ServiceFailures as exc:  # the services that could not be marked are still removed after the drain
+        # the services that could not be marked are still removed after the drain
+        except ServiceFailures as exc:
             self.log.warning("not every service could be marked terminating", error=str(exc))
 
     async def _drain(self, backend: Backend, until: float) -> None:

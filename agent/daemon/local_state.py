@@ -27,8 +27,8 @@ from agent.state import DesiredState, Registration, VanishTracker
 
 
 class LocalState:
-    def __init__(self, settings: Settings, log: structlog.typing.FilteringBoundLogger, *, metrics: AgentMetrics,
-                 own_inode: Callable[[], int | None], on_changed: Callable[[], None],
+    def __init__(self, settings: Settings, log: structlog.typing.FilteringBoundLogger, *,
+                 metrics: AgentMetrics, own_inode: Callable[[], int | None], on_changed: Callable[[], None],
                  on_addresses_lost: Callable[[], Awaitable[None]]) -> None:
         self.settings = settings
         self.log = log
@@ -44,7 +44,8 @@ class LocalState:
         self.tracked: list[Registration] = []  # what discovery and the config say, before health
         self.present: list[Registration] = []  # of those, what is listening right now
         self.health = HealthSupervisor(self.check_settings, self.refresh, log,
-                                       on_checked=lambda r, seconds: metrics.observe_check(r.service, r.port, seconds),
+                                       on_checked=lambda r, seconds: metrics.observe_check(
+                                           r.service, r.port, seconds),
                                        on_forget=lambda r: metrics.forget_check(r.service, r.port))
         self.scanner = Scanner(settings.discovery.probe_timeout)
         # The discovery loop and a reload both run passes: one at a time, or the health monitors race.
@@ -74,8 +75,8 @@ class LocalState:
             await self._discover_locked()
 
     async def _publish_early(self, partial: DiscoveryReport) -> None:
-        """A probe has just found a service to register: follow it now, not after the slowest probe of the pass.
-        Nothing is dropped here; the end of the pass decides what is gone."""
+        """A probe has just found a service to register: follow it now, not after the slowest probe of the
+        pass. Nothing is dropped here; the end of the pass decides what is gone."""
         present = set(self.present)
         new = [r for r in self._registrations(partial) if r not in present]
         if not new:
@@ -106,9 +107,11 @@ class LocalState:
                 address=str(choice.address or ""), reason=choice.reason,
                 candidates=[str(c.address) for c in choice.candidates])
         if self.report is not None:
-            lost = {c.address for c in self.report.addresses.candidates} - {c.address for c in choice.candidates}
+            lost = ({c.address for c in self.report.addresses.candidates}
+                    - {c.address for c in choice.candidates})
             if lost:
-                self.log.info("addresses removed; reconnecting to the cluster", removed=sorted(map(str, lost)))
+                self.log.info("addresses removed; reconnecting to the cluster",
+                              removed=sorted(map(str, lost)))
                 await self._on_addresses_lost()
         self.report = report
         for decision in report.decisions:
@@ -152,14 +155,16 @@ class LocalState:
 
     def set_maintenance(self, service: str, enabled: bool, reason: str) -> str | None:
         self.maintenance.set(service, enabled, reason)
-        self.log.warning("maintenance " + ("on" if enabled else "off"), service=service, reason=reason or None)
+        self.log.warning("maintenance " + ("on" if enabled else "off"), service=service,
+                         reason=reason or None)
         self.refresh()
         return self.maintenance.reason(service)
 
     @property
     def maintenance_reasons(self) -> Mapping[str, str]:
         if self.maintenance.unreadable:
-            return {**{r.service: self.maintenance.unreadable for r in self.tracked}, **self.maintenance.reasons}
+            return {**{r.service: self.maintenance.unreadable for r in self.tracked},
+                    **self.maintenance.reasons}
         return self.maintenance.reasons
 
     def _static_registrations(self, advertised: IPAddress | None) -> list[Registration]:

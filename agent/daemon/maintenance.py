@@ -10,8 +10,8 @@ from agent.files import write_atomically
 
 class MaintenanceStore:
     """`unreadable` is set when the file exists but cannot be read: which services were in maintenance is then
-    not known, and every service is held in maintenance (not ready) rather than brought back ready in the middle
-    of someone's maintenance (issue 20), until the file is fixed or removed and the agent restarted, or
+    not known, and every service is held in maintenance (not ready) rather than brought back ready in the
+    middle of someone's maintenance (issue 20), until the file is fixed or removed and the agent restarted, or
     maintenance is set or cleared through the API, which rewrites the file."""
 
     def __init__(self, state_dir: str) -> None:
@@ -30,8 +30,8 @@ class MaintenanceStore:
             why = "not a JSON object"
         if isinstance(data, dict):
             return {str(k): str(v) for k, v in data.items()}
-        self.unreadable = (f"{self.path} cannot be read ({why}): every service is held in maintenance; fix or "
-                           "remove the file and restart, or set maintenance on or off again")
+        self.unreadable = (f"{self.path} cannot be read ({why}): every service is held in maintenance; "
+                           "fix or remove the file and restart, or set maintenance on or off again")
         return {}
 
     def reason(self, service: str) -> str | None:

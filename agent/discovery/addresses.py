@@ -116,20 +116,23 @@ def choose_address(
     if interface:
         match = next((c for c in cands if c.interface == interface), None)
         if match is None:
-            return AddressChoice(None, "", f"no address on interface {interface!r} (address.interface)", cands)
-        return AddressChoice(match.address, match.interface, f"first address on {interface} (address.interface)",
-                             cands)
+            return AddressChoice(None, "", f"no address on interface {interface!r} (address.interface)",
+                                 cands)
+        return AddressChoice(match.address, match.interface,
+                             f"first address on {interface} (address.interface)", cands)
     if cidr:
         net = ipaddress.ip_network(cidr, strict=False)
         match = next((c for c in cands if c.address in net), None)
         if match is None:
             return AddressChoice(None, "", f"no address inside {cidr} (address.cidr)", cands)
-        return AddressChoice(match.address, match.interface, f"first address inside {cidr} (address.cidr)", cands)
+        return AddressChoice(match.address, match.interface,
+                             f"first address inside {cidr} (address.cidr)", cands)
     if not cands:
         return AddressChoice(None, "", "no address: no interface is up with a non-loopback address", cands)
     physical = next((c for c in cands if not _VIRTUAL_IFACE.match(c.interface)), None)
     if physical is None:
-        return AddressChoice(None, "", "only container/virtual bridge addresses; set address.interface", cands)
+        return AddressChoice(None, "", "only container/virtual bridge addresses; set address.interface",
+                             cands)
     skipped = [c.interface for c in cands[: cands.index(physical)]]
     why = f"first address not on a container/virtual bridge (skipped {', '.join(skipped)})" if skipped else \
         "first address, as `hostname -I` lists it"

@@ -22,8 +22,10 @@ class Identity:
     protocol: str  # "mysql", "postgres", "redis", "http", "ssh" or "unknown"
     # Why the probe could not tell, when it could not (no answer: busy, or still starting): it is tried again.
     unsettled: str = ""
-    probed: bool = True  # False: the socket was not connected to (what it speaks is then guessed from its port)
-    # Never answered though probed MAX_PROBES times (probe_memory): why, for the report. Final, like an answer.
+    # False: the socket was not connected to (what it speaks is then guessed from its port)
+    probed: bool = True
+    # Never answered though probed MAX_PROBES times (probe_memory): why, for the report. Final,
+    # like an answer.
     silent: str = ""
 
 
@@ -41,8 +43,8 @@ NOT_PROBED = Identity("unknown", probed=False)
 
 async def identify(listener: Listener, allow: Mapping[str, str], timeout: float, *,
                    ports: Mapping[int, str] = WELL_KNOWN_PORTS) -> Identity:
-    """`ports`: which protocol each port is expected to speak (the table's well-known ports; a test serving real
-    servers on free ports names them)."""
+    """`ports`: which protocol each port is expected to speak (the table's well-known ports; a test serving
+    real servers on free ports names them)."""
     host = listener.address
     if listener.is_wildcard:
         host = "127.0.0.1" if ":" not in host else "::1"

@@ -55,7 +55,8 @@ def parse_proc_net_tcp(text: str, family: int) -> list[Listener]:
         if len(cols) < 10 or cols[3] != _TCP_LISTEN:
             continue
         hex_addr, hex_port = cols[1].split(":")
-        rx_queue = int(cols[4].split(":")[1], 16)  # tx_queue:rx_queue; a listener's rx_queue is its accept queue
+        # tx_queue:rx_queue; a listener's rx_queue is its accept queue
+        rx_queue = int(cols[4].split(":")[1], 16)
         found.append(Listener(_decode_address(hex_addr, family), int(hex_port, 16), int(cols[9]), rx_queue))
     return found
 
@@ -106,7 +107,8 @@ def parse_sock_diag(data: bytes) -> tuple[list[Listener], bool]:
             if state == _TCP_LISTEN_STATE and family in (socket.AF_INET, socket.AF_INET6):
                 raw = src[: 4 if family == socket.AF_INET else 16]
                 # For a listener, idiag_rqueue is its accept queue's length (idiag_wqueue its backlog).
-                found.append(Listener(socket.inet_ntop(family, raw), int.from_bytes(sport, "big"), inode, rqueue))
+                found.append(Listener(socket.inet_ntop(family, raw), int.from_bytes(sport, "big"),
+                                      inode, rqueue))
         offset += (length + 3) & ~3
     return found, False
 

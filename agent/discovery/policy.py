@@ -58,8 +58,8 @@ def decide(
     *, local: Collection[IPAddress] | None = None, unsettled: str = "", probed: bool = True,
 ) -> ListenerDecision:
     """`local`: the VM's addresses (`hostname -I`), None when not known; `unsettled`: why the probe could not
-    tell the protocol yet (it is tried again), "" when its answer is final; `probed`: False when the socket was
-    not connected to (`protocol` is then "unknown" and the port names the likely one)."""
+    tell the protocol yet (it is tried again), "" when its answer is final; `probed`: False when the socket
+    was not connected to (`protocol` is then "unknown" and the port names the likely one)."""
     service = allow.get(protocol, "")
     likely = "" if probed else WELL_KNOWN_PORTS.get(listener.port, "")
 
@@ -67,7 +67,8 @@ def decide(
         return ListenerDecision(listener, protocol, False, service, None, reason, likely)
 
     if not is_reachable(listener, local):
-        # The kernel keeps a socket bound to an address that was removed from the VM; nothing reaches it there.
+        # The kernel keeps a socket bound to an address that was removed from the VM;
+        # nothing reaches it there.
         return skip(f"bound to {listener.address}, which is not an address of this VM (any more)")
     if listener.is_loopback and not probed:
         # Never connected to (the socket table says enough): a loopback listener cannot be registered.
@@ -79,7 +80,8 @@ def decide(
     if protocol == "unknown":
         return skip("protocol not recognised; declare it as a [[service]] to register it")
     if protocol not in DISCOVERABLE:
-        return skip(f"{protocol} is never registered by discovery; declare it as a [[service]] to register it")
+        return skip(f"{protocol} is never registered by discovery; declare it as a [[service]] "
+                    "to register it")
     if not service:
         return skip(allow_hint(protocol, allow))
     if listener.is_loopback:
@@ -93,4 +95,5 @@ def decide(
         return ListenerDecision(listener, protocol, True, service, advertised,
                                 f"listens on every address; registered at {advertised}")
     bound = listener.ip
-    return ListenerDecision(listener, protocol, True, service, bound, f"listens on {bound} only; registered there")
+    return ListenerDecision(listener, protocol, True, service, bound,
+                            f"listens on {bound} only; registered there")

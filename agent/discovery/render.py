@@ -37,7 +37,8 @@ def report_table(report: DiscoveryReport) -> str:
     a = report.addresses
     lines = [
         f"address:    {a.address or 'none'} ({a.reason})",
-        f"candidates: {' '.join(str(c.address) for c in a.candidates) or 'none'}  (as `hostname -I` lists them)",
+        f"candidates: {' '.join(str(c.address) for c in a.candidates) or 'none'}  "
+        "(as `hostname -I` lists them)",
         "",
     ]
     rows = [("LISTENER", "PROTOCOL", "PROCESS", "DECISION", "SERVICE", "REASON")]

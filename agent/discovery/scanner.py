@@ -48,7 +48,8 @@ class Scanner:
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
 
     def forget_unprobed(self) -> None:
-        """Probe again, at the next pass, the sockets that were not probed (their protocol not allowed then)."""
+        """Probe again, at the next pass, the sockets that were not probed
+        (their protocol not allowed then)."""
         self._memory.forget_unprobed()
 
     async def _probe(self, listener: Listener, allow: Mapping[str, str]) -> tuple[Listener, Identity]:
@@ -66,8 +67,8 @@ class Scanner:
         to be registered; the returned report is the whole pass. `own`: socket inodes of the agent's own
         listeners (its metrics listener), which are neither probed nor reported.
         """
-        choice = addresses.choose_address(addresses.address_candidates(), address=address, interface=interface,
-                                          cidr=cidr)
+        choice = addresses.choose_address(addresses.address_candidates(), address=address,
+                                          interface=interface, cidr=cidr)
         local = {c.address for c in choice.candidates}
         found = [lst for lst in listeners.scan_listeners() if lst.inode not in own] if scan else []
         self._memory.keep_only(found)

@@ -21,8 +21,8 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
     A credentials file is read here, once, so that a bad one is reported at start-up (or on reload). A mysql
     login check runs pymysql in `executor` (its own one-thread executor when None).
 
-    With `active_interval` longer than `interval`, the checks the server sees (the mysql login probe, an http GET,
-    a tcp connect) run at most that often and on suspicion; the socket table is read every `interval`
+    With `active_interval` longer than `interval`, the checks the server sees (the mysql login probe, an http
+    GET, a tcp connect) run at most that often and on suspicion; the socket table is read every `interval`
     (agent/health/guard.py). A mysql check with credentials logs nothing and runs every time; so does exec.
     """
     if kind not in KINDS:
@@ -46,7 +46,8 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
     if kind == "http":
         if not path.startswith("/"):
             raise ValueError(f"http check: path {path!r} must start with '/'")
-        return _guarded(HttpCheck(host, port, timeout=timeout, path=path), host, port, interval, active_interval)
+        return _guarded(HttpCheck(host, port, timeout=timeout, path=path), host, port, interval,
+                        active_interval)
     if not command:
         raise ValueError("exec check: command is required (a list: program and arguments)")
     return ExecCheck(command, timeout=timeout)
@@ -55,4 +56,5 @@ def build_check(kind: str, host: str, port: int, *, timeout: float, path: str = 
 def _guarded(check: Check, host: str, port: int, interval: float, active_interval: float) -> Check:
     if active_interval <= interval:
         return check
-    return GuardedCheck(check, host, port, interval=interval, active_interval=active_interval, timed_out=is_timeout)
+    return GuardedCheck(check, host, port, interval=interval, active_interval=active_interval,
+                        timed_out=is_timeout)

@@ -1,4 +1,5 @@
-"""Health checks: each is an async callable that returns a CheckResult, bounded by its timeout, and never raises.
+"""Health checks: each is an async callable that returns a CheckResult, bounded by its timeout,
+and never raises.
 
 A failure of any kind (refused, timed out, wrong answer, even a bug in a check) is a failing result with a
 short human `output`, so that the monitor only ever deals with results.
@@ -35,7 +36,8 @@ class CheckResult:
     ok: bool
     output: str  # short and human: "connection refused", "MariaDB 10.11.19 greeting", "HTTP 503"
     duration: float  # seconds
-    # A fact, not a flaky probe (no listener in the socket table): the monitor need not wait for `fall` failures.
+    # A fact, not a flaky probe (no listener in the socket table):
+    # the monitor need not wait for `fall` failures.
     definite: bool = False
 
 
@@ -61,7 +63,8 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def describe_server(version: str) -> str:
-    """ "5.5.5-10.11.19-MariaDB-0+deb12u1" -> "MariaDB 10.11.19"; "8.0.36-0ubuntu0.22.04.1" -> "MySQL 8.0.36"."""
+    """ "5.5.5-10.11.19-MariaDB-0+deb12u1" -> "MariaDB 10.11.19"; "8.0.36-0ubuntu0.22.04.1"
+    -> "MySQL 8.0.36"."""
     # MariaDB before 11 prefixes its version with "5.5.5-" so that old replicas accept it.
     bare = version.removeprefix("5.5.5-")
     number = bare.split("-", 1)[0]
@@ -138,11 +141,11 @@ class TcpCheck:
 class MysqlCheck:
     """Without credentials: a login probe. With credentials: a real login and `SELECT 1`.
 
-    What a MariaDB 10.11 with Debian's configuration (name resolution on, max_connect_errors 100, log_warnings 2)
-    makes of each, measured (docs/decisions.md, "Do no harm: checks and probes"):
+    What a MariaDB 10.11 with Debian's configuration (name resolution on, max_connect_errors 100, log_warnings
+    2) makes of each, measured (docs/decisions.md, "Do no harm: checks and probes"):
     - a greeting read and a hang-up (this check before issue 17) is a handshake error: +1 in the host cache's
-      SUM_CONNECT_ERRORS for the client's address, which is blocked (ERR 1129, for every client on it) after 100,
-      and one "Aborted connection ... without authentication" warning in the error log;
+      SUM_CONNECT_ERRORS for the client's address, which is blocked (ERR 1129, for every client on it) after
+      100, and one "Aborted connection ... without authentication" warning in the error log;
     - the login probe (HandshakeResponse for a user that does not exist, empty auth data; the server answers
       1045/1698 access denied) counts nowhere that blocks, and logs one "Access denied" warning. So it runs
       seldom: the build wraps it in a GuardedCheck (agent/health/guard.py) that reads the socket table every
@@ -156,15 +159,17 @@ class MysqlCheck:
                  executor: concurrent.futures.Executor | None = None) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._credentials = credentials
-        # pymysql blocks, so a login runs in a thread: in the given (bounded, shared by the checks) executor, or
-        # in one of its own, never in the loop's default one that aiohttp's DNS lookups need.
+        # pymysql blocks, so a login runs in a thread: in the given (bounded, shared by the checks) executor,
+        # or in one of its own, never in the loop's default one that aiohttp's DNS lookups need.
         self._own_executor = executor is None and credentials is not None
-        self._executor = executor or (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vmesh-check")
-                                      if credentials is not None else None)
+        self._executor = executor or (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vmesh-check")
+            if credentials is not None else None)
         self._login_running: concurrent.futures.Future[tuple[bool, str]] | None = None
 
     def __repr__(self) -> str:
-        return f"MysqlCheck({self.host!r}, {self.port}, timeout={self.timeout}, credentials={self._credentials!r})"
+        return (f"MysqlCheck({self.host!r}, {self.port}, timeout={self.timeout}, "
+                f"credentials={self._credentials!r})")
 
     async def __call__(self) -> CheckResult:
         if self._credentials is None:
@@ -197,14 +202,15 @@ class MysqlCheck:
         return await asyncio.wrap_future(self._login_running)
 
     def _select_one(self) -> tuple[bool, str]:
-        # Imported by the first login (in its thread): the greeting check, the default, never needs pymysql, and
-        # the agent's resident memory and start skip it (docs/decisions.md, "A light process").
+        # Imported by the first login (in its thread): the greeting check, the default, never needs pymysql,
+        # and the agent's resident memory and start skip it (docs/decisions.md, "A light process").
         import pymysql  # noqa: PLC0415
 
         assert self._credentials is not None
         try:
             conn = pymysql.connect(
-                host=self.host, port=self.port, user=self._credentials.user, password=self._credentials.password,
+                host=self.host, port=self.port,
+                user=self._credentials.user, password=self._credentials.password,
                 connect_timeout=self.timeout, read_timeout=self.timeout, write_timeout=self.timeout,
             )
         except pymysql.err.MySQLError as exc:
@@ -250,7 +256,8 @@ class HttpCheck:
     async def _get(self) -> tuple[bool, str]:
         if self._session is None:
             # force_close: every check opens a new connection, as a new client would; a kept-alive one can
-            # outlive a server that no longer accepts. trust_env stays off: a check never goes through a proxy.
+            # outlive a server that no longer accepts. trust_env stays off:
+            # a check never goes through a proxy.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),

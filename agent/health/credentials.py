@@ -1,6 +1,7 @@
 """MySQL check credentials: a small TOML file (`user`, `password`) that others may not read.
 
-Stdlib only: the config layer validates these files at load time without importing the checks (pymysql, aiohttp).
+Stdlib only: the config layer validates these files at load time without importing the checks
+(pymysql, aiohttp).
 
 The password is kept out of every repr, message and log line; errors name the file and the key, never a value.
 """
@@ -36,7 +37,8 @@ def load_credentials(path: str) -> Credentials:
                 raise CredentialsError(f"credentials file {path} is not a regular file")
             if info.st_mode & 0o007:
                 raise CredentialsError(
-                    f"credentials file {path} is accessible by others (mode {stat.S_IMODE(info.st_mode):04o});"
+                    f"credentials file {path} is accessible by others "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o});"
                     f" run: chmod o-rwx {path}"
                 )
             raw = f.read(_MAX_SIZE + 1)
@@ -52,7 +54,8 @@ def load_credentials(path: str) -> Credentials:
         raise CredentialsError(f"credentials file {path} is not valid TOML: {where}") from None
     unknown = sorted(set(data) - {"user", "password"})
     if unknown:
-        raise CredentialsError(f"credentials file {path}: unknown key {unknown[0]!r}; expected user and password")
+        raise CredentialsError(f"credentials file {path}: unknown key {unknown[0]!r}; "
+                               "expected user and password")
     user, password = data.get("user"), data.get("password")
     if not isinstance(user, str) or not user:
         raise CredentialsError(f"credentials file {path}: user must be a non-empty string")

@@ -60,7 +60,8 @@ def covers(listener: Listener, address: str) -> bool:
     """Whether a connection to `address` (an IP address) reaches `listener` (same address, or a wildcard of
     its family; an IPv6 wildcard also takes IPv4 unless the socket is v6-only, which the socket table does not
     say)."""
-    if listener.address == address or (listener.address.startswith("::ffff:") and str(listener.ip) == address):
+    if listener.address == address or (listener.address.startswith("::ffff:")
+                                       and str(listener.ip) == address):
         return True  # the same address, or its IPv4-mapped form on an IPv6 socket (as Java binds)
     if listener.address not in WILDCARDS:
         return False
@@ -101,7 +102,8 @@ class Schedule:
         self._suspecting = False  # the active check running is a suspicion's
 
     def decide(self, now_sample: Sample) -> Decision:
-        """Whether the active check runs now. Call with every sample; a failing sample (not listening) resets."""
+        """Whether the active check runs now. Call with every sample; a failing sample
+        (not listening) resets."""
         previous_queue, self._queue = self._queue, now_sample.accept_queue if now_sample.listening else None
         if not now_sample.listening:
             self.last = None  # whatever comes back is checked afresh
@@ -140,7 +142,8 @@ class Schedule:
         return Decision(False, "listening")
 
     def _retry_gap(self) -> float:
-        """After `failures_in_row` failures: 5 s after the first (a timeout) or second (confirmed), doubling."""
+        """After `failures_in_row` failures:
+        5 s after the first (a timeout) or second (confirmed), doubling."""
         doublings = max(0, self.failures_in_row - (1 if self.timed_out else 2))
         return min(RETRY_FAILING * 2.0 ** doublings, self.active_interval)
 
@@ -195,8 +198,8 @@ class GuardedCheck:
             self.active_checks += 1
             if not result.ok:
                 return result
-            return CheckResult(True, short(f"{result.output} (no listener in this network namespace: the server "
-                                           "is asked at every check)"), result.duration)
+            return CheckResult(True, short(f"{result.output} (no listener in this network namespace: "
+                                           "the server is asked at every check)"), result.duration)
         if not now.listening:
             where = f" (listening on {', '.join(now.elsewhere)} only)" if now.elsewhere else ""
             return CheckResult(False, f"not listening on {self._target()}{where}", self._clock() - started,

@@ -48,20 +48,22 @@ class HealthSupervisor:
         self._on_forget = on_forget
         self._log = log
         self._watched: dict[Registration, _Watched] = {}
-        self._executor = concurrent.futures.ThreadPoolExecutor(BLOCKING_CHECK_THREADS, thread_name_prefix="vmesh-check")
+        self._executor = concurrent.futures.ThreadPoolExecutor(BLOCKING_CHECK_THREADS,
+                                                               thread_name_prefix="vmesh-check")
 
     def monitor(self, registration: Registration) -> HealthMonitor | None:
         watched = self._watched.get(_key(registration))
         return watched.monitor if watched else None
 
     def is_ready(self, registration: Registration) -> bool:
-        """Passing: a check of this endpoint has passed (the first decides at once, later ones by rise/fall)."""
+        """Passing: a check of this endpoint has passed (the first decides at once,
+        later ones by rise/fall)."""
         monitor = self.monitor(registration)
         return monitor is not None and monitor.status == "passing"
 
     async def first_results(self, limit: float | None = FIRST_RESULTS_WAIT) -> None:
-        """Until each monitored registration has had its first check result, or `limit` seconds at most (None: as
-        long as the slowest check may take)."""
+        """Until each monitored registration has had its first check result, or `limit` seconds at most (None:
+        as long as the slowest check may take)."""
         waiting = [w for w in self._watched.values() if not w.monitor.first_result.is_set()]
         if not waiting:
             return
@@ -129,7 +131,8 @@ class HealthSupervisor:
             self._on_forget(key)
 
     async def restart_changed(self) -> None:
-        """After a reload: restart the monitors whose check settings changed; the others keep their history."""
+        """After a reload: restart the monitors whose check settings changed;
+        the others keep their history."""
         for key, watched in list(self._watched.items()):
             if self._settings_for(key) != watched.settings:
                 await self._stop(key)

@@ -73,8 +73,9 @@ class Observer:
         return seen, Sight.UNCHANGED
 
     def expired(self, lease: Body, *, default: float = 0.0, cap: float = math.inf) -> bool:
-        """Whether the Lease, as observed now, went unrenewed for longer than its duration (`default` when it
-        states none; at most `cap`, so that an endless duration written by a stolen token is waited out too)."""
+        """Whether the Lease, as observed now, went unrenewed for longer than its duration
+        (`default` when it states none; at most `cap`, so that an endless duration written by a stolen
+        token is waited out too)."""
         seen, _ = self.observe(lease)
         duration = min(float((lease.get("spec") or {}).get("leaseDurationSeconds") or default), cap)
         return self.clock() - seen.seen_at > duration

@@ -3,9 +3,9 @@
 Shaped after Kubernetes' lease controller: no GET before a renew, re-read only on 409, bounded
 jittered backoff on failure. It uses its own cluster connection, so bulk syncing cannot delay it.
 
-The Lease records who holds it (agent.lease.identity: VM, machine, boot, process). A Lease held by someone else is
-taken only when it was let go, is an earlier run of this agent on this boot, or has been *observed* not
-renewed for its duration on this agent's monotonic clock (client-go's leader-election rule; renewTime is
+The Lease records who holds it (agent.lease.identity: VM, machine, boot, process). A Lease held by someone
+else is taken only when it was let go, is an earlier run of this agent on this boot, or has been *observed*
+not renewed for its duration on this agent's monotonic clock (client-go's leader-election rule; renewTime is
 never compared with local time). Until then nothing is registered: a cloned VM with the same vm_name must
 not replace the live VM's addresses.
 """
@@ -61,7 +61,8 @@ class Heartbeat:
         self._observer = election.Observer(clock)  # another agent's hold on the Lease, as observed
         self._lock = asyncio.Lock()
         self._acquired = asyncio.Event()
-        self._attempted = asyncio.Event()  # the first acquisition was tried (by the sync), whatever came of it
+        # the first acquisition was tried (by the sync), whatever came of it
+        self._attempted = asyncio.Event()
         self._last_error = ""
         self.last_renewal: float | None = None  # monotonic time of the last successful write
         self.consecutive_failures = 0
@@ -100,8 +101,8 @@ class Heartbeat:
             return ""
         if c.renewals:
             # One line for STATUS= (at most 200 characters): who, the likely cause, what happens next.
-            return (f"conflict: lease {self.name} is renewed by another live agent ({c.holder}): a clone of this "
-                    f"VM or a second agent with vm_name {self.vm}; not registering until it stops")
+            return (f"conflict: lease {self.name} is renewed by another live agent ({c.holder}): a clone "
+                    f"of this VM or a second agent with vm_name {self.vm}; not registering until it stops")
         return (f"lease {self.name} is held by {c.holder}; not registering unless it goes unrenewed "
                 "for its duration")
 
@@ -111,8 +112,8 @@ class Heartbeat:
         return bool(c and c.renewals and self._lease is None)
 
     async def earlier_run_holder(self) -> str:
-        """The holder of the VM's Lease when it is an earlier run of this agent on this boot whose process is gone
-        (a restart: what it registered is still there), else "". A read only: nothing is taken here."""
+        """The holder of the VM's Lease when it is an earlier run of this agent on this boot whose process is
+        gone (a restart: what it registered is still there), else "". A read only: nothing is taken here."""
         try:
             current = await self._kube.get(LEASES, self.namespace, self.name)
         except NotFound:
@@ -143,8 +144,9 @@ class Heartbeat:
                 try:
                     self._lease = await self._kube.replace(LEASES, self.namespace, self.name, lease)
                 except Conflict:
-                    # Someone else wrote it (or our cache is stale): re-read, and renew on the next beat, unless
-                    # another agent took it (this one was silent for a duration): then stop registering.
+                    # Someone else wrote it (or our cache is stale): re-read, and renew on the next beat,
+                    # unless another agent took it (this one was silent for a duration):
+                    # then stop registering.
                     current = await self._kube.get(LEASES, self.namespace, self.name)
                     if election.holder(current) == str(self.identity):
                         self._lease = current
@@ -186,8 +188,8 @@ class Heartbeat:
             self._attempted.set()
 
     async def _acquire_or_raise_locked(self) -> None:
-        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now(), holder=str(self.identity),
-                           annotations=self._annotations())
+        body = build_lease(self.vm, self.namespace, self.duration_seconds, self._now(),
+                           holder=str(self.identity), annotations=self._annotations())
         try:
             self._lease = await self._kube.create(LEASES, self.namespace, body)
             self._log.info("lease created", duration_seconds=self.duration_seconds, holder=str(self.identity))
@@ -231,7 +233,8 @@ class Heartbeat:
         return self._observer.expired(current, default=self.duration_seconds)
 
     def _free_for(self, holder: str) -> bool:
-        return election.free_for(holder, str(self.identity), lambda h: self.identity.earlier_run(h, self._alive))
+        return election.free_for(holder, str(self.identity),
+                                 lambda h: self.identity.earlier_run(h, self._alive))
 
     async def run(self, backoff: Backoff | None = None) -> None:
         """Renew every interval until cancelled; retry failures with a bounded jittered backoff.
@@ -259,8 +262,8 @@ class Heartbeat:
                 self.failures += 1
                 delay = backoff.next(after=exc)
                 if str(exc) != self._last_error:
-                    self._log.warning("lease renewal failed", error=str(exc), failures=self.consecutive_failures,
-                                      retry_in=round(delay, 2))
+                    self._log.warning("lease renewal failed", error=str(exc),
+                                      failures=self.consecutive_failures, retry_in=round(delay, 2))
                 self._last_error = str(exc)
                 continue
             self.renewals += 1

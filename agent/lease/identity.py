@@ -46,15 +46,16 @@ class HolderIdentity:
 
     @classmethod
     def parse(cls, text: str) -> HolderIdentity | None:
-        """The identity another agent wrote, or None for anything else (an older release wrote the bare vm)."""
+        """The identity another agent wrote, or None for anything else
+        (an older release wrote the bare vm)."""
         parts = text.rsplit("/", 3)
         if len(parts) != 4 or not parts[3].isdigit():
             return None
         return cls(parts[0], parts[1], parts[2], int(parts[3]))
 
     def earlier_run(self, holder: str, alive: Callable[[int], bool] = process_alive) -> bool:
-        """Whether `holder` is an earlier run of this agent on this very boot that is gone (a crash, a restart by
-        systemd): same machine and boot, and its process no longer exists. Only then is a Lease adopted at
+        """Whether `holder` is an earlier run of this agent on this very boot that is gone (a crash, a restart
+        by systemd): same machine and boot, and its process no longer exists. Only then is a Lease adopted at
         once; after a reboot (new boot id, like a clone's) it is adopted once it is seen not renewed."""
         other = HolderIdentity.parse(holder)
         return (other is not None and other != self and (other.vm, other.machine, other.boot) ==

@@ -3,10 +3,10 @@
 Only the holder of a reaper slot (agent/lease/slots.py) runs this. It lists and then watches the VMs' Leases
 and remembers, on its own monotonic clock, when it last saw each one change. A Lease not seen renewed for
 longer than its leaseDurationSeconds + grace is deleted with a resourceVersion precondition (so a renewal that
-races the delete wins), and the dead VM's objects go with it through the garbage collector (their ownerReference
-names the Lease): the reaper deletes nothing but the Lease, since the isolation policy lets no VM delete another
-VM's objects. What the GC cannot remove (a legacy VM's entries in the shared Endpoints) is the `after_reap`
-callback's job, which the caller builds from the backends (agent/sync/backends/backend.py).
+races the delete wins), and the dead VM's objects go with it through the garbage collector (their
+ownerReference names the Lease): the reaper deletes nothing but the Lease, since the isolation policy lets no
+VM delete another VM's objects. What the GC cannot remove (a legacy VM's entries in the shared Endpoints) is
+the `after_reap` callback's job, which the caller builds from the backends (agent/sync/backends/backend.py).
 renewTime is never compared with this VM's wall clock.
 
 Safety before speed (the node lifecycle controller's stance when a whole zone looks dead):
@@ -46,7 +46,8 @@ from agent.lease.heartbeat import Heartbeat
 from agent.logs import Problem
 
 Body = dict[str, Any]
-CHECK_EVERY = 0.25  # seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired
+# seconds between in-memory expiry checks near a Lease's expiry; no API calls unless one expired
+CHECK_EVERY = 0.25
 IDLE_CHECK = 1.0  # seconds between them while no Lease is that close: an idle reaper wakes once a second
 VM_LEASES = f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_VM}"  # the VMs' Leases (reaper slots carry no VM label)
 WATCH_SECONDS = 300
@@ -92,8 +93,9 @@ class LeaseObserver:
         self.leases.pop(name, None)
 
     def next_expiry(self) -> float | None:
-        """The earliest time (on this clock) at which another VM's Lease observed so far would be expired; None
-        while none can be. A frozen view (`current_until` with slack) only makes the real expiry later."""
+        """The earliest time (on this clock) at which another VM's Lease observed so far would be expired;
+        None while none can be.
+        A frozen view (`current_until` with slack) only makes the real expiry later."""
         return min((obs.seen_at + obs.duration + self.grace for name, obs in self.leases.items()
                     if name != self.own_lease and obs.vm and obs.duration > 0), default=None)
 
@@ -130,10 +132,12 @@ class LeaseObserver:
 
     def _silent(self, slack: float | None,
                 longer_than: Callable[[Observation], float]) -> list[tuple[str, Observation]]:
-        """Other VMs' Leases not seen renewed for longer than `longer_than` of each, as far as the view goes."""
+        """Other VMs' Leases not seen renewed for longer than `longer_than` of each,
+        as far as the view goes."""
         now = self.current_until(slack)
         return [(name, obs) for name, obs in self.leases.items()
-                if name != self.own_lease and obs.vm and obs.duration > 0 and now - obs.seen_at > longer_than(obs)]
+                if name != self.own_lease and obs.vm and obs.duration > 0
+                and now - obs.seen_at > longer_than(obs)]
 
     def fleet(self) -> int:
         """The VMs' Leases in view, this VM's included."""
@@ -152,8 +156,9 @@ class ReapBrake:
         self._reaped_at.append(self.clock())
 
     def holds(self, stale: int, fleet: int, window: float) -> bool:
-        """Whether to reap nothing: more than `fraction` of the fleet (and at least two VMs) went silent within
-        `window`: `stale` now, plus the ones already reaped in it. One VM alone dying is always reaped."""
+        """Whether to reap nothing: more than `fraction` of the fleet (and at least two VMs) went silent
+        within `window`: `stale` now, plus the ones already reaped in it.
+        One VM alone dying is always reaped."""
         now = self.clock()
         while self._reaped_at and now - self._reaped_at[0] > window:
             self._reaped_at.popleft()
@@ -188,7 +193,8 @@ class Reaper:
         await asyncio.gather(self._follow(), self._check_loop())
 
     async def follow(self) -> None:
-        """Follow the Leases without reaping (a one-shot pass reaps once, at its own time), until cancelled."""
+        """Follow the Leases without reaping (a one-shot pass reaps once, at its own time),
+        until cancelled."""
         self.synced.clear()
         await self._follow()
 
@@ -228,9 +234,9 @@ class Reaper:
         return version
 
     def check_delay(self) -> float:
-        """CHECK_EVERY while some Lease is within IDLE_CHECK of its expiry or past it (a reap to retry, the brake
-        holding); IDLE_CHECK otherwise. A Lease first seen expires a lease duration plus the grace later, so a
-        one-second look away misses none, and an idle agent is not woken four times a second."""
+        """CHECK_EVERY while some Lease is within IDLE_CHECK of its expiry or past it (a reap to retry, the
+        brake holding); IDLE_CHECK otherwise. A Lease first seen expires a lease duration plus the grace
+        later, so a one-second look away misses none, and an idle agent is not woken four times a second."""
         soonest = self.observer.next_expiry()
         return CHECK_EVERY if soonest is not None and soonest - self._clock() <= IDLE_CHECK else IDLE_CHECK
 
@@ -249,8 +255,8 @@ class Reaper:
     async def reap_expired(self) -> int:
         beat = self._heartbeat
         if beat is not None and (beat.consecutive_failures or not beat.held):
-            # Probably the one cut off, or not holding its own Lease (another agent with this vm_name does, whose
-            # renewals would pass for this one's): judge nobody, and start over once back.
+            # Probably the one cut off, or not holding its own Lease (another agent with this vm_name does,
+            # whose renewals would pass for this one's): judge nobody, and start over once back.
             self.observer.restart()
             self._braking_since = None
             return 0
@@ -267,8 +273,8 @@ class Reaper:
                                   fleet=fleet, held_for=self.brake_limit, vms=sorted(o.vm for _, o in stale))
                 self.braking = ""
         else:
-            reason = (f"{len(stale)} of {fleet} VMs stopped renewing within one lease duration; reaping nothing until"
-                      " they renew (the reaper is more likely cut off than they are dead)")
+            reason = (f"{len(stale)} of {fleet} VMs stopped renewing within one lease duration; reaping"
+                      " nothing until they renew (the reaper is more likely cut off than they are dead)")
             if self._braking_since is not None:
                 reason += f", or for {self.brake_limit:g} s at most in a fleet this small"
             if not self.braking:
@@ -277,14 +283,15 @@ class Reaper:
             return 0
         if self.braking:
             # Releasing is a gap too: VMs resume one by one after a mass silence (a partition heals, a paused
-            # host resumes), and the last ones must not be reaped for renewing a moment after the others. Every
-            # VM gets a full lease duration + grace again before anyone is judged.
+            # host resumes), and the last ones must not be reaped for renewing a moment after the others.
+            # Every VM gets a full lease duration + grace again before anyone is judged.
             self._log.info("reaping brake released", expired=len(expired), then="every VM observed afresh")
             self.braking = ""
             self.observer.restart()
             return 0
         now = self._clock()
-        self._retry_at = {name: retry for name, retry in self._retry_at.items() if name in self.observer.leases}
+        self._retry_at = {name: retry for name, retry in self._retry_at.items()
+                          if name in self.observer.leases}
         due = [(name, obs) for name, obs in expired if now >= self._retry_at.get(name, (None, 0.0))[1]]
         limit = asyncio.Semaphore(REAP_CONCURRENCY)
 
@@ -295,9 +302,10 @@ class Reaper:
         return sum(await asyncio.gather(*(reap(name, obs) for name, obs in due)))
 
     def _brake_gives_way(self, fleet: int) -> bool:
-        """Whether the brake, holding now, has held for `brake_limit` in a small fleet (and keeps giving way until
-        it releases). Only a reaper with a heartbeat counts that time: its view was current throughout (a failing
-        heartbeat restarted it), so the silent VMs, not this reaper, are the ones cut off or dead."""
+        """Whether the brake, holding now, has held for `brake_limit` in a small fleet (and keeps giving way
+        until it releases). Only a reaper with a heartbeat counts that time: its view was current throughout
+        (a failing heartbeat restarted it), so the silent VMs, not this reaper,
+        are the ones cut off or dead."""
         if self._heartbeat is None or not self.brake_limit or fleet > SMALL_FLEET:
             self._braking_since = None
             return False
@@ -351,13 +359,13 @@ async def reap_pass(kube: KubeClient, namespace: str, own_lease: str,
                     after_reap: Callable[[str], Awaitable[None]], *,
                     grace: float, brake_fraction: float, timeout: float,
                     log: structlog.typing.FilteringBoundLogger) -> str:
-    """One pass of reaping, by `vmesh-agent reap` on a VM or `kubectl vmesh reap` from an admin's machine (a lone
-    VM has no peer to reap it): follow the Leases for the longest lease period + grace, then judge once on a
-    fresh list. Returns why the brake held, or "".
+    """One pass of reaping, by `vmesh-agent reap` on a VM or `kubectl vmesh reap` from an admin's machine (a
+    lone VM has no peer to reap it): follow the Leases for the longest lease period + grace, then judge once
+    on a fresh list. Returns why the brake held, or "".
 
-    Watched only, no reaping in the background while it waits (issue 20: the loop reaped during the wait); and,
-    having no heartbeat of its own to tell whether its view is current, it reads every Lease afresh right before
-    judging: a renewal its watch missed counts."""
+    Watched only, no reaping in the background while it waits (issue 20: the loop reaped during the wait);
+    and, having no heartbeat of its own to tell whether its view is current, it reads every Lease afresh right
+    before judging: a renewal its watch missed counts."""
     reaper = Reaper(kube, namespace, own_lease, grace=grace, brake_fraction=brake_fraction,
                     after_reap=after_reap, log=log)
     watcher = asyncio.create_task(reaper.follow())

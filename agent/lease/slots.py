@@ -1,5 +1,5 @@
-"""Reaper slots: a few Leases (`vmesh-reaper-0` .. `-<K-1>`), each held by at most one agent, so that only a few
-agents watch the VMs' Leases and reap, and the apiserver's watch cost stays O(N), not O(N^2).
+"""Reaper slots: a few Leases (`vmesh-reaper-0` .. `-<K-1>`), each held by at most one agent, so that only a
+few agents watch the VMs' Leases and reap, and the apiserver's watch cost stays O(N), not O(N^2).
 
 The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection):
 - a slot is taken when it does not exist, when its holder let it go (empty holderIdentity), or when it was
@@ -11,9 +11,9 @@ The rules are client-go's leader election (k8s.io/client-go/tools/leaderelection
 - writes are resourceVersion-checked, so of two agents taking a slot at once exactly one wins;
 - a holder that stops lets its slot go (holderIdentity "", as client-go's ReleaseOnCancel), so another
   agent takes it at its next look instead of after a duration.
-The holder identity is the agent's per-boot one (agent.lease.identity), as in the VM's own Lease: two agents with one
-vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot. Agents
-without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
+The holder identity is the agent's per-boot one (agent.lease.identity), as in the VM's own Lease: two agents
+with one vm_name (a cloned VM) never take each other's slot for their own. An agent holds at most one slot.
+Agents without a slot look at the slots every `check_interval` with one LIST, and watch nothing.
 
 A holder also publishes the fleet's size (the VMs' Leases it sees) on its slot, in the writes it makes anyway;
 the others read it in that LIST, and pace their heartbeats by it (agent/lease/pace.py, issue 21).
@@ -63,7 +63,8 @@ def slot_name(index: int) -> str:
     return f"vmesh-reaper-{index}"
 
 
-def build_slot(index: int, namespace: str, holder: str, duration_seconds: int, now: datetime.datetime) -> Body:
+def build_slot(index: int, namespace: str, holder: str, duration_seconds: int,
+               now: datetime.datetime) -> Body:
     slot = lease_body(slot_name(index), namespace, holder, duration_seconds, now,
                       labels={LABEL_MANAGED_BY: MANAGER, LABEL_SLOT: str(index)})
     slot["spec"]["leaseTransitions"] = 0
@@ -76,7 +77,8 @@ class SlotObserver:
     def __init__(self, identity: str, clock: Callable[[], float] = time.monotonic,
                  earlier_run: Callable[[str], bool] = lambda holder: False) -> None:
         self.identity = identity
-        self._earlier_run = earlier_run  # whether a holder is an earlier run of this agent on this boot, now gone
+        # whether a holder is an earlier run of this agent on this boot, now gone
+        self._earlier_run = earlier_run
         self._observer = election.Observer(clock)
 
     def takeable(self, lease: Body) -> bool:
@@ -97,7 +99,8 @@ class ReaperSlots:
                  fleet_size: Callable[[], int | None] = lambda: None,
                  look_every: Callable[[], float] = lambda: 0.0) -> None:
         self._kube = kube
-        self._fleet_size = fleet_size  # while holding: the VMs' Leases this agent's reaper sees (None: not listed)
+        # while holding: the VMs' Leases this agent's reaper sees (None: not listed)
+        self._fleet_size = fleet_size
         self.published_fleet: int | None = None  # the largest size the holders published, at the last look
         # Looks come every check_interval, or this if longer: the heartbeat's paced interval, so that a large
         # fleet's slot LISTs scale down with its renewals (N / interval reads/s, not N / 30 s).
@@ -156,7 +159,8 @@ class ReaperSlots:
                                 error=f"{type(exc).__name__}: {exc}" if exc else "returned", exc_info=exc)
                 await self.release()
             elif not self._eligible():
-                self._log.warning("letting the reaper slot go: this agent does not hold its own lease", slot=self.held)
+                self._log.warning("letting the reaper slot go: this agent does not hold its own lease",
+                                  slot=self.held)
                 await self.release()
             self._lease = None
 
@@ -196,7 +200,8 @@ class ReaperSlots:
         return await self._kube.create(LEASES, self.namespace, slot)
 
     def _publish(self, slot: Body) -> None:
-        """Write the fleet's size on the slot, with a write made anyway (none while the reaper has not listed)."""
+        """Write the fleet's size on the slot, with a write made anyway
+        (none while the reaper has not listed)."""
         size = self._fleet_size()
         if size is not None:
             with_annotations(slot, {ANNOTATION_FLEET_SIZE: str(size)})
@@ -235,10 +240,10 @@ class ReaperSlots:
             delay = self.renew_interval
 
     async def _settled(self, write: Awaitable[Body]) -> Body:
-        """One write of the slot. When the agent stops meanwhile (the task is cancelled), the request may already
-        have reached the apiserver: wait for its reply first, so that release() lets go of the version the
-        apiserver holds, not of an older one (409) or of none (the slot would stay held by a stopped agent until
-        it expires, CI saw it). Bounded by the client's request timeout."""
+        """One write of the slot. When the agent stops meanwhile (the task is cancelled), the request may
+        already have reached the apiserver: wait for its reply first, so that release() lets go of the version
+        the apiserver holds, not of an older one (409) or of none (the slot would stay held by a stopped agent
+        until it expires, CI saw it). Bounded by the client's request timeout."""
         future = asyncio.ensure_future(write)
         try:
             return await asyncio.shield(future)

@@ -71,9 +71,10 @@ class Bundle:
 
     def files(self) -> list[tuple[str, bytes, int]]:
         """(name, content, mode) of each file, in the order they are written."""
-        # The agent's user reads config.toml (its directory, root:vmesh-agent 0750, keeps others out); the token is
-        # root's until the package's postinst hands it to the agent's group.
-        found = [("config.toml", self.config_toml().encode(), 0o644), ("token", self.token.encode() + b"\n", 0o600)]
+        # The agent's user reads config.toml (its directory, root:vmesh-agent 0750, keeps others out); the
+        # token is root's until the package's postinst hands it to the agent's group.
+        found = [("config.toml", self.config_toml().encode(), 0o644),
+                 ("token", self.token.encode() + b"\n", 0o600)]
         if self.ca_certificate:
             found.append(("ca.crt", self.ca_certificate, 0o644))
         return found
@@ -102,8 +103,9 @@ class Bundle:
                 info.size, info.mode, info.mtime = len(content), mode, int(time.time())
                 info.uname = info.gname = "root"
                 if name == "token":
-                    # `tar -xzf` as root restores owners by name: on a VM where the package is installed (a
-                    # re-enrollment) the token is then root:vmesh-agent 0640, readable by the running agent;
-                    # before the package, the group is not known, it stays root's and the postinst hands it over.
+                    # `tar -xzf` as root restores owners by name: on a VM where the package is installed
+                    # (a re-enrollment) the token is then root:vmesh-agent 0640, readable by the running
+                    # agent; before the package, the group is not known, it stays root's and the postinst
+                    # hands it over.
                     info.gname, info.mode = "vmesh-agent", 0o640
                 tar.addfile(info, io.BytesIO(content))

@@ -65,19 +65,22 @@ Body = dict[str, Any]
 def _parser() -> argparse.ArgumentParser:
     # SUPPRESS: a flag given before the command is not reset by the subcommand's default.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="kubeconfig file (default $KUBECONFIG, "
-                        "~/.kube/config)")
-    common.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context (default: its current)")
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS,
+                        help="kubeconfig file (default $KUBECONFIG, ~/.kube/config)")
+    common.add_argument("--context", default=argparse.SUPPRESS,
+                        help="kubeconfig context (default: its current)")
     common.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
                         help=f"the VMs' namespace (default {manifests.DEFAULT_NAMESPACE})")
-    parser = argparse.ArgumentParser(prog="kubectl vmesh", parents=[common], description=__doc__.split("\n")[0],
-                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog="kubectl vmesh", parents=[common],
+                                     description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     install = sub.add_parser("install", parents=[common], help="apply the shipped manifests")
     install.add_argument("--dry-run", action="store_true", help="print the manifests, apply nothing")
     install.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
-                         help="a Service range no VM may publish in, besides the ServiceCIDR objects (repeatable)")
+                         help="a Service range no VM may publish in, besides the ServiceCIDR objects "
+                              "(repeatable)")
     install.add_argument("--pod-cidr", action="append", default=[], metavar="CIDR",
                          help="a Pod range no VM may publish in, besides the Nodes' podCIDRs (repeatable)")
 
@@ -91,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(the apiserver may shorten it)")
     enroll.add_argument("--service", action="append", default=[], metavar="NAME[:PORT]",
                         help="a service the VM serves; with a port, declared in config.toml (repeatable)")
-    enroll.add_argument("--cidr", action="append", default=[], help="an address range the VM is enrolled for; "
-                        "the first one chooses the advertised address (repeatable)")
+    enroll.add_argument("--cidr", action="append", default=[],
+                        help="an address range the VM is enrolled for; "
+                             "the first one chooses the advertised address (repeatable)")
 
     get = sub.add_parser("get", parents=[common], help="list the fleet")
     get.add_argument("what", choices=["vms", "vm"])
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             print(manifests.dump(manifests.load(namespace)), end="")
             return 0
         if args.command in ("enroll", "revoke") and not DNS_LABEL.match(args.vm):
-            raise ValueError(f"VM name {args.vm!r}: lower-case letters, digits and '-' (a DNS label), as vm_name")
+            raise ValueError(f"VM name {args.vm!r}: lower-case letters, digits and '-' (a DNS label), "
+                             "as vm_name")
         commands: dict[str, Callable[[KubeClient, argparse.Namespace, str], Awaitable[None]]] = {
             "install": install, "enroll": enroll, "get": get_vms, "revoke": revoke, "reap": reap}
         asyncio.run(_with_client(commands[args.command], args, namespace))
@@ -129,7 +134,8 @@ async def _with_client(command: Callable[[KubeClient, argparse.Namespace, str], 
                        args: argparse.Namespace, namespace: str) -> None:
     kubeconfig = getattr(args, "kubeconfig", "") or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] \
         or str(Path.home() / ".kube" / "config")
-    kube = await KubeClient.connect(ClusterSettings(kubeconfig=kubeconfig, context=getattr(args, "context", "")))
+    kube = await KubeClient.connect(ClusterSettings(kubeconfig=kubeconfig,
+                                                    context=getattr(args, "context", "")))
     try:
         await command(kube, args, namespace)
     finally:
@@ -177,12 +183,13 @@ def _lifetime(text: str) -> int:
 
 
 def identity_objects(vm: str, namespace: str, annotations: dict[str, str]) -> tuple[Body, Body]:
-    """A VM's ServiceAccount, carrying what it was enrolled for (the enrollment policy is made from it, and people
-    read it), and its RoleBinding to the shared Role. bench/fleet enrolls its VMs with these too."""
+    """A VM's ServiceAccount, carrying what it was enrolled for (the enrollment policy is made from it, and
+    people read it), and its RoleBinding to the shared Role. bench/fleet enrolls its VMs with these too."""
     account = fleet.service_account_name(vm)
     labels = {LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER}
     sa: Body = {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": account, "namespace": namespace, "labels": labels, "annotations": annotations}}
+                "metadata": {"name": account, "namespace": namespace, "labels": labels,
+                             "annotations": annotations}}
     binding: Body = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": account, "namespace": namespace, "labels": labels},
@@ -198,30 +205,36 @@ async def enroll(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
     names = enrollment.check_services(dict.fromkeys(s.name for s in services))
     lifetime = _lifetime(args.token_lifetime)
     if lifetime < MIN_TOKEN_LIFETIME:
-        raise ValueError(f"--token-lifetime {args.token_lifetime}: at least 10m (the apiserver refuses shorter)")
+        raise ValueError(f"--token-lifetime {args.token_lifetime}: at least 10m "
+                         "(the apiserver refuses shorter)")
     cidrs = enrollment.check_cidrs(args.cidr, (await enforce.current_policy(kube))[1])
     sa, binding = identity_objects(vm, namespace, enrollment.account_annotations(cidrs, names, lifetime))
     try:
         outcome = await _apply(kube, SERVICE_ACCOUNTS, namespace, sa)
     except (NamespaceMissing, NotFound) as exc:
-        install = "kubectl vmesh install" + (f" -n {namespace}" if namespace != manifests.DEFAULT_NAMESPACE else "")
+        install = "kubectl vmesh install" + (f" -n {namespace}" if namespace != manifests.DEFAULT_NAMESPACE
+                                             else "")
         raise ClusterError(f"namespace {namespace} does not exist: run `{install}` first") from exc
     print(f"serviceaccount/{account} {outcome}")
-    print(f"rolebinding.rbac.authorization.k8s.io/{account} {await _apply(kube, ROLE_BINDINGS, namespace, binding)}")
+    print(f"rolebinding.rbac.authorization.k8s.io/{account} "
+          f"{await _apply(kube, ROLE_BINDINGS, namespace, binding)}")
     # The token only once the apiserver holds the VM to its enrollment.
     await _enforced(kube, namespace, enrollment.POLICY, await enforce.publish(kube, namespace, account))
     if not cidrs or not names:
-        anything = " and ".join(w for w, given in (("any address", cidrs), ("any service", names)) if not given)
+        anything = " and ".join(w for w, given in (("any address", cidrs), ("any service", names))
+                                if not given)
         print(f"note: {vm} may publish {anything} (outside the cluster's Service and Pod ranges); --cidr and "
               "--service bind it", file=sys.stderr)
     request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                "spec": {"expirationSeconds": lifetime}}
     status = (await kube.create_subresource(SERVICE_ACCOUNTS, namespace, account, "token", request))["status"]
     expires = str(status.get("expirationTimestamp", ""))
-    bundle = Bundle(vm_name=vm, namespace=namespace, server=args.server or kube.server, token=str(status["token"]),
-                    ca_certificate=kube.ca_certificate(), services=services, cidrs=cidrs,
+    bundle = Bundle(vm_name=vm, namespace=namespace, server=args.server or kube.server,
+                    token=str(status["token"]), ca_certificate=kube.ca_certificate(),
+                    services=services, cidrs=cidrs,
                     header=f"vmesh-agent config of VM {vm}, written by `kubectl vmesh enroll {vm}`.\n"
-                           f"The token in ./token (ServiceAccount {namespace}/{account}) expires on {expires}.")
+                           f"The token in ./token (ServiceAccount {namespace}/{account}) "
+                           f"expires on {expires}.")
     parse_settings(bundle.config_toml(), require_cluster=False)  # the agent will accept it
     output = Path(args.output or f"vmesh-{vm}")
     bundle.write(output)
@@ -251,9 +264,12 @@ async def get_vms(kube: KubeClient, args: argparse.Namespace, namespace: str) ->
     rows = fleet.fleet(
         leases=await _list(kube, LEASES, namespace, VM_LEASES),
         accounts=await _list(kube, SERVICE_ACCOUNTS, namespace, LABEL_VM),
-        slices=await _list(kube, ENDPOINT_SLICES, namespace, f"{LABEL_VM},{LABEL_SLICE_MANAGED_BY}={MANAGER}"),
-        workloads=[*await _list(kube, WORKLOAD_ENTRIES, namespace, f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}"),
-                   *await _list(kube, EXTERNAL_WORKLOADS, namespace, f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}")],
+        slices=await _list(kube, ENDPOINT_SLICES, namespace,
+                           f"{LABEL_VM},{LABEL_SLICE_MANAGED_BY}={MANAGER}"),
+        workloads=[*await _list(kube, WORKLOAD_ENTRIES, namespace,
+                                f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}"),
+                   *await _list(kube, EXTERNAL_WORKLOADS, namespace,
+                                f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}")],
         now=datetime.datetime.now(datetime.UTC),
     )
     if args.output == "json":
@@ -286,8 +302,8 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
         vm = str((meta.get("labels") or {}).get(LABEL_VM, ""))
         backends[vm] = backend if backend in BACKENDS else "endpointslice"
     print(f"watching the VMs' Leases in {namespace} for a lease period...", file=sys.stderr, flush=True)
-    braking = await reap_pass(kube, namespace, "kubectl-vmesh", after_reap, grace=args.grace, brake_fraction=0.5,
-                              timeout=30.0, log=log)
+    braking = await reap_pass(kube, namespace, "kubectl-vmesh", after_reap, grace=args.grace,
+                              brake_fraction=0.5, timeout=30.0, log=log)
     if braking:
         print(f"nothing reaped: {braking}", file=sys.stderr)
     for vm in reaped:
@@ -298,8 +314,8 @@ async def reap(kube: KubeClient, args: argparse.Namespace, namespace: str) -> No
 
 async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> None:
     vm, account = args.vm, fleet.service_account_name(args.vm)
-    # The account first: its tokens stop authenticating (once the apiserver's 10 s token cache lets them go); the
-    # RoleBinding right after takes away what they may do at once.
+    # The account first: its tokens stop authenticating (once the apiserver's 10 s token cache lets them go);
+    # the RoleBinding right after takes away what they may do at once.
     for resource, name, kind in ((SERVICE_ACCOUNTS, account, "serviceaccount"),
                                  (ROLE_BINDINGS, account, "rolebinding.rbac.authorization.k8s.io")):
         try:
@@ -307,8 +323,8 @@ async def revoke(kube: KubeClient, args: argparse.Namespace, namespace: str) -> 
             print(f"{kind}/{name} deleted")
         except NotFound:
             print(f"{kind}/{name} not found")
-    # The VM's objects, removed as `vmesh-agent deregister` and the reaper remove them (each backend its own way),
-    # then its Lease.
+    # The VM's objects, removed as `vmesh-agent deregister` and the reaper remove them (each backend its own
+    # way), then its Lease.
     log = get_logger(vm=vm)
     mesh = {"workloadentry": WORKLOAD_ENTRIES, "externalworkload": EXTERNAL_WORKLOADS}
     for backend in BACKENDS:

@@ -76,7 +76,8 @@ async def current_policy(kube: KubeClient, extra: Iterable[str] = ()) -> tuple[B
 async def api_audiences(kube: KubeClient, namespace: str, account: str) -> tuple[str, ...]:
     """The audiences the apiserver gives a token when none are asked for (its --api-audiences): read off a
     TokenRequest for `account`, whose 10-minute token is thrown away."""
-    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600}}
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"expirationSeconds": 600}}
     answer = await kube.create_subresource(SERVICE_ACCOUNTS, namespace, account, "token", request)
     audiences = tuple(str(a) for a in (answer.get("spec") or {}).get("audiences") or [])
     if not audiences:
@@ -95,7 +96,8 @@ async def publish(kube: KubeClient, namespace: str, account: str, refused: Itera
         current, ranges = await current_policy(kube, extra)
         audiences = enrollment.audiences_of(current) or await api_audiences(kube, namespace, account)
         accounts = await kube.list(ALL_SERVICE_ACCOUNTS, "", f"{LABEL_VM},{LABEL_MANAGED_BY}={MANAGER}")
-        policy, binding = enrollment.build(filter(None, map(enrollment.of_account, accounts)), ranges, audiences)
+        policy, binding = enrollment.build(filter(None, map(enrollment.of_account, accounts)),
+                                           ranges, audiences)
         if current is not None:
             policy["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         try:
@@ -111,13 +113,15 @@ async def publish(kube: KubeClient, namespace: str, account: str, refused: Itera
 def marker(policy: str) -> Body:
     """An EndpointSlice the named policy refuses, whoever writes it; never stored (written as a dry run)."""
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": MARKER, "labels": {enrollment.LABEL_MARKER: policy, LABEL_SERVICE_NAME: MARKER}},
+            "metadata": {"name": MARKER,
+                         "labels": {enrollment.LABEL_MARKER: policy, LABEL_SERVICE_NAME: MARKER}},
             "addressType": "IPv4", "ports": [{"name": "marker", "port": 9, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["192.0.2.1"]}]}  # TEST-NET-1 (RFC 5737)
 
 
 async def wait_enforced(kube: KubeClient, namespace: str, policy: str, revision: str = "", *,
-                        timeout: float = ENFORCE_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> float:
+                        timeout: float = ENFORCE_TIMEOUT,
+                        clock: Callable[[], float] = time.monotonic) -> float:
     """Return the seconds it took until `policy` (at `revision`, when given) refused the marker IN_A_ROW times
     in a row; a ClusterError saying so after `timeout`."""
     expected = f"policy marker: {policy}" + (f" revision {revision}" if revision else "")
@@ -135,7 +139,8 @@ async def wait_enforced(kube: KubeClient, namespace: str, policy: str, revision:
             in_a_row, last = 0, str(exc)
         if clock() - start > timeout:
             raise ClusterError(
-                f"validatingadmissionpolicy/{policy} is not enforced {timeout:g} s after it was written (last: {last});"
-                " the apiserver needs admissionregistration.k8s.io/v1 (Kubernetes >= 1.30) and CEL's ip()/cidr()"
-                " (>= 1.31). Until it is, VM tokens are not confined: see its status and the apiserver's log")
+                f"validatingadmissionpolicy/{policy} is not enforced {timeout:g} s after it was written "
+                f"(last: {last}); the apiserver needs admissionregistration.k8s.io/v1 (Kubernetes >= 1.30) "
+                "and CEL's ip()/cidr() (>= 1.31). Until it is, VM tokens are not confined: see its status "
+                "and the apiserver's log")
         await asyncio.sleep(0.2)

@@ -8,8 +8,8 @@ good on a live apiserver (kubernetes#130887) or after a batch create (#133827), 
 evaluates every selected param on every request; literals are compiled with the policy, need no informer,
 and are looked up in one map, one bucket per last character of the VM name (a request builds its own bucket's
 map only). The cost is one policy update per enroll/revoke, and a bound: CEL parses at most 100,000 characters
-per expression (MAX_LITERAL), about 2,500 VMs with one CIDR and one service per bucket (36 buckets, a-z and 0-9;
-the policy object itself, at most 1.5 MB, holds about 15,000).
+per expression (MAX_LITERAL), about 2,500 VMs with one CIDR and one service per bucket (36 buckets, a-z and
+0-9; the policy object itself, at most 1.5 MB, holds about 15,000).
 
 Pure: accounts in, manifests out. `agent/plugin/enforce.py` writes them and waits until they are enforced.
 """
@@ -69,9 +69,10 @@ def parse_cidr(text: str) -> Network:
         raise ValueError(f"--cidr {text!r}: not an address range ({exc}); write e.g. 10.0.0.5/32 or "
                          "10.0.0.0/24") from exc
     first = network.network_address
-    if first.is_loopback or first.is_link_local or first.is_multicast or (first.is_unspecified and network.prefixlen):
-        raise ValueError(f"--cidr {text}: loopback, link-local, multicast and unspecified addresses are never a "
-                         "VM's advertised address (the policy refuses them)")
+    if (first.is_loopback or first.is_link_local or first.is_multicast
+            or (first.is_unspecified and network.prefixlen)):
+        raise ValueError(f"--cidr {text}: loopback, link-local, multicast and unspecified addresses are "
+                         "never a VM's advertised address (the policy refuses them)")
     if network.prefixlen == 0:
         raise ValueError(f"--cidr {text}: every address; leave --cidr out to enroll the VM for any address")
     return network
@@ -84,8 +85,8 @@ def check_cidrs(cidrs: Iterable[str], refused: Iterable[str]) -> tuple[str, ...]
         for text in refused:
             other = ipaddress.ip_network(text)
             if network.version == other.version and network.overlaps(other):
-                raise ValueError(f"--cidr {network} overlaps the cluster's Service/Pod range {other}: no VM address "
-                                 "can be published there (the enrollment policy refuses it)")
+                raise ValueError(f"--cidr {network} overlaps the cluster's Service/Pod range {other}: "
+                                 "no VM address can be published there (the enrollment policy refuses it)")
     return tuple(str(n) for n in networks)
 
 
@@ -93,8 +94,8 @@ def check_services(services: Iterable[str]) -> tuple[str, ...]:
     names = tuple(services)
     for name in names:
         if not _SERVICE_NAME.match(name):
-            raise ValueError(f"--service {name!r}: a Service name is a DNS-1035 label (lower-case letters, digits "
-                             "and '-', starting with a letter)")
+            raise ValueError(f"--service {name!r}: a Service name is a DNS-1035 label (lower-case letters, "
+                             "digits and '-', starting with a letter)")
     return names
 
 
@@ -119,7 +120,8 @@ def account_annotations(cidrs: Sequence[str], services: Sequence[str], lifetime:
 
 
 def refused_of(policy: Body | None) -> tuple[str, ...]:
-    """The refused ranges an existing enrollment policy carries (install's flags are kept by later enrolls)."""
+    """The refused ranges an existing enrollment policy carries
+    (install's flags are kept by later enrolls)."""
     return _listed(policy, ANNOTATION_REFUSED)
 
 
@@ -157,12 +159,12 @@ _FIELDS = {"cidrs": ("enrolledCIDRs", "[]"), "services": ("enrolledServices", "[
 
 
 def build(enrollments: Iterable[Enrollment], refused: Sequence[str], audiences: Sequence[str]) -> list[Body]:
-    """The policy and its binding, for every enrolled VM of the cluster. `audiences`: the apiserver's own (what a
-    TokenRequest without audiences gets), the only ones a VM may ask for.
+    """The policy and its binding, for every enrolled VM of the cluster. `audiences`: the apiserver's own
+    (what a TokenRequest without audiences gets), the only ones a VM may ask for.
 
     The enrollments are split into buckets by the last character of the VM's name (a-z, 0-9), one map literal
-    per bucket and field; a request builds only its own VM's bucket (variables are lazy), not a map of the whole
-    fleet, and each bucket stays under CEL's expression limit on its own."""
+    per bucket and field; a request builds only its own VM's bucket (variables are lazy), not a map of the
+    whole fleet, and each bucket stays under CEL's expression limit on its own."""
     bound = sorted((e for e in enrollments if e.bound), key=lambda e: e.key)
     buckets: dict[str, list[Enrollment]] = {}
     for e in bound:
@@ -177,11 +179,11 @@ def build(enrollments: Iterable[Enrollment], refused: Sequence[str], audiences: 
                 continue
             literals[f"{field}_{char}"] = text = _literal(found)
             if len(text) > MAX_LITERAL:
-                raise ValueError(f"the enrollment policy's {field} of the VMs whose names end in {char!r} would be "
-                                 f"{len(text):,} characters, over CEL's limit ({MAX_LITERAL:,}): too many VMs "
-                                 f"enrolled with --cidr/--service ({len(members)} of them)")
-            chain = (f"variables.bucket == '{char}' ? variables.{field}_{char}[?variables.key].orValue({default})"
-                     f" : {chain}")
+                raise ValueError(f"the enrollment policy's {field} of the VMs whose names end in {char!r} "
+                                 f"would be {len(text):,} characters, over CEL's limit ({MAX_LITERAL:,}): "
+                                 f"too many VMs enrolled with --cidr/--service ({len(members)} of them)")
+            chain = (f"variables.bucket == '{char}' ? variables.{field}_{char}[?variables.key]"
+                     f".orValue({default}) : {chain}")
         lookups.append({"name": name, "expression": chain})
     revision = hashlib.sha256(_literal([literals, lookups]).encode()).hexdigest()[:12]
     return [_policy(literals, lookups, refused, audiences, revision), _binding()]
@@ -216,7 +218,8 @@ def _policy(literals: dict[str, str], lookups: list[Body], refused: Sequence[str
                          + lookups,
             "validations": [
                 {"expression": f"object.metadata.?labels[?'{LABEL_MARKER}'].orValue('') != '{POLICY}'",
-                 "message": f"policy marker: {POLICY} revision {revision} is enforced", "reason": "Forbidden"},
+                 "message": f"policy marker: {POLICY} revision {revision} is enforced",
+                 "reason": "Forbidden"},
                 *_VALIDATIONS],
         },
     }
@@ -232,10 +235,13 @@ def _binding() -> Body:
 # WorkloadEntry's address; an ExternalWorkload's workload IPs).
 _VARIABLES: list[Body] = [
     {"name": "parts", "expression": "request.userInfo.username.split(':')"},
-    {"name": "account", "expression": "size(variables.parts) == 4 ? variables.parts[3] : request.userInfo.username"},
-    {"name": "vm", "expression": "variables.account.startsWith('vmesh-vm-') ? variables.account.substring(9) : ''"},
+    {"name": "account", "expression": (
+        "size(variables.parts) == 4 ? variables.parts[3] : request.userInfo.username")},
+    {"name": "vm", "expression": (
+        "variables.account.startsWith('vmesh-vm-') ? variables.account.substring(9) : ''")},
     {"name": "key", "expression": "request.namespace + '/' + variables.vm"},
-    {"name": "bucket", "expression": "size(variables.vm) == 0 ? '' : variables.vm.substring(size(variables.vm) - 1)"},
+    {"name": "bucket", "expression": (
+        "size(variables.vm) == 0 ? '' : variables.vm.substring(size(variables.vm) - 1)")},
     {"name": "res", "expression": "request.resource.resource"},
     {"name": "groups", "expression": (
         "variables.res == 'endpointslices' ? object.?endpoints.orValue([]).map(e, e.addresses) : "
@@ -243,7 +249,8 @@ _VARIABLES: list[Body] = [
         "variables.res == 'externalworkloads' ? object.spec.?workloadIPs.orValue([]).map(w, [w.ip]) : []")},
     {"name": "service", "expression": (
         "variables.res == 'services' ? object.metadata.name : "
-        "variables.res == 'endpointslices' ? object.metadata.?labels[?'kubernetes.io/service-name'].orValue('') : "
+        "variables.res == 'endpointslices' ? "
+        "object.metadata.?labels[?'kubernetes.io/service-name'].orValue('') : "
         "object.metadata.?labels[?'app'].orValue('')")},
 ]
 
@@ -251,32 +258,35 @@ _VALIDATIONS: list[Body] = [
     {"expression": ("variables.groups.all(g, g.all(a, !isIP(a) || "
                     "!variables.refused.exists(c, cidr(c).containsIP(a))))"),
      "messageExpression": ("variables.account + ' may not publish ' + variables.groups.filter(g, g.exists(a, "
-                           "isIP(a) && variables.refused.exists(c, cidr(c).containsIP(a)))).map(g, g[0]).join(', ') "
-                           "+ ': inside the cluster\\'s Service or Pod ranges (' + variables.refused.join(', ') + ')'"),
+                           "isIP(a) && variables.refused.exists(c, cidr(c).containsIP(a)))).map(g, g[0])"
+                           ".join(', ') + ': inside the cluster\\'s Service or Pod ranges (' + "
+                           "variables.refused.join(', ') + ')'"),
      "reason": "Forbidden"},
     {"expression": ("size(variables.enrolledCIDRs) == 0 || variables.groups.all(g, g.all(a, isIP(a) && "
                     "variables.enrolledCIDRs.exists(c, cidr(c).containsIP(a))))"),
-     "messageExpression": ("variables.account + ' may publish only addresses inside the CIDRs it was enrolled for ('"
+     "messageExpression": ("variables.account + "
+                           "' may publish only addresses inside the CIDRs it was enrolled for ('"
                            " + variables.enrolledCIDRs.join(', ') + '), not ' + variables.groups.filter(g, "
-                           "g.exists(a, !isIP(a) || !variables.enrolledCIDRs.exists(c, cidr(c).containsIP(a))))"
-                           ".map(g, g[0]).join(', ')"),
+                           "g.exists(a, !isIP(a) || !variables.enrolledCIDRs.exists(c, "
+                           "cidr(c).containsIP(a)))).map(g, g[0]).join(', ')"),
      "reason": "Forbidden"},
     {"expression": ("variables.res == 'serviceaccounts' || size(variables.enrolledServices) == 0 || "
                     "variables.service in variables.enrolledServices"),
      "messageExpression": ("variables.account + ' was enrolled for the services ' + "
-                           "variables.enrolledServices.join(', ') + ' only, not ' + variables.service + ' (' + "
-                           "variables.res + ' ' + object.metadata.name + ')'"),
+                           "variables.enrolledServices.join(', ') + ' only, not ' + variables.service + "
+                           "' (' + variables.res + ' ' + object.metadata.name + ')'"),
      "reason": "Forbidden"},
     {"expression": ("variables.res != 'serviceaccounts' || "
                     "object.spec.?expirationSeconds.orValue(3600) <= variables.lifetime"),
-     "messageExpression": ("variables.account + ' may request tokens lasting at most ' + string(variables.lifetime) "
-                           "+ ' s (its enrollment\\'s --token-lifetime), not ' + "
+     "messageExpression": ("variables.account + ' may request tokens lasting at most ' + "
+                           "string(variables.lifetime) + ' s (its enrollment\\'s --token-lifetime), not ' + "
                            "string(object.spec.?expirationSeconds.orValue(3600)) + ' s'"),
      "reason": "Forbidden"},
     # The apiserver fills in its own audiences before admission when a request names none.
     {"expression": ("variables.res != 'serviceaccounts' || "
                     "object.spec.?audiences.orValue([]).all(a, a in variables.audiences)"),
-     "messageExpression": ("variables.account + ' may request tokens only for the apiserver\\'s own audiences ('"
+     "messageExpression": ("variables.account + "
+                           "' may request tokens only for the apiserver\\'s own audiences ('"
                            " + variables.audiences.join(', ') + '), not ' + "
                            "object.spec.?audiences.orValue([]).join(', ')"),
      "reason": "Forbidden"},

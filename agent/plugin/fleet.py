@@ -1,4 +1,5 @@
-"""`kubectl vmesh get vms`: the fleet as the cluster holds it, one row per VM. Pure: objects in, rows and text out.
+"""`kubectl vmesh get vms`: the fleet as the cluster holds it, one row per VM. Pure: objects in,
+rows and text out.
 
 A VM is known by its Lease `vmesh-<vm>` (running, or died unreaped) or by its ServiceAccount `vmesh-vm-<vm>`
 (enrolled). Its identity is "legacy" when no such ServiceAccount exists: the agent can then only be writing
@@ -11,7 +12,12 @@ import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.cluster.objects import ANNOTATION_HEARTBEAT, ANNOTATION_HEARTBEAT_PACE, LABEL_SERVICE_NAME, LABEL_VM
+from agent.cluster.objects import (
+    ANNOTATION_HEARTBEAT,
+    ANNOTATION_HEARTBEAT_PACE,
+    LABEL_SERVICE_NAME,
+    LABEL_VM,
+)
 
 SERVICE_ACCOUNT_PREFIX = "vmesh-vm-"
 LEGACY_ACCOUNT = "vmesh-agent"
@@ -47,8 +53,8 @@ class VmRow:
 
     @property
     def stale(self) -> bool:
-        """Not renewed for twice its Lease duration and a minute more, by the admin's clock: dead and not reaped
-        (a lone VM has no peer to reap it), or its clock far behind. For people; no reaper reads it."""
+        """Not renewed for twice its Lease duration and a minute more, by the admin's clock: dead and not
+        reaped (a lone VM has no peer to reap it), or its clock far behind. For people; no reaper reads it."""
         if self.renewed_ago is None or not self.lease_duration:
             return False
         return self.renewed_ago > 2 * self.lease_duration + 60
@@ -98,7 +104,8 @@ def fleet(*, leases: list[Body], accounts: list[Body], slices: list[Body], workl
         _add_service(r, _label(obj, LABEL_SERVICE_NAME))
         for endpoint in obj.get("endpoints") or []:
             # An absent `ready` means ready (EndpointSlice API); the agent always writes it.
-            _count(r, (endpoint.get("conditions") or {}).get("ready") is not False, endpoint.get("addresses") or [])
+            _count(r, (endpoint.get("conditions") or {}).get("ready") is not False,
+                   endpoint.get("addresses") or [])
     for obj in workloads:
         vm = _label(obj, LABEL_VM)
         if not vm:
@@ -108,7 +115,8 @@ def fleet(*, leases: list[Body], accounts: list[Body], slices: list[Body], workl
         r.backend = r.backend or kind.lower()
         _add_service(r, _label(obj, "app"))
         spec = obj.get("spec") or {}
-        addresses = [spec["address"]] if spec.get("address") else [w.get("ip", "") for w in spec.get("workloadIPs", [])]
+        addresses = ([spec["address"]] if spec.get("address")
+                     else [w.get("ip", "") for w in spec.get("workloadIPs", [])])
         condition = "Healthy" if kind == "WorkloadEntry" else "Ready"
         healthy = any(c.get("type") == condition and c.get("status") == "True"
                       for c in (obj.get("status") or {}).get("conditions") or [])
@@ -160,7 +168,8 @@ def table(rows: list[VmRow], *, wide: bool = False) -> str:
         headers += ["AGENT", "ADDRESSES", "HOLDER", "PACE"]
     lines = [headers]
     for r in rows:
-        renewed = age(r.renewed_ago) + (" ago" if r.renewed_ago is not None else "") + (" STALE" if r.stale else "")
+        renewed = (age(r.renewed_ago) + (" ago" if r.renewed_ago is not None else "")
+                   + (" STALE" if r.stale else ""))
         endpoints = f"{r.ready} ready" + (f", {r.not_ready} not ready" if r.not_ready else "")
         cells = [r.vm, r.identity, r.machine or "-", renewed, r.heartbeat or "-", r.backend or "-",
                  ",".join(r.services) or "-", endpoints]
@@ -168,4 +177,5 @@ def table(rows: list[VmRow], *, wide: bool = False) -> str:
             cells += [r.agent_version or "-", ",".join(r.addresses) or "-", r.holder or "-", r.pace or "-"]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)

@@ -1,4 +1,5 @@
-"""The shipped manifests (packaging/kubernetes/*.yaml, package data here as `manifests/`), moved to a namespace.
+"""The shipped manifests (packaging/kubernetes/*.yaml, package data here as `manifests/`),
+moved to a namespace.
 
 Pure: reading YAML and rewriting it; `install` in cli.py applies the result.
 """
@@ -59,8 +60,10 @@ def in_namespace(docs: list[Body], namespace: str) -> list[Body]:
             return namespace
         if key in _NAME_KEYS and value in renamed:
             return renamed[value]
-        return (value.replace(f"system:serviceaccount:{DEFAULT_NAMESPACE}:", f"system:serviceaccount:{namespace}:")
-                .replace(f"system:serviceaccounts:{DEFAULT_NAMESPACE}", f"system:serviceaccounts:{namespace}"))
+        return (value.replace(f"system:serviceaccount:{DEFAULT_NAMESPACE}:",
+                              f"system:serviceaccount:{namespace}:")
+                .replace(f"system:serviceaccounts:{DEFAULT_NAMESPACE}",
+                         f"system:serviceaccounts:{namespace}"))
 
     moved: list[Body] = []
     for doc in docs:

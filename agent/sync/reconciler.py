@@ -34,7 +34,8 @@ async def wait_for_trigger(trigger: asyncio.Event, delay: float) -> None:
 class Reconciler:
     def __init__(self, backend: Backend, state: DesiredState, *, resync_interval: float,
                  log: structlog.typing.FilteringBoundLogger, backoff: Backoff | None = None,
-                 on_done: Callable[[], None] = lambda: None, on_duration: Callable[[float], None] = lambda _: None,
+                 on_done: Callable[[], None] = lambda: None,
+                 on_duration: Callable[[float], None] = lambda _: None,
                  clock: Callable[[], float] = time.monotonic,
                  wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_for_trigger,
                  rand: Callable[[], float] = random.random) -> None:
@@ -48,7 +49,8 @@ class Reconciler:
         self.last_success: float | None = None  # monotonic
         self.last_error = ""
         self.service_errors: dict[str, str] = {}  # of the last sync, when only some services failed
-        self.reached = False  # the cluster answered the last sync (a success, or a refusal: not a lost connection)
+        # the cluster answered the last sync (a success, or a refusal: not a lost connection)
+        self.reached = False
         self.runs = 0
         self.errors = 0
         self._last_error_type: type[ClusterError] | None = None
@@ -86,8 +88,8 @@ class Reconciler:
             # Unreachable clusters are cheap to re-try and must be caught the moment they are back.
             delay = self._backoff.next(cap=2.0 if exc.transient else None, after=exc)
             if message != self.last_error and not isinstance(exc, ServiceFailures):
-                # An unreachable or busy apiserver (timeouts, 429, 503) is retried and usually passes: a warning.
-                # Anything else (403, 422, …) needs someone to act: an error.
+                # An unreachable or busy apiserver (timeouts, 429, 503) is retried and usually passes: a
+                # warning. Anything else (403, 422, …) needs someone to act: an error.
                 report = self._log.warning if exc.transient else self._log.error
                 report("sync failed", error=message, retry_in_seconds=round(delay, 2))
             self.last_error = message
@@ -118,8 +120,8 @@ class Reconciler:
         return bool(self.last_error) and (not self.service_errors or service in self.service_errors)
 
     def _report_services(self, exc: ClusterError) -> None:
-        """Each failing service on its own line, once per distinct error. A failure of the whole run (the Lease,
-        the list) says nothing of any one service."""
+        """Each failing service on its own line, once per distinct error. A failure of the whole run (the
+        Lease, the list) says nothing of any one service."""
         failures = exc.errors if isinstance(exc, ServiceFailures) else {}
         for name, error in sorted(failures.items()):
             if self.service_errors.get(name) != str(error):
@@ -132,8 +134,8 @@ class Reconciler:
 
 
 def unreachable(exc: ClusterError) -> bool:
-    """No answer from the apiserver (refused, reset, timed out), as opposed to an answer that refuses: for every
-    service, when the failure is per service."""
+    """No answer from the apiserver (refused, reset, timed out), as opposed to an answer that refuses: for
+    every service, when the failure is per service."""
     if isinstance(exc, ServiceFailures):
         return all(unreachable(e) for e in exc.errors.values())
     return isinstance(exc, Unavailable) and exc.status == 0

@@ -40,28 +40,34 @@ class SharedServices:
             if current is None:
                 return Put(build_service_with(name, self.namespace, self.vm, ports, selector=selector,
                                               service_account=service_account))
-            updated, added = extend_service(current, ports, selector=selector, service_account=service_account)
+            updated, added = extend_service(current, ports, selector=selector,
+                                            service_account=service_account)
             return Put(updated) if added else None
 
         outcome = await update(self._kube, SERVICES, self.namespace, name, decide,
-                               current=await read(self._kube, SERVICES, self.namespace, name), attempts=self._attempts)
+                               current=await read(self._kube, SERVICES, self.namespace, name),
+                               attempts=self._attempts)
         svc = outcome.obj
         assert svc is not None  # a Put leaves the object in place
         if outcome.verb == "created":
-            log.info("service created", ports=[p["name"] for p in svc["spec"]["ports"]], selector=selector or None)
+            log.info("service created", ports=[p["name"] for p in svc["spec"]["ports"]],
+                     selector=selector or None)
         elif outcome.verb == "updated":
             log.info("service updated", added=added)
         if selector:
             self._check_selector(svc, selector, log)
         return svc
 
-    def _check_selector(self, svc: Body, selector: dict[str, str], log: structlog.typing.FilteringBoundLogger) -> None:
+    def _check_selector(self, svc: Body, selector: dict[str, str],
+                        log: structlog.typing.FilteringBoundLogger) -> None:
         have = svc.get("spec", {}).get("selector") or {}
         if all(have.get(k) == v for k, v in selector.items()):
             return
         key = (svc["metadata"]["name"], repr(sorted(have.items())))
-        if key not in self._warned:  # once per Service and selector: it is the operator's to change, not a flood
+        # once per Service and selector: it is the operator's to change, not a flood
+        if key not in self._warned:
             self._warned.add(key)
-            log.warning("service does not select this VM's workloads; its selector is left alone (vmesh-agent "
-                        "only sets one on a selector-less Service it created)", selector=have or None,
+            log.warning("service does not select this VM's workloads; its selector is left alone "
+                        "(vmesh-agent only sets one on a selector-less Service it created)",
+                        selector=have or None,
                         needs=",".join(f"{k}={v}" for k, v in sorted(selector.items())))

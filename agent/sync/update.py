@@ -63,8 +63,8 @@ async def read(kube: KubeClient, resource: Resource, namespace: str, name: str) 
 async def update(kube: KubeClient, resource: Resource, namespace: str, name: str, decide: Decide, *,
                  current: Body | None, attempts: int = UPDATE_ATTEMPTS, backoff: Backoff | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Outcome:
-    """Make object `name` what `decide` wants of it, starting from `current` (as last read or listed; None when
-    it is believed missing)."""
+    """Make object `name` what `decide` wants of it, starting from `current` (as last read or listed; None
+    when it is believed missing)."""
     backoff = backoff or Backoff(base=0.05, cap=2.0, jitter=1.0)
     for attempt in range(attempts):
         if attempt:
@@ -85,8 +85,10 @@ async def _write(kube: KubeClient, resource: Resource, namespace: str, name: str
     if isinstance(change, Put):
         if current is None:
             return Outcome("created", await kube.create(resource, namespace, change.body))
-        metadata = {**change.body.get("metadata", {}), "resourceVersion": current["metadata"]["resourceVersion"]}
-        return Outcome("updated", await kube.replace(resource, namespace, name, {**change.body, "metadata": metadata}))
+        metadata = {**change.body.get("metadata", {}),
+                    "resourceVersion": current["metadata"]["resourceVersion"]}
+        return Outcome("updated", await kube.replace(resource, namespace, name,
+                                                     {**change.body, "metadata": metadata}))
     if current is None:
         return Outcome("unchanged", None)  # nothing to delete, nothing to set the status of: it is gone
     version = current["metadata"]["resourceVersion"]

@@ -52,7 +52,8 @@ class OwnObjectsWatcher:
     """One long-lived watch per target, each on its own connection (HTTP/1.1: a watch holds one)."""
 
     def __init__(self, kube: KubeClient, namespace: str, targets: Sequence[WatchTarget], *,
-                 log: structlog.typing.FilteringBoundLogger, start_version: Callable[[], str] = lambda: "") -> None:
+                 log: structlog.typing.FilteringBoundLogger,
+                 start_version: Callable[[], str] = lambda: "") -> None:
         self._kube = kube
         self._start_version = start_version  # where the first watches start: after what the first sync read
         self.namespace = namespace

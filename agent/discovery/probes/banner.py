@@ -15,7 +15,8 @@ class Answer:
     silence: str = ""
 
 
-async def converse(host: str, port: int, timeout: float, request: bytes = b"", limit: int = MAX_BANNER) -> Answer:
+async def converse(host: str, port: int, timeout: float, request: bytes = b"",
+                   limit: int = MAX_BANNER) -> Answer:
     """Send `request` (nothing for server-speaks-first protocols) and return at most `limit` bytes of the
     reply, or why there was none. Never raises."""
     try:

@@ -75,8 +75,8 @@ def packet(seq: int, payload: bytes) -> bytes:
 
 def handshake_response(user: str = PROBE_USER) -> bytes:
     """HandshakeResponse41 (sequence 1) for `user` with empty auth data: no password is tried."""
-    payload = (_CAPABILITIES.to_bytes(4, "little") + _MAX_PACKET.to_bytes(4, "little") + bytes([_CHARSET_UTF8])
-               + bytes(23) + user.encode() + b"\0" + b"\0" + _PLUGIN + b"\0")
+    payload = (_CAPABILITIES.to_bytes(4, "little") + _MAX_PACKET.to_bytes(4, "little")
+               + bytes([_CHARSET_UTF8]) + bytes(23) + user.encode() + b"\0" + b"\0" + _PLUGIN + b"\0")
     return packet(1, payload)
 
 
@@ -177,7 +177,8 @@ async def first_words(host: str, port: int, timeout: float) -> banner.Answer:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                               socket.SOCK_STREAM) as sock:
                 sock.setblocking(False)
                 await loop.sock_connect(sock, (host, port))
                 data = await loop.sock_recv(sock, MAX_GREETING)

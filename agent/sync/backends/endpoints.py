@@ -1,8 +1,8 @@
 """Backend `endpoints`: legacy core v1 Endpoints, shaped like `istioctl register` made them.
 
 A selector-less Service and an Endpoints object of the same name, shared by every VM of that service; subsets
-grouped by port set; Istio's `alpha.istio.io/kubernetes-serviceaccounts` annotation on the Service when a service
-account is configured. Unlike `istioctl register` it is safe with many writers:
+grouped by port set; Istio's `alpha.istio.io/kubernetes-serviceaccounts` annotation on the Service when a
+service account is configured. Unlike `istioctl register` it is safe with many writers:
 
 - Ownership marker: each address entry this VM writes carries `targetRef` -> the VM's Lease (kind Lease, name
   `vmesh-<vm>`, uid). It sits on the entry itself, so it cannot drift from the address the way a separate
@@ -11,19 +11,20 @@ account is configured. Unlike `istioctl register` it is safe with many writers:
   recognised. (`hostname` would also fit, but it means something to DNS for headless Services.) Istio and
   kube-proxy read targetRef only when its kind is Pod. An entry without the marker (e.g. written by
   `istioctl register` or by hand) belongs to somebody else and is never changed or removed.
-- Every write goes through the conflict-safe write path (update.py): checked by resourceVersion, a 409 re-reads
-  and merges again after a short jittered pause, a bounded number of times (then the reconciler retries later).
+- Every write goes through the conflict-safe write path (update.py): checked by resourceVersion, a 409
+  re-reads and merges again after a short jittered pause, a bounded number of times
+  (then the reconciler retries later).
 - An IP is never added to a subset that already lists it (ready or not) under another owner.
 - Not ready (failing checks, or terminating) -> the entry moves to `notReadyAddresses`.
-- Dead VMs: the garbage collector cannot clean a shared object, so when `reap` is on, a sync also drops entries
-  whose Lease (name and uid) no longer exists. Only entries seen before the Leases were listed are judged, so a
-  VM that registered a moment ago is never taken for dead.
+- Dead VMs: the garbage collector cannot clean a shared object, so when `reap` is on, a sync also drops
+  entries whose Lease (name and uid) no longer exists. Only entries seen before the Leases were listed are
+  judged, so a VM that registered a moment ago is never taken for dead.
 - remove_all removes only this VM's entries. An Endpoints object left empty is deleted if vmesh-agent created
   it (label app.kubernetes.io/managed-by), with a resourceVersion precondition so a concurrent registration
   cannot be lost; anybody else's stays. The Service always stays.
 
-v1 Endpoints is deprecated since Kubernetes 1.33: the apiserver answers with a Warning header, which the client
-ignores.
+v1 Endpoints is deprecated since Kubernetes 1.33: the apiserver answers with a Warning header, which the
+client ignores.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class WantedAddress(NamedTuple):
     ready: bool
 
 
-# --- Pure: what the subsets should hold --------------------------------------------------------------------------
+# --- Pure: what the subsets should hold ---------------------------------------------------------------------
 
 def lease_reference(lease: Body) -> Body:
     """The ownership marker: an EndpointAddress.targetRef naming the VM's Lease."""
@@ -105,14 +106,16 @@ def wanted_addresses(service: Body, registrations: Collection[Registration], *,
 
 
 def _port_set(ports: Iterable[Body] | None) -> frozenset[tuple[str, int, str]]:
-    return frozenset((p.get("name") or "", int(p.get("port", 0)), p.get("protocol") or "TCP") for p in ports or [])
+    return frozenset((p.get("name") or "", int(p.get("port", 0)), p.get("protocol") or "TCP")
+                     for p in ports or [])
 
 
 def canonical_subsets(subsets: Iterable[Body] | None) -> list[Body]:
     """Sorted, empty lists and empty subsets dropped: equal content compares equal."""
     result: list[Body] = []
     for s in subsets or []:
-        body: Body = {"ports": sorted(s.get("ports") or [], key=lambda p: (p.get("port", 0), p.get("name") or ""))}
+        body: Body = {"ports": sorted(s.get("ports") or [],
+                                      key=lambda p: (p.get("port", 0), p.get("name") or ""))}
         for field in FIELDS:
             entries = sorted(s.get(field) or [], key=lambda e: str(e.get("ip", "")))
             if entries:
@@ -152,7 +155,8 @@ def merge_subsets(subsets: Iterable[Body] | None, owner: Body, wanted: Iterable[
         if any(e.get("ip") == want.ip for f in FIELDS for e in subset[f]):
             refused.append(want.ip)
             continue
-        subset["addresses" if want.ready else "notReadyAddresses"].append({"ip": want.ip, "targetRef": dict(owner)})
+        subset["addresses" if want.ready else "notReadyAddresses"].append(
+            {"ip": want.ip, "targetRef": dict(owner)})
     return canonical_subsets(result), refused
 
 
@@ -165,7 +169,7 @@ def build_endpoints(name: str, namespace: str, vm: str, subsets: list[Body]) -> 
     }
 
 
-# --- The backend ---------------------------------------------------------------------------------------------------
+# --- The backend --------------------------------------------------------------------------------------------
 
 class EndpointsBackend:
     owned_by_lease = False  # addresses in a shared Endpoints: only a reaper's remove_all takes them out
@@ -182,7 +186,8 @@ class EndpointsBackend:
         self._attempts = attempts
         self._services = SharedServices(kube, namespace, vm, log)
         self._warned: set[tuple[str, str]] = set()
-        self._mine: dict[str, dict[str, bool]] = {}  # Endpoints name -> this VM's addresses there, as last synced
+        # Endpoints name -> this VM's addresses there, as last synced
+        self._mine: dict[str, dict[str, bool]] = {}
 
     @property
     def watched(self) -> tuple[Resource, str]:
@@ -206,8 +211,9 @@ class EndpointsBackend:
                 failures[service] = exc  # the others go ahead; this one's addresses stay as they are
                 continue
             if svc.get("spec", {}).get("selector"):
-                self._warn_once(service, "selector", "service has a selector: Kubernetes' endpoints controller owns "
-                                "its Endpoints and replaces this VM's addresses; use a selector-less Service")
+                self._warn_once(service, "selector",
+                                "service has a selector: Kubernetes' endpoints controller owns its Endpoints "
+                                "and replaces this VM's addresses; use a selector-less Service")
             wanted[service] = wanted_addresses(svc, group, terminating=terminating)
         await self._write_all(lease_reference(lease), wanted, failures)
 
@@ -215,8 +221,9 @@ class EndpointsBackend:
         await self.sync(registrations, terminating=True)
 
     async def remove_all(self, lease_uid: str = "") -> list[str]:
-        # Entries are ours by Lease name; no Lease is needed (or created) to remove them. They are removed before
-        # the Lease is (nobody else would), so `lease_uid` is never given here; the name is the same anyway.
+        # Entries are ours by Lease name; no Lease is needed (or created) to remove them. They are removed
+        # before the Lease is (nobody else would), so `lease_uid` is never given here;
+        # the name is the same anyway.
         return await self._write_all({"kind": "Lease", "name": lease_name(self.vm)}, {}, {}, reap=False)
 
     async def _write_all(self, owner: Body, wanted: dict[str, list[WantedAddress]],
@@ -225,7 +232,8 @@ class EndpointsBackend:
         items = {e["metadata"]["name"]: e for e in await self._kube.list(ENDPOINTS, self.namespace)}
         forget = await self._dead_owners(items.values(), owner["name"]) if reap and self.reap else set()
         touched = {name for name, e in items.items()
-                   if owned_addresses(e.get("subsets"), owner["name"]) or lease_owners(e.get("subsets")) & forget}
+                   if owned_addresses(e.get("subsets"), owner["name"])
+                   or lease_owners(e.get("subsets")) & forget}
         removed: list[str] = []
         for name in sorted((touched | wanted.keys()) - failures.keys()):
             try:
@@ -241,13 +249,14 @@ class EndpointsBackend:
         others = {o for e in items for o in lease_owners(e.get("subsets")) if o[0] != own}
         if not others:
             return set()
-        live = {(x["metadata"]["name"], x["metadata"]["uid"]) for x in await self._kube.list(LEASES, self.namespace)}
+        live = {(x["metadata"]["name"], x["metadata"]["uid"])
+                for x in await self._kube.list(LEASES, self.namespace)}
         return others - live
 
     async def _update(self, name: str, current: Body | None, owner: Body, wanted: list[WantedAddress],
                       forget: set[Owner]) -> list[str]:
-        """Read-modify-write one Endpoints through the conflict-safe write path: on 409 (or a concurrent create or
-        delete) it is re-read and merged again. Returns what was removed (for remove_all)."""
+        """Read-modify-write one Endpoints through the conflict-safe write path: on 409 (or a concurrent
+        create or delete) it is re-read and merged again. Returns what was removed (for remove_all)."""
         log = self._log.bind(service=name, object=f"endpoints/{name}")
         before: dict[str, bool] = {}
         gone: set[Owner] = set()
@@ -257,10 +266,11 @@ class EndpointsBackend:
             subsets = (found or {}).get("subsets") or []
             merged, refused = merge_subsets(subsets, owner, wanted, forget=forget)
             before, gone = owned_addresses(subsets, owner["name"]), lease_owners(subsets) & forget
-            self._mine[name] = owned_addresses(merged, owner["name"])  # what the cluster holds once this returns
+            # what the cluster holds once this returns
+            self._mine[name] = owned_addresses(merged, owner["name"])
             for ip in refused:
-                self._warn_once(name, ip, "address already listed in this port set by another owner; not added twice",
-                                address=ip)
+                self._warn_once(name, ip, "address already listed in this port set by another owner; "
+                                "not added twice", address=ip)
             if found is None:
                 return Put(build_endpoints(name, self.namespace, self.vm, merged)) if merged else None
             if merged == canonical_subsets(subsets):

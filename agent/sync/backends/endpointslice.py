@@ -1,8 +1,8 @@
 """Default backend: a selector-less Service per service, and one EndpointSlice per VM, service and family.
 
 No two VMs write the same slice (see objects.object_name). The shared Service is only ever extended (a missing
-port is added with a resourceVersion-checked update) and never deleted here. The create / update / delete cycle
-is `OwnedObjectsBackend`'s (agent/sync/backends/owned.py).
+port is added with a resourceVersion-checked update) and never deleted here. The create / update / delete
+cycle is `OwnedObjectsBackend`'s (agent/sync/backends/owned.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class EndpointSliceBackend(OwnedObjectsBackend):
         return own_slices_selector(self.vm)
 
     def _build(self, svc: Body, registrations: list[Registration], lease: Body, *, terminating: bool) -> Body:
-        return build_endpoint_slice(svc, self.vm, self.namespace, registrations, lease, terminating=terminating)
+        return build_endpoint_slice(svc, self.vm, self.namespace, registrations, lease,
+                                    terminating=terminating)
 
     def _write_fields(self, body: Body) -> dict[str, Any]:
         return {"addresses": [a for e in body["endpoints"] for a in e["addresses"]],

@@ -1,11 +1,12 @@
-"""Backend `externalworkload`: a Linkerd ExternalWorkload (workload.linkerd.io/v1beta1) per VM, service and family.
+"""Backend `externalworkload`: a Linkerd ExternalWorkload (workload.linkerd.io/v1beta1) per VM,
+service and family.
 
 `object_name(service, vm, family)` (one per family: Linkerd takes one workload IP per object) holds the IP the
 agent advertises, the ports named as the Service names them, and `meshTLS`; its labels `app: <service>` and
 `vmesh.dev/vm: <vm>` are what the Service `<service>` selects, and Linkerd turns the selected workloads into
 EndpointSlices. Health is the `Ready` status condition, written through the status subresource. The Lease owns
-every object (garbage-collected with it). The create / update / readiness / delete cycle is `WorkloadBackend`'s
-(agent/sync/backends/workloads.py).
+every object (garbage-collected with it). The create / update / readiness / delete cycle is
+`WorkloadBackend`'s (agent/sync/backends/workloads.py).
 
 meshTLS must match the certificate of the Linkerd proxy on the VM (usually issued through SPIRE). The defaults
 follow Linkerd's mesh-expansion guide with the VM name as the workload name: identity
@@ -56,8 +57,9 @@ class ExternalWorkloadBackend(WorkloadBackend):
         try:
             return self.identity.format(**values), self.server_name.format(**values)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"externalworkload identity {self.identity!r} / server_name {self.server_name!r}: "
-                             f"only {{vm}}, {{namespace}} and {{service}} can be filled in ({exc!r})") from exc
+            raise ValueError(f"externalworkload identity {self.identity!r} / "
+                             f"server_name {self.server_name!r}: only {{vm}}, {{namespace}} and {{service}} "
+                             f"can be filled in ({exc!r})") from exc
 
     def _build(self, svc: Body, registrations: list[Registration], lease: Body, *, terminating: bool) -> Body:
         identity, server_name = self.mesh_tls(registrations[0].service)

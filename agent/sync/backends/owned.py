@@ -52,8 +52,8 @@ class OwnedObjectsBackend(ABC):
         self._log = log
         self._preferred = preferred  # the advertised address first, then the other candidates
         self._services = SharedServices(kube, namespace, vm, log)
-        # This VM's objects as of the last sync and the writes since: the removal after the Lease goes from here
-        # without a LIST (a fleet stopping at once is short of requests, not of knowledge).
+        # This VM's objects as of the last sync and the writes since: the removal after the Lease goes from
+        # here without a LIST (a fleet stopping at once is short of requests, not of knowledge).
         self._known: dict[str, Body] = {}
 
     @property
@@ -73,11 +73,12 @@ class OwnedObjectsBackend(ABC):
         """The selector the Service needs to find the objects (none: a selector-less Service)."""
         return None
 
-    async def _after_put(self, written: Body, registrations: list[Registration], *, terminating: bool) -> None:
+    async def _after_put(self, written: Body, registrations: list[Registration], *,
+                         terminating: bool) -> None:
         """More to write once the object is as wanted (a status); nothing by default."""
         return
 
-    # --- the Backend protocol ---------------------------------------------------------------------------------
+    # --- the Backend protocol -------------------------------------------------------------------------------
 
     @property
     def watched(self) -> tuple[Resource, str]:
@@ -114,9 +115,11 @@ class OwnedObjectsBackend(ABC):
     async def remove_all(self, lease_uid: str = "") -> list[str]:
         removed: list[str] = []
         failures: dict[str, ClusterError] = {}
-        # After the Lease (`lease_uid`), what this agent wrote is what there is: a stale one is re-read on delete.
+        # After the Lease (`lease_uid`), what this agent wrote is what there is:
+        # a stale one is re-read on delete.
         for o in list(self._known.values()) if lease_uid and self._known else await self._own():
-            if lease_uid and lease_uid not in {r.get("uid") for r in o["metadata"].get("ownerReferences") or []}:
+            if lease_uid and lease_uid not in {r.get("uid")
+                                               for r in o["metadata"].get("ownerReferences") or []}:
                 continue
             name = o["metadata"]["name"]
             try:
@@ -127,10 +130,10 @@ class OwnedObjectsBackend(ABC):
         raise_failures(failures)
         return removed
 
-    # --- one service ---------------------------------------------------------------------------------------------
+    # --- one service ----------------------------------------------------------------------------------------
 
-    async def _sync_service(self, service: str, group: list[Registration], lease: Body, current: dict[str, Body],
-                            *, terminating: bool) -> None:
+    async def _sync_service(self, service: str, group: list[Registration], lease: Body,
+                            current: dict[str, Body], *, terminating: bool) -> None:
         svc = await self._services.ensure(service, {(r.protocol, r.port) for r in group},
                                           selector=self._service_selector(service))
         for family, regs in itertools.groupby(group, key=lambda r: r.family):
@@ -146,8 +149,9 @@ class OwnedObjectsBackend(ABC):
         except NotFound as exc:  # the collection itself is missing: the CRD is not installed
             if not self.MESH:
                 raise
-            raise ClusterError(f"the cluster does not serve {self.RESOURCE.qualified}/{self.RESOURCE.version}:"
-                               f" install {self.MESH}'s CRDs, or choose another backend") from exc
+            raise ClusterError(f"the cluster does not serve "
+                               f"{self.RESOURCE.qualified}/{self.RESOURCE.version}: "
+                               f"install {self.MESH}'s CRDs, or choose another backend") from exc
 
     async def _put(self, service: str, name: str, body: Body, current: Body | None) -> Body:
         """Create or update the object; returns it as the cluster holds it."""
@@ -155,7 +159,8 @@ class OwnedObjectsBackend(ABC):
             if found is None:
                 return Put(body)
             self._check_ours(found, name)
-            return Put(merge_owned(found, body, self.CONTENT)) if owned_differs(found, body, self.CONTENT) else None
+            return (Put(merge_owned(found, body, self.CONTENT)) if owned_differs(found, body, self.CONTENT)
+                    else None)
 
         outcome = await update(self._kube, self.RESOURCE, self.namespace, name, decide, current=current)
         if outcome.verb in ("created", "updated"):
@@ -181,10 +186,11 @@ class OwnedObjectsBackend(ABC):
         return (obj["metadata"].get("labels") or {}).get(LABEL_VM) == self.vm
 
     def _check_ours(self, found: Body, name: str) -> None:
-        """Our name, but is it ours? Only if it is labelled for this VM (a lost managed-by label is taken back);
-        an object labelled for another VM, or for none, is somebody else's."""
+        """Our name, but is it ours? Only if it is labelled for this VM (a lost managed-by label is taken
+        back); an object labelled for another VM, or for none, is somebody else's."""
         if not self._is_ours(found):
             labels = found["metadata"].get("labels") or {}
             raise ClusterError(f"{self.KIND} {name} already exists and is not this VM's "
                                f"(managed-by {labels.get(LABEL_MANAGED_BY)!r}, vm {labels.get(LABEL_VM)!r}); "
-                               "leaving it alone; delete it if it is stale, or register the service under another name")
+                               "leaving it alone; delete it if it is stale, or register the service under "
+                               "another name")

@@ -16,8 +16,8 @@ from agent.sync.backends.workloadentry import WorkloadEntryBackend
 
 def make_backend(settings: Settings, kube: KubeClient, vm: str, lease: LeaseGetter,
                  log: structlog.typing.FilteringBoundLogger, *, preferred: Preferred = tuple) -> Backend:
-    """The backend the config names, for `vm` (this VM, or a dead peer being reaped: then `lease` is no_lease).
-    `lease`: how it gets the VM's Lease, its objects' owner. `preferred`: the addresses
+    """The backend the config names, for `vm` (this VM, or a dead peer being reaped: then `lease` is
+    no_lease). `lease`: how it gets the VM's Lease, its objects' owner. `preferred`: the addresses
     in the order the agent advertises them (the mesh backends register one address per family)."""
     ns = settings.namespace
     if settings.backend == "endpoints":

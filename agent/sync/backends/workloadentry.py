@@ -1,11 +1,12 @@
-"""Backend `workloadentry`: an Istio WorkloadEntry (networking.istio.io/v1) per VM, service and address family.
+"""Backend `workloadentry`: an Istio WorkloadEntry (networking.istio.io/v1) per VM,
+service and address family.
 
-`object_name(service, vm, family)` holds the address the agent advertises, the ports named as the Service names
-them, and the labels `app: <service>` and `vmesh.dev/vm: <vm>`; the Service `<service>` selects `app: <service>`.
-Health is the `Healthy` status condition, written through the status subresource; the annotation
-`proxy.istio.io/health-checks-enabled: "true"` makes Istio honour it (without it Istio counts every entry healthy).
-The Lease owns every entry, so a VM that dies and is reaped loses them to the garbage collector. The create /
-update / health / delete cycle is `WorkloadBackend`'s (agent/sync/backends/workloads.py, owned.py).
+`object_name(service, vm, family)` holds the address the agent advertises, the ports named as the Service
+names them, and the labels `app: <service>` and `vmesh.dev/vm: <vm>`; the Service `<service>` selects `app:
+<service>`. Health is the `Healthy` status condition, written through the status subresource; the annotation
+`proxy.istio.io/health-checks-enabled: "true"` makes Istio honour it (without it Istio counts every entry
+healthy). The Lease owns every entry, so a VM that dies and is reaped loses them to the garbage collector. The
+create / update / health / delete cycle is `WorkloadBackend`'s (agent/sync/backends/workloads.py, owned.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""What the mesh-workload backends share beyond `OwnedObjectsBackend`: a Service that selects `app: <service>`,
-and the health condition written through the status subresource (conditional on the resourceVersion) once the
-object is as wanted. A subclass names the resource and the condition, and builds the object of one service and
-family at the address the agent advertises (see objects.one_address).
+"""What the mesh-workload backends share beyond `OwnedObjectsBackend`: a Service that selects `app:
+<service>`, and the health condition written through the status subresource (conditional on the
+resourceVersion) once the object is as wanted. A subclass names the resource and the condition, and builds the
+object of one service and family at the address the agent advertises (see objects.one_address).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class WorkloadBackend(OwnedObjectsBackend):
     def _service_selector(self, service: str) -> dict[str, str] | None:
         return {LABEL_APP: service}
 
-    async def _after_put(self, written: Body, registrations: list[Registration], *, terminating: bool) -> None:
+    async def _after_put(self, written: Body, registrations: list[Registration], *,
+                         terminating: bool) -> None:
         """The CONDITION through the status subresource, conditional on the resourceVersion."""
         healthy, reason, message = health_of(registrations, self.vm, terminating=terminating)
         name = written["metadata"]["name"]
