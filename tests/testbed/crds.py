@@ -67,9 +67,32 @@ def install(cluster: Cluster, path: Path, names: Iterable[str]) -> None:
     names = list(names)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager", "vmesh-tests", "-f", "-",
                     input=crd_documents(path, names))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+    wait_established(cluster, names)
     for name in names:
         wait_served(cluster, name)
+
+
+def wait_established(cluster: Cluster, names: list[str], timeout: float = 60.0) -> None:
+    """Wait until every CRD has the condition Established. Not `kubectl wait --for=condition=Established`: that
+    fails at once, instead of waiting, while a CRD just created has no status.conditions yet ("accessor error:
+    <nil> is of the type <nil>", which failed CI's istiod tests once)."""
+
+    def established() -> bool:
+        result = cluster.kubectl("get", *(f"crd/{n}" for n in names), "-o", "json", check=False)
+        if result.returncode != 0:
+            return False
+        found = json.loads(result.stdout)
+        items = found.get("items", [found]) if found.get("kind") == "List" else [found]
+        return len(items) == len(names) and all(
+            any(c.get("type") == "Established" and c.get("status") == "True"
+                for c in (item.get("status") or {}).get("conditions") or [])
+            for item in items)
+
+    deadline = time.monotonic() + timeout
+    while not established():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRDs not Established after {timeout:.0f} s: {', '.join(names)}")
+        time.sleep(0.2)
 
 
 def wait_served(cluster: Cluster, crd: str, timeout: float = 60.0) -> None:
