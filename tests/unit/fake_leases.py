@@ -14,19 +14,11 @@ from typing import Any
 
 from agent.cluster.errors import ClusterError, Conflict, NotFound
 from agent.cluster.resources import Resource
+from tests.unit.fakes import FakeClock
+
+__all__ = ["FakeClock", "FakeLeases"]
 
 Body = dict[str, Any]
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeLeases:

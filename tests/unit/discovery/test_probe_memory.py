@@ -5,21 +5,14 @@ from __future__ import annotations
 from agent.discovery.identify import Identity
 from agent.discovery.listeners import Listener
 from agent.discovery.probe_memory import ProbeMemory
+from tests.unit.fakes import FakeClock
 
 MARIADB = Listener("0.0.0.0", 3306, inode=7)
 SILENT = Identity("unknown", "no greeting within 1 s; will retry")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_definite_answer_is_kept_for_the_sockets_life() -> None:
-    memory = ProbeMemory(Clock())
+    memory = ProbeMemory(FakeClock(0.0))
     assert memory.recall(MARIADB) is None
     memory.record(MARIADB, Identity("mysql"))
     assert memory.recall(MARIADB) == Identity("mysql")
@@ -28,7 +21,7 @@ def test_a_definite_answer_is_kept_for_the_sockets_life() -> None:
 
 
 def test_silence_is_probed_again_after_a_doubling_delay() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     memory = ProbeMemory(clock, first=1.0, cap=4.0)
     due_after = []
     for _ in range(5):
@@ -45,14 +38,14 @@ def test_silence_is_probed_again_after_a_doubling_delay() -> None:
 
 
 def test_a_socket_that_is_gone_is_forgotten() -> None:
-    memory = ProbeMemory(Clock())
+    memory = ProbeMemory(FakeClock(0.0))
     memory.record(MARIADB, Identity("mysql"))
     memory.keep_only([Listener("0.0.0.0", 3306, inode=9)])  # restarted: a new socket
     assert memory.recall(MARIADB) is None
 
 
 def test_a_silent_socket_is_probed_max_probes_times_then_left_alone() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     memory = ProbeMemory(clock, first=1.0, cap=300.0, max_probes=6)
     probes = 0
     for _ in range(100_000):  # a day of discovery passes, 1 s apart
@@ -73,7 +66,7 @@ def test_what_was_not_probed_is_forgotten_when_the_allow_list_may_have_changed()
     the socket's life. A reload forgets it (a definite answer is kept)."""
     from agent.discovery.identify import NOT_PROBED  # noqa: PLC0415
 
-    memory = ProbeMemory(Clock())
+    memory = ProbeMemory(FakeClock(0.0))
     redis = Listener("0.0.0.0", 6379, inode=9)
     memory.record(redis, NOT_PROBED)
     memory.record(MARIADB, Identity("mysql"))

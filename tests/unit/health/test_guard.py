@@ -9,19 +9,12 @@ from agent.discovery.listeners import Listener
 from agent.health.checks import CheckResult
 from agent.health.guard import GuardedCheck, Sample, Schedule, sample
 from agent.health.monitor import HealthMonitor, Status
+from tests.unit.fakes import FakeClock
 
 VM = "198.18.1.5"
 PASS = CheckResult(True, "MariaDB 10.11.19 answered a login probe (1698)", 0.001)
 TIMEOUT = CheckResult(False, "timed out after 1s", 1.0)
 TOO_MANY = CheckResult(False, "1040: Too many connections", 0.001)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def status_of(monitor: HealthMonitor) -> Status:
@@ -40,12 +33,12 @@ def test_sample_covers_the_advertised_address_by_wildcard_or_exactly() -> None:
     assert sample(VM, 3306, []) == Sample(False)
 
 
-def _schedule(clock: Clock) -> Schedule:
+def _schedule(clock: FakeClock) -> Schedule:
     return Schedule(interval=1.0, active_interval=90.0, clock=clock)
 
 
 def test_active_at_first_then_every_active_interval() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     listening = Sample(True, 0, 7)
     asked = []
@@ -59,7 +52,7 @@ def test_active_at_first_then_every_active_interval() -> None:
 
 
 def test_a_new_socket_or_a_listener_back_is_asked_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     schedule.decide(Sample(True, 0, 7))
     schedule.record(Sample(True, 0, 7), PASS, timed_out=False)
@@ -70,7 +63,7 @@ def test_a_new_socket_or_a_listener_back_is_asked_at_once() -> None:
 
 
 def test_a_stuck_accept_queue_is_a_suspicion_rate_limited() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     schedule.decide(Sample(True, 0, 7))
     schedule.record(Sample(True, 0, 7), PASS, timed_out=False)
@@ -86,7 +79,7 @@ def test_a_stuck_accept_queue_is_a_suspicion_rate_limited() -> None:
 
 
 def test_false_suspicions_back_off_until_the_queue_is_seen_empty() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     schedule.decide(Sample(True, 0, 7))
     schedule.record(Sample(True, 0, 7), PASS, timed_out=False)
@@ -103,7 +96,7 @@ def test_false_suspicions_back_off_until_the_queue_is_seen_empty() -> None:
 
 
 def test_after_a_timeout_nobody_asks_until_the_server_accepts_again() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     schedule.decide(Sample(True, 0, 7))
     schedule.record(Sample(True, 1, 7), TIMEOUT, timed_out=True)
@@ -118,7 +111,7 @@ def test_after_a_timeout_nobody_asks_until_the_server_accepts_again() -> None:
 
 def test_a_server_that_accepts_but_never_answers_is_asked_less_and_less() -> None:
     """Each such probe is a handshake error to it: 5 s after the first timeout, then doubling, up to 90 s."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     asked = []
     for _ in range(400):
@@ -130,7 +123,7 @@ def test_a_server_that_accepts_but_never_answers_is_asked_less_and_less() -> Non
 
 
 def test_a_hang_costs_one_ask_per_active_interval_at_most() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     asked = 0
     for _ in range(600):
@@ -143,7 +136,7 @@ def test_a_hang_costs_one_ask_per_active_interval_at_most() -> None:
 
 
 def test_a_refusal_is_confirmed_at_once_then_retried_after_5_s_doubling() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     schedule = _schedule(clock)
     listening = Sample(True, 0, 7)
     asked = []
@@ -171,7 +164,7 @@ class Active:
         pass
 
 
-def _guarded(active: Active, table: list[list[Listener]], clock: Clock) -> GuardedCheck:
+def _guarded(active: Active, table: list[list[Listener]], clock: FakeClock) -> GuardedCheck:
     def listeners() -> Iterable[Listener]:
         return table[0]
 
@@ -180,7 +173,7 @@ def _guarded(active: Active, table: list[list[Listener]], clock: Clock) -> Guard
 
 
 async def test_a_vanished_listener_fails_definitely_without_asking_the_server() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     table = [[Listener("0.0.0.0", 3306, 7)]]
     active = Active([PASS])
     check = _guarded(active, table, clock)
@@ -196,7 +189,7 @@ async def test_a_vanished_listener_fails_definitely_without_asking_the_server() 
 
 
 async def test_the_monitor_flips_on_a_definite_failure_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     table = [[Listener("0.0.0.0", 3306, 7)]]
     check = _guarded(Active([PASS]), table, clock)
     monitor = HealthMonitor(check, interval=1.0, rise=2, fall=2, clock=clock)
@@ -209,7 +202,7 @@ async def test_the_monitor_flips_on_a_definite_failure_at_once() -> None:
 
 async def test_no_listener_ever_seen_asks_every_time() -> None:
     """A server behind a DNAT (a container's published port) has no listener in the VM's namespace."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     active = Active([PASS])
     check = _guarded(active, [[]], clock)
     for _ in range(3):
@@ -222,7 +215,7 @@ async def test_no_listener_ever_seen_asks_every_time() -> None:
 async def test_the_kernel_read_of_the_port_sees_a_stuck_queue_and_a_vanished_listener() -> None:
     """The default socket table (the port's listeners, read from the kernel) on real loopback sockets: a queue
     that does not drain starts the active check; a closed listener fails at once, definitely, unasked."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     server = socket.create_server(("127.0.0.1", 0), backlog=8)
     port = server.getsockname()[1]
     active = Active([PASS])

@@ -14,24 +14,9 @@ from agent.health.checks import CheckResult, describe_server, last_line, short
 from agent.health.credentials import CredentialsError
 from agent.health.credentials import load_credentials as load
 from agent.health.monitor import CRITICAL, PASSING, HealthMonitor, Status
+from tests.unit.fakes import FakeClock
 
 PASSWORD = "s3cret-Pa55"
-
-
-class FakeClock:
-    """Time that moves only when the monitor sleeps or a check takes its (scripted) duration."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class ScriptedCheck:
@@ -56,7 +41,7 @@ class ScriptedCheck:
 
 def monitor(script: Iterable[bool], *, rise: int = 2, fall: int = 2, interval: float = 1.0, duration: float = 0.0
             ) -> tuple[HealthMonitor, ScriptedCheck, FakeClock, list[Status]]:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     check = ScriptedCheck(clock, script, duration)
     changes: list[Status] = []
     m = HealthMonitor(check, interval=interval, rise=rise, fall=fall, on_change=changes.append,
@@ -131,7 +116,7 @@ async def test_a_failure_while_passing_is_confirmed_after_half_an_interval() -> 
 
 async def test_killed_server_is_critical_within_one_and_a_half_intervals() -> None:
     # Worst case: the server dies just after a successful check.
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     check = ScriptedCheck(clock, [True, False, False])
     flipped_at: list[float] = []
     m = HealthMonitor(check, interval=1.0, fall=2, on_change=lambda status: flipped_at.append(clock.now),
