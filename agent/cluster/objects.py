@@ -1,17 +1,15 @@
-"""Pure builders of the objects the agent writes, and the names and labels that tie them together."""
+"""The names and labels that tie the agent's objects together, and the pure builders of the shared ones
+(the Lease, the Service); each backend's own builders sit beside it in agent/sync/backends/."""
 
 from __future__ import annotations
 
 import copy
 import datetime
 import hashlib
-import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from agent.discovery.addresses import IPAddress
 from agent.protocols import app_protocol
-from agent.state import Registration
 
 MANAGER = "vmesh-agent"
 LABEL_VM = "vmesh.dev/vm"
@@ -29,9 +27,6 @@ ANNOTATION_HEARTBEAT_PACE = "vmesh.dev/heartbeat-pace"  # why it is what it is (
 ANNOTATION_FLEET_SIZE = "vmesh.dev/fleet-size"  # on a reaper slot: the VMs' Leases its holder sees
 MAX_NAME = 63  # a DNS label: what every kind of object accepts
 NAME_HASH_CHARS = 10
-# What the agent writes of its own objects besides metadata; everything else there is left as it is.
-SLICE_CONTENT = ("addressType", "ports", "endpoints")
-WORKLOAD_CONTENT = ("spec",)
 
 # Istio reads the protocol from the port name's prefix; appProtocol says the same to everyone else.
 
@@ -53,10 +48,6 @@ def object_name(service: str, vm: str, family: int) -> str:
     digest = hashlib.sha256(f"{service}/{vm}/{family}".encode()).hexdigest()[:NAME_HASH_CHARS]
     readable = f"{service}-{vm}" if family == 4 else f"{service}-{vm}-v6"
     return f"{readable[:MAX_NAME - NAME_HASH_CHARS - 1].rstrip('-')}-{digest}"
-
-
-def own_slices_selector(vm: str) -> str:
-    return f"{LABEL_VM}={vm},{LABEL_SLICE_MANAGED_BY}={MANAGER}"
 
 
 def port_name(protocol: str, port: int, taken: Collection[str] = ()) -> str:
@@ -122,88 +113,6 @@ def missing_service_ports(service: Body, ports: Iterable[tuple[str, int]]) -> li
     return missing
 
 
-def build_endpoint_slice(
-    service: Body, vm: str, namespace: str, registrations: Collection[Registration], lease: Body,
-    *, terminating: bool = False,
-) -> Body:
-    """The slice of one VM, service and address family; port names follow the Service's."""
-    first = next(iter(registrations))
-    slice_ports = named_ports(service, {(r.protocol, r.port) for r in registrations})
-    by_address: dict[str, bool] = {}
-    for r in registrations:
-        by_address[str(r.address)] = by_address.get(str(r.address), True) and r.ready
-    endpoints = [
-        {
-            "addresses": [address],
-            "conditions": {
-                "ready": ready and not terminating,
-                "serving": ready,
-                "terminating": terminating,
-            },
-        }
-        for address, ready in sorted(by_address.items())
-    ]
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": object_name(first.service, vm, first.family),
-            "namespace": namespace,
-            "labels": {
-                LABEL_SERVICE_NAME: first.service,
-                LABEL_SLICE_MANAGED_BY: MANAGER,
-                LABEL_MANAGED_BY: MANAGER,
-                LABEL_VM: vm,
-            },
-            "ownerReferences": [lease_owner_reference(lease)],
-        },
-        "addressType": "IPv4" if first.family == 4 else "IPv6",
-        "ports": slice_ports,
-        "endpoints": endpoints,
-    }
-
-
-def owned_differs(current: Body, desired: Body, content: Collection[str]) -> bool:
-    """True when what the agent owns of its object differs: its labels and annotations, its Lease owner
-    reference, and the `content` fields. Server fields and what others added are not compared."""
-    cur_meta, want_meta = current.get("metadata", {}), desired["metadata"]
-    for key in ("labels", "annotations"):
-        have = cur_meta.get(key) or {}
-        if any(have.get(k) != v for k, v in (want_meta.get(key) or {}).items()):
-            return True
-    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or [] if _is_lease_reference(o)]
-    if cur_owners != [o["uid"] for o in want_meta.get("ownerReferences") or []]:
-        return True
-    return any(_normalise(current.get(f)) != _normalise(desired.get(f)) for f in content)
-
-
-def merge_owned(current: Body, desired: Body, content: Collection[str]) -> Body:
-    """`current` with what the agent owns set as `desired` has it: its labels and annotations merged over
-    others', its Lease reference in place of the old one (other owners kept), the `content` fields.
-    Finalizers, others' labels and annotations, and the status stay as they are."""
-    cur, want = current["metadata"], desired["metadata"]
-    owners = [o for o in cur.get("ownerReferences") or [] if not _is_lease_reference(o)]
-    metadata = {
-        **cur,
-        "labels": {**(cur.get("labels") or {}), **(want.get("labels") or {})},
-        "annotations": {**(cur.get("annotations") or {}), **(want.get("annotations") or {})},
-        "ownerReferences": [*owners, *(want.get("ownerReferences") or [])],
-    }
-    return {**current, "metadata": metadata, **{f: desired[f] for f in content if f in desired}}
-
-
-def _is_lease_reference(owner: Body) -> bool:
-    return (owner.get("kind") == "Lease"
-            and str(owner.get("apiVersion", "")).startswith("coordination.k8s.io/"))
-
-
-def _normalise(value: Any) -> Any:
-    """Lists compare as sets of their entries (the server keeps order, but the agent does not rely on it)."""
-    if isinstance(value, list):
-        return sorted(json.dumps(i, sort_keys=True) for i in value)
-    return json.dumps(value, sort_keys=True)
-
-
 def micro_time(moment: datetime.datetime) -> str:
     """Kubernetes MicroTime: RFC 3339 with exactly six fractional digits, UTC."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -255,33 +164,10 @@ def lease_body(name: str, namespace: str, holder: str, duration_seconds: int, no
     }
 
 
-# --- The other backends: legacy Endpoints, Istio WorkloadEntry, Linkerd ExternalWorkload --------------------
+# --- The Service as the backends extend it (a selector, Istio's service accounts), and their port names -----
 
-LABEL_APP = "app"
 # Istio reads the Kubernetes service accounts allowed to serve a Service from here (comma-separated).
 ANNOTATION_ISTIO_SERVICE_ACCOUNTS = "alpha.istio.io/kubernetes-serviceaccounts"
-# Without it Istio ignores a WorkloadEntry's Healthy condition and treats the entry as always healthy.
-ANNOTATION_ISTIO_HEALTH_CHECKS = "proxy.istio.io/health-checks-enabled"
-CONDITION_HEALTHY = "Healthy"  # Istio WorkloadEntry
-CONDITION_READY = "Ready"  # Linkerd ExternalWorkload
-REASON_PASSING = "HealthCheckPassing"
-REASON_FAILING = "HealthCheckFailing"
-REASON_TERMINATING = "Terminating"
-
-
-def own_objects_selector(vm: str) -> str:
-    """The objects one VM owns alone (WorkloadEntries, ExternalWorkloads)."""
-    return f"{LABEL_VM}={vm},{LABEL_MANAGED_BY}={MANAGER}"
-
-
-def lease_owner_reference(lease: Body) -> Body:
-    """Deleting the VM's Lease (shutdown, or a peer reaping a dead VM) garbage-collects what points here."""
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "name": lease["metadata"]["name"],
-        "uid": lease["metadata"]["uid"],
-    }
 
 
 def build_service_with(name: str, namespace: str, vm: str, ports: Iterable[tuple[str, int]], *,
@@ -359,112 +245,3 @@ def named_ports(service: Body, ports: Iterable[tuple[str, int]]) -> list[Body]:
             entry["appProtocol"] = app_protocol(protocol)
         result.append(entry)
     return result
-
-
-def one_address(registrations: Collection[Registration],
-                preferred: Sequence[IPAddress] = ()) -> tuple[str, list[Registration]]:
-    """WorkloadEntry and ExternalWorkload carry one address per family. When a service listens on several
-    addresses of one family (listeners bound to specific addresses), the one the agent advertises: the first
-    of `preferred` (the advertised address, then the candidates in `hostname -I` order) it listens on; the
-    lowest only when none of them is (no preference known: `deregister`, a reaper)."""
-    listening = {r.address for r in registrations}
-    address = next((a for a in preferred if a in listening), None) or \
-        min(listening, key=lambda a: (a.version, int(a)))
-    return str(address), [r for r in registrations if r.address == address]
-
-
-def build_workload_entry(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
-                         lease: Body, *, service_account: str = "", network: str = "",
-                         preferred: Sequence[IPAddress] = ()) -> Body:
-    """Istio WorkloadEntry of one VM, service and family; the Service selects it by spec.labels `app`."""
-    first = min(registrations)
-    address, regs = one_address(registrations, preferred)
-    labels = {LABEL_APP: first.service, LABEL_VM: vm}
-    spec: Body = {
-        "address": address,
-        "ports": {p["name"]: p["port"] for p in named_ports(service, {(r.protocol, r.port) for r in regs})},
-        "labels": labels,
-    }
-    if service_account:
-        spec["serviceAccount"] = service_account
-    if network:
-        spec["network"] = network
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "WorkloadEntry",
-        "metadata": {
-            "name": object_name(first.service, vm, first.family),
-            "namespace": namespace,
-            "labels": {**labels, LABEL_MANAGED_BY: MANAGER},
-            "annotations": {ANNOTATION_ISTIO_HEALTH_CHECKS: "true"},
-            "ownerReferences": [lease_owner_reference(lease)],
-        },
-        "spec": spec,
-    }
-
-
-def build_external_workload(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
-                            lease: Body, *, identity: str, server_name: str,
-                            preferred: Sequence[IPAddress] = ()) -> Body:
-    """Linkerd ExternalWorkload of one VM, service and family (Linkerd takes one workload IP); the Service
-    selects it by the metadata label `app`."""
-    first = min(registrations)
-    address, regs = one_address(registrations, preferred)
-    return {
-        "apiVersion": "workload.linkerd.io/v1beta1",
-        "kind": "ExternalWorkload",
-        "metadata": {
-            "name": object_name(first.service, vm, first.family),
-            "namespace": namespace,
-            "labels": {LABEL_APP: first.service, LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER},
-            "ownerReferences": [lease_owner_reference(lease)],
-        },
-        "spec": {
-            "meshTLS": {"identity": identity, "serverName": server_name},
-            "ports": [{"name": p["name"], "port": p["port"], "protocol": "TCP"}
-                      for p in named_ports(service, {(r.protocol, r.port) for r in regs})],
-            "workloadIPs": [{"ip": address}],
-        },
-    }
-
-
-def health_of(registrations: Collection[Registration], vm: str, *,
-              terminating: bool = False) -> tuple[bool, str, str]:
-    """(healthy, reason, message) of one VM's workload, for a status condition."""
-    if terminating:
-        return False, REASON_TERMINATING, f"vmesh-agent on {vm} is deregistering it"
-    failing = sorted({(r.port, r.protocol) for r in registrations if not r.ready})
-    if not failing:
-        return True, REASON_PASSING, f"health checks pass on {vm}"
-    return (False, REASON_FAILING,
-            f"health checks fail on {vm}: " + ", ".join(f"{p}/{proto}" for p, proto in failing))
-
-
-def condition_time(moment: datetime.datetime) -> str:
-    """metav1.Time: RFC 3339, seconds, UTC."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(conditions: list[Body] | None, kind: str, *, healthy: bool, reason: str, message: str,
-                  now: datetime.datetime) -> list[Body] | None:
-    """`conditions` with the one of type `kind` set, or None when it already says exactly this. Other types
-    are kept; lastTransitionTime moves only when the status flips."""
-    status = "True" if healthy else "False"
-    existing = [dict(c) for c in conditions or []]
-    current = next((c for c in existing if c.get("type") == kind), None)
-    if current and (current.get("status"), current.get("reason"), current.get("message")) == (
-            status, reason, message):
-        return None
-    same_status = (current is not None and current.get("status") == status
-                   and current.get("lastTransitionTime"))
-    condition = {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": current["lastTransitionTime"] if current and same_status
-                              else condition_time(now),
-    }
-    if current is None:
-        return [*existing, condition]
-    return [condition if c is current else c for c in existing]

@@ -13,14 +13,14 @@ import pytest
 
 from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import build_endpoint_slice, build_service, object_name
+from agent.cluster.objects import build_service, object_name
 from agent.cluster.resources import ENDPOINT_SLICES
 from agent.config import ClusterSettings
 from agent.lease.heartbeat import Heartbeat
 from agent.logs import get_logger
 from agent.state import Registration
 from agent.sync.backends.backend import Backend
-from agent.sync.backends.endpointslice import EndpointSliceBackend
+from agent.sync.backends.endpointslice import EndpointSliceBackend, build_endpoint_slice
 from agent.sync.backends.workloadentry import WorkloadEntryBackend
 from tests.integration.test_backends import WLE, fleet, istio_crds, settings  # noqa: F401 (fixtures)
 from tests.testbed.cluster import Cluster

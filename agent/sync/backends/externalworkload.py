@@ -17,21 +17,49 @@ follow Linkerd's mesh-expansion guide with the VM name as the workload name: ide
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import structlog
 
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import CONDITION_READY, build_external_workload
+from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER, named_ports, object_name
 from agent.cluster.resources import EXTERNAL_WORKLOADS
 from agent.config import ExternalWorkloadSettings
+from agent.discovery.addresses import IPAddress
 from agent.state import Registration
 from agent.sync.backends.backend import LeaseGetter
-from agent.sync.backends.owned import Preferred
-from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
+from agent.sync.backends.owned import Preferred, lease_owner_reference
+from agent.sync.backends.workloads import LABEL_APP, Body, WallClock, WorkloadBackend, one_address
 
 DEFAULT_IDENTITY = ExternalWorkloadSettings().identity  # the defaults, written once in agent/config.py
 DEFAULT_SERVER_NAME = ExternalWorkloadSettings().server_name
+CONDITION_READY = "Ready"  # Linkerd ExternalWorkload
+
+
+def build_external_workload(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
+                            lease: Body, *, identity: str, server_name: str,
+                            preferred: Sequence[IPAddress] = ()) -> Body:
+    """Linkerd ExternalWorkload of one VM, service and family (Linkerd takes one workload IP); the Service
+    selects it by the metadata label `app`."""
+    first = min(registrations)
+    address, regs = one_address(registrations, preferred)
+    return {
+        "apiVersion": "workload.linkerd.io/v1beta1",
+        "kind": "ExternalWorkload",
+        "metadata": {
+            "name": object_name(first.service, vm, first.family),
+            "namespace": namespace,
+            "labels": {LABEL_APP: first.service, LABEL_VM: vm, LABEL_MANAGED_BY: MANAGER},
+            "ownerReferences": [lease_owner_reference(lease)],
+        },
+        "spec": {
+            "meshTLS": {"identity": identity, "serverName": server_name},
+            "ports": [{"name": p["name"], "port": p["port"], "protocol": "TCP"}
+                      for p in named_ports(service, {(r.protocol, r.port) for r in regs})],
+            "workloadIPs": [{"ip": address}],
+        },
+    }
 
 
 class ExternalWorkloadBackend(WorkloadBackend):

@@ -14,6 +14,7 @@ workloads' health condition).
 from __future__ import annotations
 
 import itertools
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ import structlog
 
 from agent.cluster.errors import ClusterError, NotFound
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, merge_owned, object_name, owned_differs
+from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, object_name
 from agent.cluster.resources import Resource
 from agent.discovery.addresses import IPAddress
 from agent.state import Registration, group_by_service
@@ -33,6 +34,57 @@ from agent.sync.update import Change, Delete, Put, update
 
 Body = dict[str, Any]
 Preferred = Callable[[], Sequence[IPAddress]]
+
+
+def lease_owner_reference(lease: Body) -> Body:
+    """Deleting the VM's Lease (shutdown, or a peer reaping a dead VM) garbage-collects what points here."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "name": lease["metadata"]["name"],
+        "uid": lease["metadata"]["uid"],
+    }
+
+
+def owned_differs(current: Body, desired: Body, content: Collection[str]) -> bool:
+    """True when what the agent owns of its object differs: its labels and annotations, its Lease owner
+    reference, and the `content` fields. Server fields and what others added are not compared."""
+    cur_meta, want_meta = current.get("metadata", {}), desired["metadata"]
+    for key in ("labels", "annotations"):
+        have = cur_meta.get(key) or {}
+        if any(have.get(k) != v for k, v in (want_meta.get(key) or {}).items()):
+            return True
+    cur_owners = [o.get("uid") for o in cur_meta.get("ownerReferences") or [] if _is_lease_reference(o)]
+    if cur_owners != [o["uid"] for o in want_meta.get("ownerReferences") or []]:
+        return True
+    return any(_normalise(current.get(f)) != _normalise(desired.get(f)) for f in content)
+
+
+def merge_owned(current: Body, desired: Body, content: Collection[str]) -> Body:
+    """`current` with what the agent owns set as `desired` has it: its labels and annotations merged over
+    others', its Lease reference in place of the old one (other owners kept), the `content` fields.
+    Finalizers, others' labels and annotations, and the status stay as they are."""
+    cur, want = current["metadata"], desired["metadata"]
+    owners = [o for o in cur.get("ownerReferences") or [] if not _is_lease_reference(o)]
+    metadata = {
+        **cur,
+        "labels": {**(cur.get("labels") or {}), **(want.get("labels") or {})},
+        "annotations": {**(cur.get("annotations") or {}), **(want.get("annotations") or {})},
+        "ownerReferences": [*owners, *(want.get("ownerReferences") or [])],
+    }
+    return {**current, "metadata": metadata, **{f: desired[f] for f in content if f in desired}}
+
+
+def _is_lease_reference(owner: Body) -> bool:
+    return (owner.get("kind") == "Lease"
+            and str(owner.get("apiVersion", "")).startswith("coordination.k8s.io/"))
+
+
+def _normalise(value: Any) -> Any:
+    """Lists compare as sets of their entries (the server keeps order, but the agent does not rely on it)."""
+    if isinstance(value, list):
+        return sorted(json.dumps(i, sort_keys=True) for i in value)
+    return json.dumps(value, sort_keys=True)
 
 
 class OwnedObjectsBackend(ABC):

@@ -12,17 +12,53 @@ create / update / health / delete cycle is `WorkloadBackend`'s (agent/sync/backe
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import structlog
 
 from agent.cluster.kube import KubeClient
-from agent.cluster.objects import CONDITION_HEALTHY, build_workload_entry
+from agent.cluster.objects import LABEL_MANAGED_BY, LABEL_VM, MANAGER, named_ports, object_name
 from agent.cluster.resources import WORKLOAD_ENTRIES
+from agent.discovery.addresses import IPAddress
 from agent.state import Registration
 from agent.sync.backends.backend import LeaseGetter
-from agent.sync.backends.owned import Preferred
-from agent.sync.backends.workloads import Body, WallClock, WorkloadBackend
+from agent.sync.backends.owned import Preferred, lease_owner_reference
+from agent.sync.backends.workloads import LABEL_APP, Body, WallClock, WorkloadBackend, one_address
+
+# Without it Istio ignores a WorkloadEntry's Healthy condition and treats the entry as always healthy.
+ANNOTATION_ISTIO_HEALTH_CHECKS = "proxy.istio.io/health-checks-enabled"
+CONDITION_HEALTHY = "Healthy"  # Istio WorkloadEntry
+
+
+def build_workload_entry(service: Body, vm: str, namespace: str, registrations: Collection[Registration],
+                         lease: Body, *, service_account: str = "", network: str = "",
+                         preferred: Sequence[IPAddress] = ()) -> Body:
+    """Istio WorkloadEntry of one VM, service and family; the Service selects it by spec.labels `app`."""
+    first = min(registrations)
+    address, regs = one_address(registrations, preferred)
+    labels = {LABEL_APP: first.service, LABEL_VM: vm}
+    spec: Body = {
+        "address": address,
+        "ports": {p["name"]: p["port"] for p in named_ports(service, {(r.protocol, r.port) for r in regs})},
+        "labels": labels,
+    }
+    if service_account:
+        spec["serviceAccount"] = service_account
+    if network:
+        spec["network"] = network
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": object_name(first.service, vm, first.family),
+            "namespace": namespace,
+            "labels": {**labels, LABEL_MANAGED_BY: MANAGER},
+            "annotations": {ANNOTATION_ISTIO_HEALTH_CHECKS: "true"},
+            "ownerReferences": [lease_owner_reference(lease)],
+        },
+        "spec": spec,
+    }
 
 
 class WorkloadEntryBackend(WorkloadBackend):

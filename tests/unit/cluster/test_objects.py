@@ -2,20 +2,13 @@ import datetime
 import re
 from ipaddress import ip_address
 
-from agent.cluster.objects import (
-    SLICE_CONTENT,
-    build_endpoint_slice,
-    build_external_workload,
-    build_service,
-    build_workload_entry,
-    merge_owned,
-    micro_time,
-    missing_service_ports,
-    object_name,
-    one_address,
-    owned_differs,
-)
+from agent.cluster.objects import build_service, micro_time, missing_service_ports, object_name
 from agent.state import DesiredState, Registration, VanishTracker
+from agent.sync.backends.endpointslice import SLICE_CONTENT, build_endpoint_slice
+from agent.sync.backends.externalworkload import build_external_workload
+from agent.sync.backends.owned import merge_owned, owned_differs
+from agent.sync.backends.workloadentry import build_workload_entry
+from agent.sync.backends.workloads import one_address
 
 LEASE = {"metadata": {"name": "vmesh-vm-a", "uid": "u-1"}}
 

@@ -11,19 +11,12 @@ import pytest
 
 from agent.cluster.errors import Conflict
 from agent.cluster.objects import (
-    ANNOTATION_ISTIO_HEALTH_CHECKS,
     ANNOTATION_ISTIO_SERVICE_ACCOUNTS,
-    WORKLOAD_CONTENT,
-    build_external_workload,
     build_service,
     build_service_with,
-    build_workload_entry,
     extend_service,
-    health_of,
     named_ports,
     object_name,
-    owned_differs,
-    set_condition,
 )
 from agent.logs import get_logger
 from agent.state import Registration
@@ -37,7 +30,10 @@ from agent.sync.backends.endpoints import (
     owned_addresses,
     wanted_addresses,
 )
-from agent.sync.backends.externalworkload import ExternalWorkloadBackend
+from agent.sync.backends.externalworkload import ExternalWorkloadBackend, build_external_workload
+from agent.sync.backends.owned import owned_differs
+from agent.sync.backends.workloadentry import ANNOTATION_ISTIO_HEALTH_CHECKS, build_workload_entry
+from agent.sync.backends.workloads import WORKLOAD_CONTENT, health_of, set_condition
 from agent.sync.failures import ServiceFailures
 
 Body = dict[str, Any]
