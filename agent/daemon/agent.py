@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import gc
 import socket
@@ -26,9 +25,10 @@ from agent.cluster.errors import ClusterError
 from agent.cluster.kube import KubeClient
 from agent.cluster.objects import lease_annotations
 from agent.cluster.resources import LEASES, SERVICES
-from agent.config import ConfigError, Settings, load_settings, parse_listen
+from agent.config import Settings, parse_listen
 from agent.daemon.account_watch import AccountWatch
 from agent.daemon.local_state import LocalState
+from agent.daemon.reload import reread
 from agent.daemon.sdnotify import Notifier
 from agent.daemon.tasks import RootTasks
 from agent.discovery.scanner import DiscoveryReport
@@ -62,9 +62,6 @@ REMOVAL_SHARE_MAX = 0.4
 # Seconds before CLOSE_RESERVE at which removing what the garbage collector removes anyway gives up, so that
 # the clean-up still ends in time and is not reported abandoned.
 REMOVAL_MARGIN = 0.2
-# Settings that define the agent's identity in the cluster; changing them needs a restart.
-RESTART_ONLY = ("vm_name", "namespace", "backend", "cluster", "api", "metrics", "state_dir", "reaper", "log",
-                "endpoints", "workloadentry", "externalworkload")
 
 
 class Agent:
@@ -424,15 +421,9 @@ class Agent:
         """SIGHUP: re-read the config. Invalid → keep the old one. Unchanged registrations stay untouched."""
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            try:
-                new = load_settings(self.config_path)
-            except ConfigError as exc:
-                self.log.error("reload rejected; keeping the running config", error=str(exc))
+            new = reread(self.config_path, self.settings, self.log)
+            if new is None:
                 return False
-            kept = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.settings, key)]
-            if kept:
-                self.log.warning("these settings change only on restart; kept the running values", keys=kept)
-                new = dataclasses.replace(new, **{key: getattr(self.settings, key) for key in kept})
             self.settings = new
             if self.heartbeat is not None:
                 self.heartbeat.pace.configure(interval=new.heartbeat.interval,
