@@ -77,6 +77,10 @@ class Observer:
         (`default` when it states none; at most `cap`, so that an endless duration written by a stolen
         token is waited out too)."""
         seen, _ = self.observe(lease)
+        return self.overdue(seen, lease, default=default, cap=cap)
+
+    def overdue(self, seen: Observation, lease: Body, *, default: float = 0.0, cap: float = math.inf) -> bool:
+        """`expired` for an observation just made of `lease`, without observing it again."""
         duration = min(float((lease.get("spec") or {}).get("leaseDurationSeconds") or default), cap)
         return self.clock() - seen.seen_at > duration
 

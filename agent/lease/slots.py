@@ -83,10 +83,10 @@ class SlotObserver:
 
     def takeable(self, lease: Body) -> bool:
         """Whether this agent may take the slot now (free, its own from before, or observed expired)."""
-        self._observer.observe(lease)  # a first sight counts as a renewal
+        seen, _ = self._observer.observe(lease)  # a first sight counts as a renewal
         if election.free_for(election.holder(lease), self.identity, self._earlier_run):
             return True
-        return self._observer.expired(lease, cap=MAX_SLOT_DURATION)
+        return self._observer.overdue(seen, lease, cap=MAX_SLOT_DURATION)
 
 
 class ReaperSlots:

@@ -39,6 +39,21 @@ def test_a_first_sight_and_every_change_restart_the_silence_and_a_new_holder_is_
     assert observer.get("vmesh-vm-a") is None
 
 
+def test_overdue_judges_the_observation_just_made_and_observes_nothing() -> None:
+    """The heartbeat and the slots observe a Lease once per look and then judge that observation."""
+    clock = FakeClock()
+    observer = election.Observer(clock)
+    seen, _ = observer.observe(lease("clone", "1"))
+    clock.advance(15.1)
+    assert observer.overdue(seen, lease("clone", "1"))
+    # A renewal the caller has not observed yet is not observed by overdue either: the caller's look decides.
+    assert observer.overdue(seen, lease("clone", "2"))
+    assert observer.get("vmesh-vm-a") == election.Observation("clone", "1", 1000.0)
+    assert not observer.overdue(seen, lease("clone", "1", duration=30))
+    assert observer.overdue(seen, lease("clone", "1", duration=30), cap=10)
+    assert not observer.overdue(seen, lease("clone", "1", duration=0), default=16)
+
+
 def test_an_endless_duration_is_waited_out_only_up_to_the_cap() -> None:
     clock = FakeClock()
     observer = election.Observer(clock)
