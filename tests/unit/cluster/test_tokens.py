@@ -6,9 +6,7 @@ revocation, audiences) is in tests/integration/test_token_rotation.py.
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import os
 import stat
 from pathlib import Path
@@ -25,7 +23,8 @@ from agent.cluster.objects import build_lease, lease_annotations, with_annotatio
 from agent.cluster.token_renewal import TokenRenewal, renewal_due
 from agent.cluster.tokens import TokenFiles, parse_claims, write_token
 from agent.logs import get_logger
-from tests.unit.fake_leases import FakeClock
+from tests.unit import fakes
+from tests.unit.fakes import FakeClock
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 DAY = 86400.0
@@ -33,31 +32,7 @@ SA = "system:serviceaccount:vm:vmesh-vm-a"
 
 
 def jwt(sub: str = SA, iat: float = T0, exp: float | None = T0 + 30 * DAY, aud: Any = ("https://k8s",)) -> str:
-    payload: dict[str, Any] = {"sub": sub, "iat": int(iat), "aud": list(aud) if not isinstance(aud, str) else aud}
-    if exp is not None:
-        payload["exp"] = int(exp)
-
-    def part(obj: Any) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'RS256'})}.{part(payload)}.c2ln"
-
-
-class FakeTokenApi:
-    """TokenRequest: a new token issued at the clock's time for the asked lifetime; or an error while set."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.requests: list[tuple[str, str, list[str], int]] = []
-        self.fail_with: Exception | None = None
-
-    async def request_token(self, namespace: str, service_account: str, *, audiences: list[str],
-                            expiration_seconds: int) -> str:
-        self.requests.append((namespace, service_account, audiences, expiration_seconds))
-        if self.fail_with is not None:
-            raise self.fail_with
-        return jwt(f"system:serviceaccount:{namespace}:{service_account}", self.clock(),
-                   self.clock() + expiration_seconds, audiences)
+    return fakes.jwt(sub, iat, exp, aud)
 
 
 class Stop(Exception):
@@ -72,11 +47,11 @@ def files(tmp_path: Path, enrolled: str, clock: FakeClock) -> TokenFiles:
 
 def renewal(tmp_path: Path, clock: FakeClock, enrolled: str, *, sleeps: list[float], max_sleeps: int = 50,
             fraction: float = 0.8, renewals: int = 0,
-            skew: float = 0.0) -> tuple[TokenRenewal, FakeTokenApi, TokenFiles]:
+            skew: float = 0.0) -> tuple[TokenRenewal, fakes.FakeApi, TokenFiles]:
     """A renewal on a fake clock; its sleeps advance the clock, and the run stops after `max_sleeps` of them or
     once `renewals` tokens were asked for. `clock` is the apiserver's (it issues the tokens); the VM's wall clock
     is `skew` seconds ahead of it (behind when negative); the monotonic clock is the apiserver's, as it runs."""
-    api = FakeTokenApi(clock)
+    api = fakes.FakeApi(clock)
 
     def vm_clock() -> float:
         return clock() + skew

@@ -6,7 +6,7 @@ import datetime
 from typing import Any
 
 from agent.lease import election
-from tests.unit.fake_leases import FakeClock
+from tests.unit.fakes import FakeClock
 
 NOW = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
 

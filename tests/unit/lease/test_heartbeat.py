@@ -21,7 +21,7 @@ from agent.daemon.sdnotify import Notifier
 from agent.lease.heartbeat import Heartbeat, LeaseHeld
 from agent.lease.identity import HolderIdentity, parse_id, read_identity
 from agent.logs import get_logger
-from tests.unit.fake_leases import FakeClock, FakeLeases
+from tests.unit.fakes import FakeApi, FakeClock
 
 ME = HolderIdentity("vm-a", "3d1219c7c4c5", "2d063c5bd7e1", 100)
 CLONE = HolderIdentity("vm-a", "3d1219c7c4c5", "9f00aa11bb22", 200)  # same disk image, another boot
@@ -29,7 +29,7 @@ DURATION = 15.0
 Body = dict[str, Any]
 
 
-def heartbeat(api: FakeLeases, clock: FakeClock, identity: HolderIdentity = ME,
+def heartbeat(api: FakeApi, clock: FakeClock, identity: HolderIdentity = ME,
               alive: frozenset[int] = frozenset({100, 200}), interval: float = 5) -> tuple[Heartbeat, list[str]]:
     news: list[str] = []
     beat = Heartbeat(cast(KubeClient, api), "vm", "vm-a", interval=interval, lease_duration=DURATION, log=get_logger(),
@@ -38,11 +38,11 @@ def heartbeat(api: FakeLeases, clock: FakeClock, identity: HolderIdentity = ME,
     return beat, news
 
 
-def held_by(api: FakeLeases, holder: HolderIdentity | str) -> None:
+def held_by(api: FakeApi, holder: HolderIdentity | str) -> None:
     body = build_lease("vm-a", "vm", int(DURATION), datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
                        holder=str(holder))
     body["spec"]["holderIdentity"] = str(holder)  # "" included: let go
-    api._stored(body)
+    api.put(body)
 
 
 # -- identity ---------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_only_a_gone_process_of_this_very_boot_is_an_earlier_run() -> None:
 # -- taking the Lease ---------------------------------------------------------------------------------------
 
 async def test_a_new_lease_records_the_holder_and_renewals_keep_it() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     beat, _ = heartbeat(api, clock)
     lease = await beat.ensure()
     assert lease["spec"]["holderIdentity"] == str(ME)
@@ -84,7 +84,7 @@ async def test_a_new_lease_records_the_holder_and_renewals_keep_it() -> None:
 
 
 async def test_a_live_clone_is_refused_while_it_renews_and_taken_over_once_seen_silent_for_a_duration() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     held_by(api, CLONE)
     beat, news = heartbeat(api, clock)
     with pytest.raises(LeaseHeld):
@@ -114,7 +114,7 @@ async def test_a_live_clone_is_refused_while_it_renews_and_taken_over_once_seen_
 
 async def test_judged_by_observed_changes_never_by_renew_time() -> None:
     """A holder whose renewTime is years old but which keeps writing is alive (its clock may be wrong)."""
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     held_by(api, CLONE)
     beat, _ = heartbeat(api, clock)
     for _ in range(10):
@@ -126,13 +126,13 @@ async def test_judged_by_observed_changes_never_by_renew_time() -> None:
 
 
 async def test_an_earlier_run_on_this_boot_or_a_let_go_lease_is_adopted_at_once() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     held_by(api, HolderIdentity("vm-a", ME.machine, ME.boot, 42))  # crashed; systemd restarted us
     beat, _ = heartbeat(api, clock)
     await beat.ensure()
     assert api.objects["vmesh-vm-a"]["spec"]["holderIdentity"] == str(ME)
 
-    api2 = FakeLeases()
+    api2 = FakeApi()
     held_by(api2, "")
     beat2, _ = heartbeat(api2, FakeClock())
     await beat2.ensure()
@@ -141,7 +141,7 @@ async def test_an_earlier_run_on_this_boot_or_a_let_go_lease_is_adopted_at_once(
 
 async def test_a_rebooted_vm_re_adopts_its_lease_after_seeing_it_unrenewed() -> None:
     """After a reboot the old boot's identity looks like a clone's: adopted once silent for a duration."""
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     held_by(api, HolderIdentity("vm-a", ME.machine, "0123456789ab", 100))
     uid = api.objects["vmesh-vm-a"]["metadata"]["uid"]
     beat, _ = heartbeat(api, clock)
@@ -153,12 +153,12 @@ async def test_a_rebooted_vm_re_adopts_its_lease_after_seeing_it_unrenewed() -> 
 
 
 async def test_a_lease_taken_over_while_held_stops_registering_and_is_not_deleted_on_release() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     beat, _ = heartbeat(api, clock)
     await beat.ensure()
     lease = api.objects["vmesh-vm-a"]
     lease["spec"]["holderIdentity"] = str(CLONE)  # this agent was frozen for longer than a duration
-    api._stored(lease)
+    api.put(lease)
     with pytest.raises(LeaseHeld):
         await beat.renew()
     assert not beat.held
@@ -169,17 +169,17 @@ async def test_a_lease_taken_over_while_held_stops_registering_and_is_not_delete
 
 
 async def test_release_deletes_only_the_version_it_holds() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     beat, _ = heartbeat(api, clock)
     await beat.ensure()
     lease = api.objects["vmesh-vm-a"]
     lease["metadata"]["labels"]["someone"] = "edited"  # still ours: deleted after a re-read
-    api._stored(lease)
+    api.put(lease)
     await beat.release()
     assert "vmesh-vm-a" not in api.objects
 
 
-class SignallingLeases(FakeLeases):
+class SignallingLeases(FakeApi):
     """Tells a test each time a write or read came back (failed or not)."""
 
     def __init__(self) -> None:

@@ -19,7 +19,7 @@ from agent.lease.identity import HolderIdentity
 from agent.lease.pace import LONGEST_DURATION, HeartbeatPace
 from agent.lease.slots import ReaperSlots, build_slot, published_fleet
 from agent.logs import get_logger
-from tests.unit.fake_leases import FakeClock, FakeLeases
+from tests.unit.fakes import FakeApi, FakeClock
 
 Body = dict[str, Any]
 ME = HolderIdentity("vm-a", "3d1219c7c4c5", "2d063c5bd7e1", 100)
@@ -130,7 +130,7 @@ def test_write_budget_is_a_setting_with_a_clear_error() -> None:
 
 
 async def test_the_heartbeat_writes_the_scaled_duration_and_renews_at_the_scaled_interval() -> None:
-    api, fleet = FakeLeases(), Fleet()
+    api, fleet = FakeApi(), Fleet()
     beat = Heartbeat(cast(KubeClient, api), "vm", "vm-a", interval=5, lease_duration=15, log=get_logger(),
                      wall_clock=lambda: 1_700_000_000.0, identity=ME, clock=FakeClock(),
                      pace=pace(fleet, budget=100.0))
@@ -145,13 +145,13 @@ async def test_the_heartbeat_writes_the_scaled_duration_and_renews_at_the_scaled
 
 
 async def test_slot_holders_publish_the_fleet_size_and_the_others_read_the_largest() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     now = datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC)
     for index, (holder, size) in enumerate([("vm-b/x/y/1", "900"), ("vm-c/x/y/2", "1200"), ("", "5000")]):
         slot = build_slot(index, "vm", holder, 15, now)
         slot["metadata"]["annotations"] = {ANNOTATION_FLEET_SIZE: size}
-        api._stored(slot)
-    api._stored(build_lease("vm-d", "vm", 15, now, holder="vm-d/x/y/3"))  # a VM's Lease carries no count
+        api.put(slot)
+    api.put(build_lease("vm-d", "vm", 15, now, holder="vm-d/x/y/3"))  # a VM's Lease carries no count
     slots = ReaperSlots(cast(KubeClient, api), "vm", str(ME), slots=3, duration=15, renew_interval=5,
                         check_interval=30, log=get_logger(), clock=clock, fleet_size=lambda: 1234)
     assert slots.published_fleet is None
@@ -163,7 +163,7 @@ async def test_slot_holders_publish_the_fleet_size_and_the_others_read_the_large
             ANNOTATION_FLEET_SIZE: junk}}}) is None
 
 
-class CountingLeases(FakeLeases):
+class CountingLeases(FakeApi):
     def __init__(self) -> None:
         super().__init__()
         self.replaced = asyncio.Event()
@@ -194,9 +194,9 @@ async def test_a_holder_publishes_with_its_renewals_and_nothing_before_it_has_co
 async def test_agents_without_a_slot_look_at_the_slots_no_more_often_than_they_renew(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """10,000 VMs looking every 30 s would be 333 LISTs/s: the looks scale down with the paced interval."""
-    api = FakeLeases()
+    api = FakeApi()
     now = datetime.datetime(2026, 12, 4, tzinfo=datetime.UTC)
-    api._stored(build_slot(0, "vm", "vm-b/x/y/1", 15, now))  # held, renewed by its holder: no slot to take
+    api.put(build_slot(0, "vm", "vm-b/x/y/1", 15, now))  # held, renewed by its holder: no slot to take
     slots = ReaperSlots(cast(KubeClient, api), "vm", str(ME), slots=1, duration=15, renew_interval=5,
                         check_interval=30, log=get_logger(), look_every=lambda: 50.0)
     waits: list[float] = []

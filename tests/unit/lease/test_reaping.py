@@ -13,7 +13,7 @@ from agent.lease.reaper import CHECK_EVERY, IDLE_CHECK, SMALL_FLEET, LeaseObserv
 from agent.lease.slots import MAX_SLOT_DURATION, ReaperSlots, SlotObserver, build_slot, slot_name
 from agent.logs import get_logger
 from agent.sync.backends.backend import Backend, remove_shared_entries
-from tests.unit.fake_leases import FakeClock, FakeLeases
+from tests.unit.fakes import FakeApi, FakeClock
 
 Body = dict[str, Any]
 OWN = "vmesh-me"
@@ -101,9 +101,9 @@ def test_the_brake_holds_when_more_than_half_expire_at_once_but_one_vm_alone_is_
 async def test_the_brake_holds_from_the_first_expiry_when_many_go_silent_within_one_renewal() -> None:
     """VMs cut off together renewed last at slightly different moments: they expire one by one, and the
     first must not be reaped alone before the others count."""
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     reaper, removed = reaper_on(api, clock)
-    silent = [api._stored(lease(f"vm{i}", "t0")) for i in range(3)]
+    silent = [api.put(lease(f"vm{i}", "t0")) for i in range(3)]
     reaper.observer.replace_all([*silent, lease("me", "t0"), lease("live", "t0")])
     clock.advance(1)
     for renewed in (api.renew("vmesh-vm1", "t1"), api.renew("vmesh-vm2", "t1")):
@@ -144,7 +144,7 @@ class RemovedBackend:
         self.removed.append(self.vm)
 
 
-def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
+def reaper_on(api: FakeApi, clock: FakeClock, heartbeat: StubHeartbeat | None = None,
               fraction: float = 0.5, owned_by_lease: bool = False, *, limit: float = 0.0) -> tuple[Reaper, list[str]]:
     removed: list[str] = []
 
@@ -160,7 +160,7 @@ def reaper_on(api: FakeLeases, clock: FakeClock, heartbeat: StubHeartbeat | None
 def test_an_idle_reaper_looks_once_a_second_and_four_times_near_an_expiry() -> None:
     """Idle CPU (bench/startup): no other VM, or none near expiry, is one look a second; from IDLE_CHECK before a
     Lease would expire, and after (a reap to retry, the brake holding), every CHECK_EVERY as before."""
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     reaper, _ = reaper_on(api, clock)
     reaper.observer.replace_all([lease("me", "t0")])
     assert reaper.check_delay() == IDLE_CHECK  # alone: its own Lease never expires
@@ -177,8 +177,8 @@ def test_an_idle_reaper_looks_once_a_second_and_four_times_near_an_expiry() -> N
 
 
 async def test_a_reaper_whose_own_heartbeat_fails_reaps_nothing_and_starts_over_when_back() -> None:
-    api, clock, beat = FakeLeases(), FakeClock(), StubHeartbeat()
-    dead = api._stored(lease("dead", "t0"))
+    api, clock, beat = FakeApi(), FakeClock(), StubHeartbeat()
+    dead = api.put(lease("dead", "t0"))
     reaper, removed = reaper_on(api, clock, beat)
     reaper.observer.replace_all([dead, lease("me", "t0")])
     beat.consecutive_failures = 1
@@ -199,8 +199,8 @@ async def test_a_reaper_whose_own_heartbeat_fails_reaps_nothing_and_starts_over_
 
 async def test_a_reaper_deletes_only_the_lease_of_a_vm_whose_objects_the_lease_owns() -> None:
     # Under the isolation policy no VM may delete another VM's slices: the garbage collector removes them.
-    api, clock = FakeLeases(), FakeClock()
-    dead = api._stored(lease("dead", "t0"))
+    api, clock = FakeApi(), FakeClock()
+    dead = api.put(lease("dead", "t0"))
     reaper, removed = reaper_on(api, clock, owned_by_lease=True)
     reaper.observer.replace_all([dead, lease("me", "t0")])
     clock.advance(DURATION + GRACE + 1)
@@ -211,10 +211,10 @@ async def test_a_reaper_deletes_only_the_lease_of_a_vm_whose_objects_the_lease_o
 
 
 async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume() -> None:
-    api, clock = FakeLeases(), FakeClock()
-    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(5)]
+    api, clock = FakeApi(), FakeClock()
+    leases = [api.put(lease(f"vm{i}", "t0")) for i in range(5)]
     reaper, removed = reaper_on(api, clock)
-    reaper.observer.replace_all([*leases, api._stored(lease("me", "t0"))])
+    reaper.observer.replace_all([*leases, api.put(lease("me", "t0"))])
     clock.advance(DURATION + GRACE + 1)  # five of six go silent at once
     assert await reaper.reap_expired() == 0
     assert reaper.braking.startswith("5 of 6 VMs stopped renewing")
@@ -238,7 +238,7 @@ async def test_the_brake_reaps_nothing_says_why_and_lifts_when_renewals_resume()
     assert removed == ["vm4"]
 
 
-async def brake_held_for(seconds: float, reaper: Reaper, api: FakeLeases, clock: FakeClock,
+async def brake_held_for(seconds: float, reaper: Reaper, api: FakeApi, clock: FakeClock,
                          beat: StubHeartbeat | None = None) -> int:
     """Advance the clock second by second, this reaper renewing its own Lease, the others silent; reaped so far."""
     reaped = 0
@@ -255,10 +255,10 @@ async def brake_held_for(seconds: float, reaper: Reaper, api: FakeLeases, clock:
 async def test_in_a_small_fleet_the_brake_gives_way_after_its_limit_of_the_reapers_own_renewals() -> None:
     """Issue 20: in a fleet of three, two VMs dying together engaged the brake with no time limit, their endpoints
     ready for ever. A reaper that keeps renewing its own Lease reaps them after `brake_limit`."""
-    api, clock, beat = FakeLeases(), FakeClock(), StubHeartbeat()
-    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(2)]
+    api, clock, beat = FakeApi(), FakeClock(), StubHeartbeat()
+    leases = [api.put(lease(f"vm{i}", "t0")) for i in range(2)]
     reaper, removed = reaper_on(api, clock, beat, limit=60)
-    reaper.observer.replace_all([*leases, api._stored(lease("me", "t0"))])
+    reaper.observer.replace_all([*leases, api.put(lease("me", "t0"))])
     assert await brake_held_for(DURATION + GRACE + 1, reaper, api, clock) == 0
     assert reaper.braking.startswith("2 of 3 VMs stopped renewing")
     assert reaper.braking.endswith("or for 60 s at most in a fleet this small")
@@ -273,7 +273,7 @@ async def test_in_a_small_fleet_the_brake_gives_way_after_its_limit_of_the_reape
     assert reaper.braking == ""
     assert sorted(api.objects) == ["vmesh-me"]
     # A later mass silence starts a new count: it does not inherit the spent one.
-    more = [api._stored(lease(f"later{i}", "t9")) for i in range(2)]
+    more = [api.put(lease(f"later{i}", "t9")) for i in range(2)]
     for item in more:
         reaper.observer.observe(item)
     assert await brake_held_for(DURATION + GRACE + 30, reaper, api, clock) == 0
@@ -282,12 +282,12 @@ async def test_in_a_small_fleet_the_brake_gives_way_after_its_limit_of_the_reape
 
 async def test_in_a_large_fleet_or_without_a_limit_or_a_heartbeat_the_brake_holds_until_renewals_resume() -> None:
     for fleet, limit, beat in ((SMALL_FLEET + 1, 60.0, StubHeartbeat()), (3, 0.0, StubHeartbeat()), (3, 60.0, None)):
-        api, clock = FakeLeases(), FakeClock()
-        silent = [api._stored(lease(f"vm{i}", "t0")) for i in range(fleet - 1 - (fleet - 1) // 3)]
+        api, clock = FakeApi(), FakeClock()
+        silent = [api.put(lease(f"vm{i}", "t0")) for i in range(fleet - 1 - (fleet - 1) // 3)]
         alive = [f"vmesh-ok{i}" for i in range((fleet - 1) // 3)]
         reaper, removed = reaper_on(api, clock, beat, limit=limit)
-        reaper.observer.replace_all([*silent, *(api._stored(lease(n[6:], "t0")) for n in alive),
-                                     api._stored(lease("me", "t0"))])
+        reaper.observer.replace_all([*silent, *(api.put(lease(n[6:], "t0")) for n in alive),
+                                     api.put(lease("me", "t0"))])
         assert reaper.observer.fleet() == fleet
         for _ in range(300):
             for name in alive:
@@ -297,8 +297,8 @@ async def test_in_a_large_fleet_or_without_a_limit_or_a_heartbeat_the_brake_hold
 
 
 async def test_a_vm_renewing_just_after_the_brake_lifts_is_not_reaped() -> None:
-    api, clock = FakeLeases(), FakeClock()
-    leases = [api._stored(lease(f"vm{i}", "t0")) for i in range(5)]
+    api, clock = FakeApi(), FakeClock()
+    leases = [api.put(lease(f"vm{i}", "t0")) for i in range(5)]
     reaper, removed = reaper_on(api, clock)
     reaper.observer.replace_all([*leases, lease("me", "t0")])
     clock.advance(DURATION + GRACE + 1)  # a paused host: all five silent at once
@@ -313,8 +313,8 @@ async def test_a_vm_renewing_just_after_the_brake_lifts_is_not_reaped() -> None:
 
 
 async def test_failed_deletes_back_off_per_lease_and_a_403_says_reaping_is_off() -> None:
-    api, clock = FakeLeases(), FakeClock()
-    dead = api._stored(lease("dead", "t0"))
+    api, clock = FakeApi(), FakeClock()
+    dead = api.put(lease("dead", "t0"))
     reaper, _ = reaper_on(api, clock)
     reaper.observer.replace_all([dead, lease("me", "t0"), lease("other", "t0")])
     clock.advance(DURATION + GRACE + 1)
@@ -339,7 +339,7 @@ async def test_failed_deletes_back_off_per_lease_and_a_403_says_reaping_is_off()
 
 # -- Reaper slots -------------------------------------------------------------------------------------------
 
-def slots_for(api: FakeLeases, identity: str, clock: FakeClock, slots: int = 2) -> ReaperSlots:
+def slots_for(api: FakeApi, identity: str, clock: FakeClock, slots: int = 2) -> ReaperSlots:
     return ReaperSlots(cast(KubeClient, api), "vm", identity, slots=slots, duration=DURATION, renew_interval=5,
                        check_interval=30, log=get_logger(vm=identity), clock=clock)
 
@@ -374,7 +374,7 @@ def test_a_slot_written_with_an_endless_duration_is_taken_after_the_cap() -> Non
 
 
 async def test_candidates_fill_distinct_slots_and_the_rest_stand_by() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     a, b, c = (slots_for(api, n, clock) for n in ("a", "b", "c"))
     assert await a._look()
     assert await b._look()
@@ -385,7 +385,7 @@ async def test_candidates_fill_distinct_slots_and_the_rest_stand_by() -> None:
 
 
 async def test_a_dead_holders_slot_is_taken_after_its_duration_and_a_released_one_at_once() -> None:
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     a, b, c = (slots_for(api, n, clock, slots=1) for n in ("a", "b", "c"))
     assert await a._look()
     assert not await b._look()
@@ -400,8 +400,8 @@ async def test_a_dead_holders_slot_is_taken_after_its_duration_and_a_released_on
 
 
 async def test_of_two_candidates_taking_one_expired_slot_exactly_one_wins() -> None:
-    api, clock = FakeLeases(), FakeClock()
-    api._stored(build_slot(0, "vm", "dead", 15, datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)))
+    api, clock = FakeApi(), FakeClock()
+    api.put(build_slot(0, "vm", "dead", 15, datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)))
     b, c = slots_for(api, "b", clock, slots=1), slots_for(api, "c", clock, slots=1)
     assert not await b._look()
     assert not await c._look()
@@ -413,7 +413,7 @@ async def test_of_two_candidates_taking_one_expired_slot_exactly_one_wins() -> N
 async def test_a_slot_taken_or_renewed_as_the_agent_stops_is_still_let_go() -> None:
     """CI: a stop cancelled the take of a slot after the apiserver had stored it; release() saw no slot, and a
     stopped agent held it until it expired. Same for a renewal: release() wrote over an older version (409)."""
-    api, clock = FakeLeases(), FakeClock()
+    api, clock = FakeApi(), FakeClock()
     api.reply_gate = asyncio.Event()
     taker = slots_for(api, "a", clock, slots=1)
     look = asyncio.create_task(taker._look())
@@ -440,7 +440,7 @@ async def test_a_slot_taken_or_renewed_as_the_agent_stops_is_still_let_go() -> N
 
 
 async def test_a_holder_that_cannot_renew_stops_reaping_within_its_renew_deadline() -> None:
-    api = FakeLeases()
+    api = FakeApi()
     holder = ReaperSlots(cast(KubeClient, api), "vm", "a", slots=1, duration=0.3, renew_interval=0.05,
                          check_interval=0.05, log=get_logger(vm="a"))
     reaping = asyncio.Event()

@@ -6,64 +6,38 @@ from typing import Any
 
 import pytest
 
-from agent.cluster.errors import ClusterError, Conflict, NotFound
+from agent.cluster.errors import ClusterError, Conflict
 from agent.cluster.resources import ENDPOINT_SLICES
 from agent.sync.update import Change, Delete, PatchStatus, Put, update
+from tests.unit.fakes import FakeApi
 
 Body = dict[str, Any]
 
 
-class RacingApi:
-    """One object that somebody else changes `races` times, right before each of our writes."""
+def racing(races: int, *, exists: bool = True) -> FakeApi:
+    """One object `x` that somebody else writes `races` times, right before each of our writes."""
+    api = FakeApi()
+    if exists:
+        api.put({"metadata": {"name": "x"}, "data": 0})
+    somebody_writes_first(api, races)
+    return api
 
-    def __init__(self, races: int, *, exists: bool = True) -> None:
-        self.races = races
-        self.version = 1
-        self.obj: Body | None = {"metadata": {"name": "x", "resourceVersion": "1"}, "data": 0} if exists else None
-        self.writes: list[tuple[str, str]] = []  # (verb, resourceVersion sent)
 
-    def _race(self) -> bool:
-        if self.races:
-            self.races -= 1
-            self.version += 1
-            self.obj = {"metadata": {"name": "x", "resourceVersion": str(self.version)}, "data": -self.version}
-            return True
-        return False
+def somebody_writes_first(api: FakeApi, times: int) -> None:
+    """Before each of the next `times` writes, somebody else writes `x`: `data` becomes minus its version."""
+    left = [times]
 
-    async def get(self, resource: object, namespace: str, name: str) -> Body:
-        if self.obj is None:
-            raise NotFound("not found", status=404)
-        return self.obj
+    def race(verb: str) -> None:
+        if left[0]:
+            left[0] -= 1
+            theirs = api.put(api.objects.get("x") or {"metadata": {"name": "x"}})
+            api.objects["x"]["data"] = -int(theirs["metadata"]["resourceVersion"])
 
-    async def create(self, resource: object, namespace: str, body: Body) -> Body:
-        self.writes.append(("create", ""))
-        if self._race() or self.obj is not None:
-            raise Conflict("already exists", status=409, reason="AlreadyExists")
-        self.obj = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
-        return self.obj
+    api.before_write = race
 
-    async def replace(self, resource: object, namespace: str, name: str, body: Body) -> Body:
-        self.writes.append(("replace", body["metadata"]["resourceVersion"]))
-        assert self.obj is not None
-        if self._race() or body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
-            raise Conflict("the object has been modified", status=409, reason="Conflict")
-        self.version += 1
-        self.obj = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.version)}}
-        return self.obj
 
-    async def delete(self, resource: object, namespace: str, name: str, *, resource_version: str = "") -> None:
-        self.writes.append(("delete", resource_version))
-        if self._race():
-            raise Conflict("precondition failed", status=409, reason="Conflict")
-        self.obj = None
-
-    async def patch_status(self, resource: object, namespace: str, name: str, patch: Body) -> Body:
-        self.writes.append(("status", patch["metadata"]["resourceVersion"]))
-        if self._race():
-            raise Conflict("the object has been modified", status=409, reason="Conflict")
-        assert self.obj is not None
-        self.obj = {**self.obj, "status": patch["status"]}
-        return self.obj
+def current(api: FakeApi) -> Body | None:
+    return api.objects.get("x")
 
 
 async def no_sleep(delay: float) -> None:
@@ -77,22 +51,22 @@ def increment(found: Body | None) -> Change:
 
 
 async def test_a_conflict_reads_again_and_decides_on_what_is_there_now() -> None:
-    api = RacingApi(races=2)
-    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", increment, current=api.obj, sleep=no_sleep)  # type: ignore[arg-type]
+    api = racing(races=2)
+    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", increment, current=current(api), sleep=no_sleep)  # type: ignore[arg-type]
     assert outcome.verb == "updated"
     assert outcome.obj is not None and outcome.obj["data"] == -3 + 1, "built on the version read last"
     assert api.writes == [("replace", "1"), ("replace", "2"), ("replace", "3")], "each write at the version read"
 
 
 async def test_the_retries_are_bounded_and_say_so() -> None:
-    api = RacingApi(races=100)
+    api = racing(races=100)
     with pytest.raises(Conflict, match=r"endpointslices.discovery.k8s.io/x kept changing under us \(4 attempts\)"):
-        await update(api, ENDPOINT_SLICES, "vm", "x", increment, current=api.obj, attempts=4, sleep=no_sleep)  # type: ignore[arg-type]
+        await update(api, ENDPOINT_SLICES, "vm", "x", increment, current=current(api), attempts=4, sleep=no_sleep)  # type: ignore[arg-type]
     assert len(api.writes) == 4
 
 
 async def test_a_create_that_finds_the_object_decides_again_on_it() -> None:
-    api = RacingApi(races=1, exists=False)
+    api = racing(races=1, exists=False)
     seen: list[Body | None] = []
 
     def decide(found: Body | None) -> Change:
@@ -106,28 +80,29 @@ async def test_a_create_that_finds_the_object_decides_again_on_it() -> None:
 
 
 async def test_nothing_to_change_writes_nothing_and_decide_may_refuse() -> None:
-    api = RacingApi(races=0)
-    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: None, current=api.obj)  # type: ignore[arg-type]
+    api = racing(races=0)
+    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: None, current=current(api))  # type: ignore[arg-type]
     assert (outcome.verb, api.writes) == ("unchanged", [])
 
     def refuse(found: Body | None) -> Change:
         raise ClusterError("not ours")
 
     with pytest.raises(ClusterError, match="not ours"):
-        await update(api, ENDPOINT_SLICES, "vm", "x", refuse, current=api.obj)  # type: ignore[arg-type]
+        await update(api, ENDPOINT_SLICES, "vm", "x", refuse, current=current(api))  # type: ignore[arg-type]
     assert api.writes == []
 
 
 async def test_delete_and_status_are_conditional_on_the_version_read() -> None:
-    api = RacingApi(races=1)
+    api = racing(races=1)
     outcome = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: PatchStatus({"ok": True}),  # type: ignore[arg-type]
-                           current=api.obj, sleep=no_sleep)
+                           current=current(api), sleep=no_sleep)
     assert outcome.verb == "status set"
     assert api.writes == [("status", "1"), ("status", "2")]
-    api.races, api.writes = 1, []
-    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: Delete(), current=api.obj,  # type: ignore[arg-type]
+    somebody_writes_first(api, 1)
+    api.writes = []
+    outcome = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: Delete(), current=current(api),  # type: ignore[arg-type]
                            sleep=no_sleep)
-    assert (outcome.verb, outcome.obj, api.obj) == ("deleted", None, None)
-    assert api.writes == [("delete", "2"), ("delete", "3")]
+    assert (outcome.verb, outcome.obj, current(api)) == ("deleted", None, None)
+    assert api.writes == [("delete", "3"), ("delete", "4")], "the status write got version 3"
     gone = await update(api, ENDPOINT_SLICES, "vm", "x", lambda found: Delete(), current=None)  # type: ignore[arg-type]
     assert gone.verb == "unchanged", "already gone counts as done"
