@@ -72,15 +72,10 @@ class Observer:
             return seen, Sight.RENEWED
         return seen, Sight.UNCHANGED
 
-    def expired(self, lease: Body, *, default: float = 0.0, cap: float = math.inf) -> bool:
-        """Whether the Lease, as observed now, went unrenewed for longer than its duration
-        (`default` when it states none; at most `cap`, so that an endless duration written by a stolen
-        token is waited out too)."""
-        seen, _ = self.observe(lease)
-        return self.overdue(seen, lease, default=default, cap=cap)
-
-    def overdue(self, seen: Observation, lease: Body, *, default: float = 0.0, cap: float = math.inf) -> bool:
-        """`expired` for an observation just made of `lease`, without observing it again."""
+    def expired(self, seen: Observation, lease: Body, *, default: float = 0.0, cap: float = math.inf) -> bool:
+        """Whether `lease`, as just observed (`seen`, from observe()), went unrenewed for longer than its
+        duration (`default` when it states none; at most `cap`, so that an endless duration written by a
+        stolen token is waited out too). It does not observe the Lease again: the caller's look decides."""
         duration = min(float((lease.get("spec") or {}).get("leaseDurationSeconds") or default), cap)
         return self.clock() - seen.seen_at > duration
 

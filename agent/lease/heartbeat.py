@@ -230,7 +230,7 @@ class Heartbeat:
                 self._log.error("another live agent renews this VM's lease; not registering", holder=holder,
                                 hint=f"a clone of this VM, or a second agent with vm_name {self.vm!r}")
             return False
-        return self._observer.overdue(seen, current, default=self.duration_seconds)
+        return self._observer.expired(seen, current, default=self.duration_seconds)
 
     def _free_for(self, holder: str) -> bool:
         return election.free_for(holder, str(self.identity),

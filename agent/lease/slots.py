@@ -86,7 +86,7 @@ class SlotObserver:
         seen, _ = self._observer.observe(lease)  # a first sight counts as a renewal
         if election.free_for(election.holder(lease), self.identity, self._earlier_run):
             return True
-        return self._observer.overdue(seen, lease, cap=MAX_SLOT_DURATION)
+        return self._observer.expired(seen, lease, cap=MAX_SLOT_DURATION)
 
 
 class ReaperSlots:
