@@ -11,7 +11,7 @@ Where things are, in the order a run meets them:
   budget.py      the budget phase                 stop.py       the stop and what it left
   figures.py     what the phases measured         rows.py       the table's rows; table.py prints them
   admin.py       the admin's HTTPS client         snapshot.py   the fleet's objects at one moment
-  metrics.py     the apiserver's /metrics         processes.py  sh(), pids, connections
+  metrics.py     the apiserver's /metrics         processes.py  sh(), connections
   constants.py   names, defaults, targets         vms.py        VM names, addresses, the agent config
   errors.py      _log, SetupError, NotCorrect     paths.py      bench/fleet and the workers' interpreter
   worker.py      `bench/fleet --worker SPEC`      listener.py   `bench/fleet --listener`

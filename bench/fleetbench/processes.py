@@ -1,8 +1,7 @@
-"""Commands and processes: sh(), a process's connections to the apiserver, whether a process is alive."""
+"""Commands and processes: sh(), a process's connections to the apiserver."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -30,12 +29,3 @@ def established_to(pid: int, ip: str, port: int) -> int:
             count += 1
     return count
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from _common import cpu_seconds, raise_nofile
 
+from agent.lease.identity import process_alive
 from tests.testbed.cluster import RBAC, TESTCLUSTER
 from tests.testbed.vm import BRIDGE
 from tests.testbed.vm import PREFIX_LEN as BRIDGE_PREFIX_LEN
@@ -25,7 +26,7 @@ from .constants import NETNS_ADDRESS, VM_NET
 from .errors import SetupError, _log
 from .identities import Identities
 from .paths import SCRIPT
-from .processes import pid_alive, sh
+from .processes import sh
 from .vms import vm_address
 
 
@@ -61,7 +62,7 @@ class Testbed(Identities):
     def _running(self) -> bool:
         pids = [Path(self.cluster_dir, f"{name}.pid")
                 for name in ("etcd", "kube-apiserver", "kube-controller-manager")]
-        return all(p.exists() and pid_alive(int(p.read_text().strip() or 0)) for p in pids)
+        return all(p.exists() and process_alive(int(p.read_text().strip() or 0)) for p in pids)
 
     def testcluster(self, *args: str) -> None:
         sh(str(TESTCLUSTER), *args, env=self._env(), timeout=300)
@@ -78,7 +79,7 @@ class Testbed(Identities):
     def pid_of(self, component: str) -> int | None:
         with contextlib.suppress(OSError, ValueError):
             pid = int(Path(self.cluster_dir, f"{component}.pid").read_text().strip())
-            return pid if pid_alive(pid) else None
+            return pid if process_alive(pid) else None
         return None
 
     @property
